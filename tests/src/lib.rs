@@ -1,0 +1,262 @@
+//! Harness for the integration tests: runs Go fixtures and gomaptrace as real processes and
+//! reads the fixture's own ground truth.
+//!
+//! Nothing here skips: a missing toolchain, binary or privilege fails the test with a
+//! message saying what to do.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+
+pub use tracer::gofixture::{build, Flavor};
+
+/// How long any single step (a line of output, an exit) may take before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The gomaptrace binary under test: `$GOMAPTRACE_BIN` (set by `cargo xtask test`), else
+/// the debug build.
+pub fn tracer_bin() -> PathBuf {
+    let path = std::env::var_os("GOMAPTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tracer::gofixture::workspace_root().join("target/debug/gomaptrace"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child prints, read on a thread so that every wait has a timeout.
+pub struct Lines {
+    receiver: Receiver<String>,
+    name: String,
+}
+
+impl Lines {
+    fn spawn(stream: impl std::io::Read + Send + 'static, name: &str) -> Lines {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            receiver,
+            name: name.to_string(),
+        }
+    }
+
+    /// Lines up to and including the first one for which `is_last` holds.
+    pub fn until(&self, is_last: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.receiver.recv_timeout(STEP_TIMEOUT) {
+                Ok(line) => {
+                    let last = is_last(&line);
+                    seen.push(line);
+                    if last {
+                        return seen;
+                    }
+                }
+                Err(error) => panic!("{}: {error} while waiting; so far: {seen:#?}", self.name),
+            }
+        }
+    }
+
+    /// Every remaining line, until the stream closes.
+    pub fn rest(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(line) = self.receiver.recv_timeout(STEP_TIMEOUT) {
+            seen.push(line);
+        }
+        seen
+    }
+}
+
+/// The maps fixture (`tests/fixtures/maps`), started and waiting for its start signal.
+pub struct Fixture {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// Its stdout.
+    pub stdout: Lines,
+}
+
+impl Fixture {
+    /// Starts `binary` and waits until it says `ready`.
+    pub fn start(binary: &Path) -> Fixture {
+        let mut child = Command::new(binary)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
+        let stdin = child.stdin.take();
+        let stdout = Lines::spawn(child.stdout.take().expect("piped"), "fixture stdout");
+        stdout.until(|line| line == "ready");
+        Fixture {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The fixture's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the fixture run its map operations; returns everything it printed up to `done`.
+    pub fn run_operations(&mut self) -> Vec<String> {
+        self.signal();
+        self.stdout.until(|line| line == "done")
+    }
+
+    /// Sends the start signal without waiting for anything.
+    pub fn signal(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(b"go\n").expect("fixture stdin");
+        stdin.flush().expect("fixture stdin");
+    }
+
+    /// Closes stdin, which lets the fixture exit, and returns its exit status.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        wait_with_timeout(&mut self.child, "fixture")
+    }
+}
+
+/// A running gomaptrace.
+pub struct Tracer {
+    child: Child,
+    /// Its stderr.
+    pub stderr: Lines,
+    /// Its stdout (the text report).
+    pub stdout: Lines,
+}
+
+impl Tracer {
+    /// Starts gomaptrace with `args` and waits for the `attached` line.
+    pub fn attach(args: &[&str]) -> Tracer {
+        let tracer = Tracer::start(args);
+        let lines = tracer
+            .stderr
+            .until(|line| line.contains("attached") || line.contains("error"));
+        let last = lines.last().expect("at least one line");
+        assert!(
+            last.contains("attached"),
+            "gomaptrace did not attach: {lines:#?}"
+        );
+        tracer
+    }
+
+    /// Starts gomaptrace with `args`.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tracer_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gomaptrace");
+        let stderr = Lines::spawn(child.stderr.take().expect("piped"), "gomaptrace stderr");
+        let stdout = Lines::spawn(child.stdout.take().expect("piped"), "gomaptrace stdout");
+        Tracer {
+            child,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit.
+    pub fn interrupt(self) -> (ExitStatus, Vec<String>) {
+        // SAFETY: kill with a pid we own and a valid signal number.
+        let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        assert_eq!(sent, 0, "cannot signal gomaptrace");
+        self.wait()
+    }
+
+    /// Waits for the exit; returns the status and the rest of stderr.
+    pub fn wait(mut self) -> (ExitStatus, Vec<String>) {
+        let status = wait_with_timeout(&mut self.child, "gomaptrace");
+        (status, self.stderr.rest())
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, name: &str) -> ExitStatus {
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{name} did not exit within {STEP_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `map name=… addr=… len=…` line of the fixture: its ground truth for one map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truth {
+    /// Every `key=value` pair of the line.
+    pub fields: HashMap<String, String>,
+}
+
+impl Truth {
+    /// Parses the fixture's `map …` lines.
+    pub fn parse(lines: &[String]) -> Vec<Truth> {
+        lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("map "))
+            .map(|rest| Truth {
+                fields: rest
+                    .split_whitespace()
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// A field as text.
+    pub fn text(&self, key: &str) -> &str {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture line has no {key}: {self:?}"))
+    }
+
+    /// A numeric field.
+    pub fn number(&self, key: &str) -> u64 {
+        self.text(key).parse().expect("a number")
+    }
+}
+
+/// Reads a JSON report.
+pub fn read_report(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_json::from_slice(&bytes).expect("the report is valid JSON")
+}
+
+/// The report's entry for the map at `addr` that is still alive (not known released).
+pub fn map_at<'a>(report: &'a serde_json::Value, addr: &str) -> &'a serde_json::Value {
+    report["maps"]
+        .as_array()
+        .expect("maps array")
+        .iter()
+        .find(|map| map["addr"] == addr && map["released"] == false)
+        .unwrap_or_else(|| panic!("no map at {addr} in the report"))
+}
+
+/// A fresh path for a JSON report under the target directory.
+pub fn report_path(test: &str) -> PathBuf {
+    let dir = tracer::gofixture::workspace_root().join("target/test-reports");
+    std::fs::create_dir_all(&dir).expect("create target/test-reports");
+    let path = dir.join(format!("{test}.json"));
+    let _ = std::fs::remove_file(&path);
+    path
+}

@@ -1,0 +1,88 @@
+//! gomaptrace against real Go programs: every count it reports must equal what the program
+//! itself did, and the program must not notice it was traced.
+//!
+//! These tests load BPF programs: they need root and fail (never skip) without it.
+
+use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
+
+/// Traces the maps fixture built with Go `version` and compares every map with its ground
+/// truth.
+fn counts_match_ground_truth(version: &str, test: &str) {
+    let binary = build("maps", version, Flavor::Plain, &[]);
+    let mut fixture = Fixture::start(&binary);
+    let json = report_path(test);
+    let pid = fixture.pid().to_string();
+    let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
+    let truths = Truth::parse(&fixture.run_operations());
+    let (status, stderr) = tracer.interrupt();
+    assert!(status.success(), "gomaptrace failed: {stderr:#?}");
+    assert_eq!(fixture.finish().code(), Some(3));
+
+    let report = read_report(&json);
+    assert_eq!(report["events"]["lost"], 0);
+    assert_eq!(report["events"]["malformed"], 0);
+    let go_version = report["target"]["go_version"].as_str().unwrap_or_default();
+    assert!(
+        go_version.starts_with(&format!("go{version}")),
+        "{go_version}"
+    );
+    assert_eq!(truths.len(), 10, "the fixture reports ten maps");
+    for truth in &truths {
+        let map = map_at(&report, truth.text("addr"));
+        let name = truth.text("name");
+        assert_eq!(map["live"], truth.number("len"), "live of {name}: {map}");
+        assert_eq!(map["unexplained"], 0, "{name}: {map}");
+        if truth.text("created") == "after" {
+            assert_eq!(map["created"], true, "{name}: {map}");
+            for field in ["inserts", "overwrites", "deletes", "clears"] {
+                assert_eq!(map[field], truth.number(field), "{field} of {name}: {map}");
+            }
+        } else {
+            assert_eq!(map["created"], false, "{name} existed before attach: {map}");
+            assert_eq!(map["inserts"], truth.number("inserts"), "{name}: {map}");
+        }
+    }
+}
+
+#[test]
+fn counts_match_ground_truth_go1_24() {
+    counts_match_ground_truth("1.24.11", "counts_go1_24");
+}
+
+#[test]
+fn counts_match_ground_truth_go1_19() {
+    counts_match_ground_truth("1.19", "counts_go1_19");
+}
+
+/// What the fixture prints, without the addresses that legitimately change between runs.
+fn observable(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|line| {
+            line.split_whitespace()
+                .filter(|field| !field.starts_with("addr="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn tracing_does_not_change_the_target() {
+    let binary = build("maps", "1.24.11", Flavor::Plain, &[]);
+
+    let mut untraced = Fixture::start(&binary);
+    let alone = observable(&untraced.run_operations());
+    let alone_status = untraced.finish();
+
+    let mut traced = Fixture::start(&binary);
+    let pid = traced.pid().to_string();
+    let tracer = Tracer::attach(&["--pid", &pid]);
+    let watched = observable(&traced.run_operations());
+    let watched_status = traced.finish();
+    let (status, stderr) = tracer.wait();
+    assert!(status.success(), "gomaptrace failed: {stderr:#?}");
+
+    assert_eq!(alone, watched);
+    assert_eq!(alone_status.code(), watched_status.code());
+}

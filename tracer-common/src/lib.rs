@@ -1,0 +1,136 @@
+//! Types shared by the BPF programs and the userspace tracer.
+//!
+//! Both sides read and write these records byte for byte, so every type here is `#[repr(C)]`
+//! with explicit padding and no pointers: a layout change is a protocol change, and it must
+//! happen in this one place.
+#![no_std]
+
+/// What the target's runtime was doing when a probe fired.
+///
+/// Kept as plain `u8` constants rather than an enum: the BPF side writes whatever it is told,
+/// and userspace must reject unknown values instead of trusting a transmute.
+pub mod kind {
+    /// A `runtime.makemap*` call returned this map.
+    pub const CREATE: u8 = 1;
+    /// A `runtime.mapassign*` call was entered: an insert or an overwrite.
+    pub const ASSIGN: u8 = 2;
+    /// A `runtime.mapdelete*` call was entered: a removal, or a no-op for a missing key.
+    pub const DELETE: u8 = 3;
+    /// A `runtime.mapclear` call was entered: every entry goes.
+    pub const CLEAR: u8 = 4;
+}
+
+/// `MapEvent::flags` bit: the map header could not be read, `count` is meaningless.
+pub const FLAG_COUNT_UNREADABLE: u8 = 1;
+
+/// One observation of one Go map, as sent over the ring buffer.
+///
+/// `count` is the map's element count (`len(m)`) at the moment the probe fired: before the
+/// operation for entry probes, after it for creation. Whether an assign inserted or
+/// overwrote, or a delete removed anything, is decided in userspace from the count at the
+/// map's next observation; this keeps every probe an entry probe (no return probes, which
+/// the kernel must single-step) and the record small.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapEvent {
+    /// `bpf_ktime_get_ns()` when the probe fired (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// The map header's address in the target, as Go's `%p` prints it.
+    pub map: u64,
+    /// The element count read from the header's first word.
+    pub count: u64,
+    /// One of the [`kind`] constants.
+    pub kind: u8,
+    /// [`FLAG_COUNT_UNREADABLE`] and future flags.
+    pub flags: u8,
+    /// Explicit padding so that both sides agree on every byte.
+    pub _pad: [u8; 6],
+}
+
+impl MapEvent {
+    /// The record's size on the ring buffer, for capacity planning in userspace.
+    pub const SIZE: usize = core::mem::size_of::<MapEvent>();
+
+    /// Rebuilds an event from a ring-buffer record, or `None` when the record is too short.
+    ///
+    /// Ring-buffer records carry no alignment guarantee for `u64` reads in userspace once
+    /// copied, so this decodes field by field instead of casting the pointer.
+    pub fn from_bytes(bytes: &[u8]) -> Option<MapEvent> {
+        if bytes.len() < Self::SIZE {
+            return None;
+        }
+        let word = |at: usize| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_ne_bytes(raw)
+        };
+        Some(MapEvent {
+            ktime_ns: word(0),
+            map: word(8),
+            count: word(16),
+            kind: bytes[24],
+            flags: bytes[25],
+            _pad: [0; 6],
+        })
+    }
+}
+
+/// Index of the single slot in the per-CPU `LOST` array that counts events the BPF side
+/// could not deliver because the ring buffer was full.
+pub const LOST_SLOT: u32 = 0;
+
+/// Names of the BPF maps, shared so that a rename cannot silently break the loader.
+pub mod maps {
+    /// The ring buffer carrying [`super::MapEvent`] records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU `u64` count of events dropped because the ring buffer was full.
+    pub const LOST: &str = "LOST";
+}
+
+/// Names of the BPF programs, one per probe kind.
+pub mod programs {
+    /// Attached to every RET of `runtime.makemap*`: reads the returned map pointer.
+    pub const CREATE_RET: &str = "map_create_ret";
+    /// Attached after the stack check of every `runtime.mapassign*`.
+    pub const ASSIGN: &str = "map_assign";
+    /// Attached after the stack check of every `runtime.mapdelete*`.
+    pub const DELETE: &str = "map_delete";
+    /// Attached after the stack check of `runtime.mapclear`.
+    pub const CLEAR: &str = "map_clear";
+}
+
+/// Ring buffer size in bytes: a power of two multiple of the page size. 16 MiB holds about
+/// 400k events, several hundred milliseconds of the fastest map loop a 2-core machine runs.
+pub const RING_BYTES: u32 = 16 << 20;
+
+/// Once this many bytes wait in the ring buffer, the BPF side wakes the reader; below it,
+/// records are submitted silently and the reader drains on a timer. A wakeup per event costs
+/// the traced call over a microsecond; batching makes it nearly free.
+pub const WAKEUP_THRESHOLD_BYTES: u64 = (RING_BYTES as u64) / 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_layout_is_fixed() {
+        assert_eq!(MapEvent::SIZE, 32);
+        assert_eq!(core::mem::align_of::<MapEvent>(), 8);
+    }
+
+    #[test]
+    fn decodes_what_the_bpf_side_writes() {
+        let event = MapEvent {
+            ktime_ns: 7,
+            map: 0xc000_1234_5678,
+            count: 42,
+            kind: kind::ASSIGN,
+            flags: FLAG_COUNT_UNREADABLE,
+            _pad: [0; 6],
+        };
+        // SAFETY: MapEvent is repr(C) plain data; viewing it as bytes is what the ring does.
+        let bytes: [u8; 32] = unsafe { core::mem::transmute(event) };
+        assert_eq!(MapEvent::from_bytes(&bytes), Some(event));
+        assert_eq!(MapEvent::from_bytes(&bytes[..31]), None);
+    }
+}

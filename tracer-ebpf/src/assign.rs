@@ -1,0 +1,22 @@
+//! Inserts and overwrites: a probe after the stack check of every `runtime.mapassign*`.
+//!
+//! Insert and overwrite are the same call; userspace tells them apart by the count at the
+//! map's next observation.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tracer_common::kind;
+
+use crate::{
+    emit::{emit, EmitError},
+    go_abi,
+};
+
+#[uprobe]
+pub fn map_assign(ctx: ProbeContext) -> u32 {
+    let _ = try_map_assign(&ctx);
+    0
+}
+
+fn try_map_assign(ctx: &ProbeContext) -> Result<(), EmitError> {
+    emit(kind::ASSIGN, go_abi::map_argument(ctx))
+}

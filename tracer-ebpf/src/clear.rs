@@ -1,0 +1,21 @@
+//! `clear(m)` and the range-delete idiom: a probe after the stack check of `runtime.mapclear`.
+//!
+//! Every entry goes at once, so the count before the call is all userspace needs.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tracer_common::kind;
+
+use crate::{
+    emit::{emit, EmitError},
+    go_abi,
+};
+
+#[uprobe]
+pub fn map_clear(ctx: ProbeContext) -> u32 {
+    let _ = try_map_clear(&ctx);
+    0
+}
+
+fn try_map_clear(ctx: &ProbeContext) -> Result<(), EmitError> {
+    emit(kind::CLEAR, go_abi::map_argument(ctx))
+}

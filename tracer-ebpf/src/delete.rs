@@ -1,0 +1,22 @@
+//! Deletes: a probe after the stack check of every `runtime.mapdelete*`.
+//!
+//! A delete of a missing key makes the same call; the count at the map's next observation
+//! says whether anything was removed.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tracer_common::kind;
+
+use crate::{
+    emit::{emit, EmitError},
+    go_abi,
+};
+
+#[uprobe]
+pub fn map_delete(ctx: ProbeContext) -> u32 {
+    let _ = try_map_delete(&ctx);
+    0
+}
+
+fn try_map_delete(ctx: &ProbeContext) -> Result<(), EmitError> {
+    emit(kind::DELETE, go_abi::map_argument(ctx))
+}

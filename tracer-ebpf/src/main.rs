@@ -1,0 +1,26 @@
+//! The BPF side of gomaptrace: one uprobe program per kind of Go map operation.
+//!
+//! Every program is an *entry* probe (or a probe on a RET instruction): uretprobes corrupt
+//! Go stacks. Programs only read the map header's element count and append a
+//! [`tracer_common::MapEvent`] to the ring buffer; all interpretation happens in userspace.
+#![no_std]
+#![no_main]
+
+mod assign;
+mod clear;
+mod create;
+mod delete;
+mod emit;
+mod go_abi;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic, so this is never executed.
+    loop {}
+}
+
+/// The kernel only lets GPL-compatible programs call `bpf_probe_read_user`.
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,137 @@
+//! Builds the Go programs under `tests/fixtures/` with the project's own Go toolchains.
+//!
+//! Binary readers are only trustworthy when tested against what real Go toolchains emit, so
+//! unit and integration tests build real fixtures instead of carrying binaries in git. The
+//! toolchains are installed by `cargo xtask setup` under `.tools/go/<version>`; a missing one
+//! is a hard failure, never a skip, so CI cannot pass without really running the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How a fixture binary is linked, mirroring how users ship Go programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// `go build` defaults: static, with symbols and DWARF.
+    Plain,
+    /// `-ldflags=-s -w`: no `.symtab`, no DWARF; only the pclntab names functions.
+    Stripped,
+    /// `-buildmode=pie`.
+    Pie,
+}
+
+impl Flavor {
+    fn suffix(self) -> &'static str {
+        match self {
+            Flavor::Plain => "plain",
+            Flavor::Stripped => "stripped",
+            Flavor::Pie => "pie",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Plain => &[],
+            Flavor::Stripped => &["-ldflags=-s -w"],
+            Flavor::Pie => &["-buildmode=pie"],
+        }
+    }
+}
+
+/// The workspace root, found from this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tracer/ sits inside the workspace")
+        .to_path_buf()
+}
+
+/// The `go` binary of an installed toolchain, e.g. `go_tool("1.24.11")`.
+///
+/// # Panics
+/// When the toolchain is missing: tests must fail loudly, and the message says how to fix it.
+pub fn go_tool(version: &str) -> PathBuf {
+    let go = workspace_root()
+        .join(".tools/go")
+        .join(version)
+        .join("bin/go");
+    assert!(
+        go.exists(),
+        "Go {version} is not installed at {}: run `cargo xtask setup`",
+        go.display()
+    );
+    go
+}
+
+/// Builds `tests/fixtures/<name>` with Go `version` and returns the binary's path.
+///
+/// Builds are cached under `target/fixtures/` and redone whenever the fixture's source is
+/// newer than the binary. `env` is passed to `go build` (for example `GOEXPERIMENT`).
+///
+/// # Panics
+/// When the toolchain is missing or the build fails: a fixture that cannot be built means the
+/// test cannot say anything.
+pub fn build(name: &str, version: &str, flavor: Flavor, env: &[(&str, &str)]) -> PathBuf {
+    build_for_arch(name, version, flavor, env, "amd64")
+}
+
+/// Like [`build`], for another `GOARCH` (cross-built; such binaries are only inspected).
+pub fn build_for_arch(
+    name: &str,
+    version: &str,
+    flavor: Flavor,
+    env: &[(&str, &str)],
+    goarch: &str,
+) -> PathBuf {
+    let root = workspace_root();
+    let source = root.join("tests/fixtures").join(name);
+    let env_tag: String = env
+        .iter()
+        .map(|(key, value)| format!("-{key}={value}"))
+        .collect();
+    let out_dir = root.join("target/fixtures");
+    let output = out_dir.join(format!(
+        "{name}-go{version}-{goarch}-{}{env_tag}",
+        flavor.suffix()
+    ));
+    if is_fresh(&output, &source) {
+        return output;
+    }
+    std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
+    let go = go_tool(version);
+    let status = Command::new(&go)
+        .arg("build")
+        .args(["-trimpath", "-o"])
+        .arg(&output)
+        .args(flavor.args())
+        .arg(".")
+        .current_dir(&source)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOARCH", goarch)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", out_dir.join(format!("gocache-{version}")))
+        .env("GOPATH", out_dir.join("gopath"))
+        .envs(env.iter().copied())
+        .status()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error}", go.display()));
+    assert!(
+        status.success(),
+        "go {version} build of fixture {name} failed"
+    );
+    output
+}
+
+fn is_fresh(output: &Path, source: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(output).and_then(|meta| meta.modified()) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir(source) else {
+        return false;
+    };
+    entries.flatten().all(|entry| {
+        entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| modified <= built)
+    })
+}

@@ -1,0 +1,161 @@
+//! Loading the BPF programs and attaching them where the [`ProbePlan`] says.
+//!
+//! Probes are restricted to the target process by the kernel (a uprobe perf event filtered on
+//! the target's pid), so other processes running the same binary pay nothing.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::UProbe;
+use aya::Ebpf;
+use tracer_common::{maps, LOST_SLOT};
+
+use crate::plan::{ProbeKind, ProbePlan};
+
+/// The BPF object built from `tracer-ebpf/` by this crate's build script.
+static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomaptrace.bpf.o"));
+
+/// Why the probes could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The kernel refused to load the object (verifier, missing BPF support, privileges).
+    #[error("cannot load the BPF programs: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program or map the tracer needs is not in the object: a build mismatch.
+    #[error("the BPF object has no {0}: rebuild gomaptrace")]
+    Missing(&'static str),
+    /// Loading or attaching one program failed.
+    #[error("cannot attach {program} to {function} at file offset {offset:#x}: {source}")]
+    Attach {
+        /// The BPF program.
+        program: &'static str,
+        /// The probed Go function.
+        function: String,
+        /// Where in the file.
+        offset: u64,
+        /// What the kernel said.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// Preparing a program for attachment failed.
+    #[error("cannot prepare BPF program {program}: {source}")]
+    Program {
+        /// The BPF program.
+        program: &'static str,
+        /// What the kernel said.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// Reading a BPF map failed.
+    #[error("cannot read BPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What went wrong.
+        source: Box<aya::maps::MapError>,
+    },
+    /// The pid is zero, which the kernel reads as "every process".
+    #[error("pid 0 cannot be traced")]
+    PidZero,
+}
+
+/// Attached probes; dropping this value detaches them all.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: usize,
+}
+
+/// Where the probes' output is read from. Kept apart from [`Probes`] so that the reader can
+/// keep draining after the probes are detached.
+pub struct Outputs {
+    /// The event ring buffer.
+    pub events: RingBuf<MapData>,
+    /// Per-CPU count of events the ring buffer had no room for.
+    pub lost: PerCpuArray<MapData, u64>,
+}
+
+impl Outputs {
+    /// Events lost so far, summed over CPUs.
+    pub fn lost(&self) -> Result<u64, ProbeError> {
+        let per_cpu = self
+            .lost
+            .get(&LOST_SLOT, 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::LOST,
+                source: Box::new(source),
+            })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+impl Probes {
+    /// Loads the programs and attaches one uprobe per plan site in `exe`, for `pid` only.
+    pub fn attach(plan: &ProbePlan, exe: &Path, pid: u32) -> Result<(Probes, Outputs), ProbeError> {
+        let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
+        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|error| ProbeError::Load(Box::new(error)))?;
+        let outputs = Outputs {
+            events: take_map(&mut ebpf, maps::EVENTS)?,
+            lost: take_map(&mut ebpf, maps::LOST)?,
+        };
+        let kinds = [
+            ProbeKind::CreateReturn,
+            ProbeKind::Assign,
+            ProbeKind::Delete,
+            ProbeKind::Clear,
+        ];
+        let mut attached = 0;
+        for kind in kinds {
+            let program = kind.program();
+            let uprobe = uprobe(&mut ebpf, program)?;
+            uprobe.load().map_err(|source| ProbeError::Program {
+                program,
+                source: Box::new(source),
+            })?;
+            for site in plan.sites.iter().filter(|site| site.kind == kind) {
+                uprobe
+                    .attach(
+                        UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                        exe,
+                        UProbeScope::OneProcess(pid),
+                    )
+                    .map_err(|source| ProbeError::Attach {
+                        program,
+                        function: site.function.clone(),
+                        offset: site.file_offset,
+                        source: Box::new(source),
+                    })?;
+                attached += 1;
+            }
+        }
+        Ok((Probes { ebpf, attached }, outputs))
+    }
+
+    /// How many uprobes are live.
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Detaches every probe now. After this returns no new event is produced, so draining
+    /// the ring buffer once more sees everything.
+    pub fn detach(self) {
+        drop(self.ebpf);
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    ebpf.program_mut(name)
+        .and_then(|program| <&mut UProbe>::try_from(program).ok())
+        .ok_or(ProbeError::Missing(name))
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, ProbeError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    M::try_from(map).map_err(|source| ProbeError::Map {
+        name,
+        source: Box::new(source),
+    })
+}

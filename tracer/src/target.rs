@@ -1,0 +1,169 @@
+//! The process being traced: finding its executable, reading its memory, noticing its exit.
+//!
+//! Everything goes through `/proc/<pid>` and a pidfd, which work the same for a process on
+//! the host and one inside a container: `/proc/<pid>/exe` resolves to the right file in any
+//! mount namespace, for reading and for attaching uprobes.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+/// Why a process cannot be traced; each message tells the user what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No such process, or it is gone.
+    #[error("no process with pid {0}: check the pid (is the program still running?)")]
+    NoSuchProcess(u32),
+    /// A kernel thread or zombie has no executable to probe.
+    #[error("pid {0} has no executable (a kernel thread, or a process that is exiting)")]
+    NoExecutable(u32),
+    /// Not allowed to look into the process.
+    #[error(
+        "not allowed to inspect pid {pid}: {source}; gomaptrace needs root \
+         (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with sudo"
+    )]
+    PermissionDenied {
+        /// The target.
+        pid: u32,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// Anything else the kernel refused.
+    #[error("cannot open pid {pid}: {source}")]
+    Io {
+        /// The target.
+        pid: u32,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
+
+/// A live process that gomaptrace attaches to.
+#[derive(Debug)]
+pub struct Target {
+    pid: u32,
+    exe: PathBuf,
+    pidfd: OwnedFd,
+}
+
+impl Target {
+    /// Opens the process `pid`, holding a pidfd so that its exit (and a later reuse of the
+    /// pid by another process) cannot go unnoticed.
+    pub fn open(pid: u32) -> Result<Target, TargetError> {
+        let pidfd = pidfd_open(pid).map_err(|error| match error.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::EINVAL) => TargetError::NoSuchProcess(pid),
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                TargetError::PermissionDenied { pid, source: error }
+            }
+            _ => TargetError::Io { pid, source: error },
+        })?;
+        let exe =
+            fs::read_link(format!("/proc/{pid}/exe")).map_err(|error| match error.kind() {
+                io::ErrorKind::PermissionDenied => {
+                    TargetError::PermissionDenied { pid, source: error }
+                }
+                io::ErrorKind::NotFound => TargetError::NoExecutable(pid),
+                _ => TargetError::Io { pid, source: error },
+            })?;
+        Ok(Target { pid, exe, pidfd })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The executable's path as the target sees it (inside its own mount namespace), for
+    /// reports.
+    pub fn exe(&self) -> &PathBuf {
+        &self.exe
+    }
+
+    /// A path to the executable that is valid from here whatever namespace the target is in:
+    /// use it to read the binary and to attach uprobes.
+    pub fn exe_link(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/exe", self.pid))
+    }
+
+    /// The pidfd, readable once the process has exited.
+    pub fn pidfd(&self) -> &OwnedFd {
+        &self.pidfd
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn is_alive(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
+    }
+
+    /// Reads one 8-byte word of the target's memory, such as a map's element count.
+    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
+        let mut word = [0u8; 8];
+        let local = libc::iovec {
+            iov_base: word.as_mut_ptr().cast(),
+            iov_len: word.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: word.len(),
+        };
+        // SAFETY: both iovecs describe valid buffers of the given length on their side.
+        let copied = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
+        match copied {
+            8 => Ok(u64::from_ne_bytes(word)),
+            -1 => Err(io::Error::last_os_error()),
+            _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this fd; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_itself_and_reads_its_own_memory() {
+        let target = Target::open(std::process::id()).unwrap();
+        assert!(target.is_alive());
+        assert_eq!(target.exe(), &std::env::current_exe().unwrap());
+        let word: u64 = 0x1234_5678_9abc_def0;
+        assert_eq!(target.read_u64(&word as *const u64 as u64).unwrap(), word);
+        assert!(target.read_u64(8).is_err());
+    }
+
+    #[test]
+    fn a_missing_pid_is_a_clear_error() {
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let error = Target::open(1 << 23).unwrap_err();
+        assert!(matches!(error, TargetError::NoSuchProcess(_)), "{error}");
+    }
+
+    #[test]
+    fn notices_when_the_process_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let target = Target::open(child.id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!target.is_alive());
+    }
+}

