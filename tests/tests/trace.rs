@@ -5,10 +5,10 @@
 
 use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
 
-/// Traces the maps fixture built with Go `version` and compares every map with its ground
-/// truth.
-fn counts_match_ground_truth(version: &str, test: &str) {
-    let binary = build("maps", version, Flavor::Plain, &[]);
+/// Traces the maps fixture built with Go `version` (and `env`, e.g. a `GOEXPERIMENT`) and
+/// compares every map with the fixture's own ground truth.
+fn counts_match_ground_truth(version: &str, env: &[(&str, &str)], test: &str) {
+    let binary = build("maps", version, Flavor::Plain, env);
     let mut fixture = Fixture::start(&binary);
     let json = report_path(test);
     let pid = fixture.pid().to_string();
@@ -44,14 +44,26 @@ fn counts_match_ground_truth(version: &str, test: &str) {
     }
 }
 
-#[test]
-fn counts_match_ground_truth_go1_24() {
-    counts_match_ground_truth("1.24.11", "counts_go1_24");
+macro_rules! ground_truth_tests {
+    ($($test:ident: $version:literal $(, $key:literal = $value:literal)?;)*) => {$(
+        #[test]
+        fn $test() {
+            counts_match_ground_truth($version, &[$(($key, $value))?], stringify!($test));
+        }
+    )*};
 }
 
-#[test]
-fn counts_match_ground_truth_go1_19() {
-    counts_match_ground_truth("1.19", "counts_go1_19");
+ground_truth_tests! {
+    counts_go1_19: "1.19";
+    counts_go1_21: "1.21.13";
+    counts_go1_22: "1.22.10";
+    counts_go1_23: "1.23.9";
+    counts_go1_24: "1.24.11";
+    counts_go1_24_classic: "1.24.11", "GOEXPERIMENT" = "noswissmap";
+    counts_go1_25: "1.25.5";
+    counts_go1_25_classic: "1.25.5", "GOEXPERIMENT" = "noswissmap";
+    counts_go1_26: "1.26.6";
+    counts_go1_27: "1.27.3";
 }
 
 /// What the fixture prints, without the addresses that legitimately change between runs.

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("gomaptrace: error: {error:#}");
+            eprintln!("gomaptrace: error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
@@ -70,6 +70,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The error and its causes on one line. Library errors already quote their cause in their
+/// own message (so they read well alone); a cause is only appended when it adds something.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -112,6 +129,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let inner = std::io::Error::other("disk full");
+        let error = anyhow::Error::new(inner).context("cannot write x: disk full");
+        assert_eq!(one_line(&error), "cannot write x: disk full");
+        let error = anyhow::anyhow!("deeper").context("cannot write y");
+        assert_eq!(one_line(&error), "cannot write y: deeper");
+    }
 
     #[test]
     fn durations_read_as_people_write_them() {

