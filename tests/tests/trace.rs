@@ -32,6 +32,7 @@ fn counts_match_ground_truth(version: &str, env: &[(&str, &str)], test: &str) {
         let name = truth.text("name");
         assert_eq!(map["live"], truth.number("len"), "live of {name}: {map}");
         assert_eq!(map["unexplained"], 0, "{name}: {map}");
+        assert_eq!(map["unsettled"], 0, "{name}: {map}");
         if truth.text("created") == "after" {
             assert_eq!(map["created"], true, "{name}: {map}");
             for field in ["inserts", "overwrites", "deletes", "clears"] {

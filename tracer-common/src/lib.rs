@@ -39,12 +39,16 @@ pub struct MapEvent {
     pub map: u64,
     /// The element count read from the header's first word.
     pub count: u64,
+    /// The map's hash seed (classic `hash0`, swiss `seed`, low 32 bits). A new map at an
+    /// address (a stack map in a later call, a reused allocation) has a new seed, which is
+    /// how userspace tells it from the map that lived there before.
+    pub seed: u32,
     /// One of the [`kind`] constants.
     pub kind: u8,
     /// [`FLAG_COUNT_UNREADABLE`] and future flags.
     pub flags: u8,
     /// Explicit padding so that both sides agree on every byte.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 impl MapEvent {
@@ -64,15 +68,34 @@ impl MapEvent {
             raw.copy_from_slice(&bytes[at..at + 8]);
             u64::from_ne_bytes(raw)
         };
+        let mut seed = [0u8; 4];
+        seed.copy_from_slice(&bytes[24..28]);
         Some(MapEvent {
             ktime_ns: word(0),
             map: word(8),
             count: word(16),
-            kind: bytes[24],
-            flags: bytes[25],
-            _pad: [0; 6],
+            seed: u32::from_ne_bytes(seed),
+            kind: bytes[28],
+            flags: bytes[29],
+            _pad: [0; 2],
         })
     }
+}
+
+/// Where the hash seed sits in the second 8-byte word of a map header, as a right shift:
+/// classic `hmap.hash0` is the `u32` at offset 12, swiss `Map.seed` the word at offset 8.
+/// Userspace sets the BPF global [`globals::SEED_SHIFT`] to one of these before loading.
+pub mod seed_shift {
+    /// Classic maps (`runtime.hmap`).
+    pub const CLASSIC: u64 = 32;
+    /// Swiss maps (`internal/runtime/maps.Map`).
+    pub const SWISS: u64 = 0;
+}
+
+/// Names of BPF global variables userspace sets at load time.
+pub mod globals {
+    /// See [`super::seed_shift`].
+    pub const SEED_SHIFT: &str = "SEED_SHIFT";
 }
 
 /// Index of the single slot in the per-CPU `LOST` array that counts events the BPF side
@@ -124,9 +147,10 @@ mod tests {
             ktime_ns: 7,
             map: 0xc000_1234_5678,
             count: 42,
+            seed: 0xdead_beef,
             kind: kind::ASSIGN,
             flags: FLAG_COUNT_UNREADABLE,
-            _pad: [0; 6],
+            _pad: [0; 2],
         };
         // SAFETY: MapEvent is repr(C) plain data; viewing it as bytes is what the ring does.
         let bytes: [u8; 32] = unsafe { core::mem::transmute(event) };

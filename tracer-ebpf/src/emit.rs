@@ -7,10 +7,17 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tracer_common::{MapEvent, FLAG_COUNT_UNREADABLE, LOST_SLOT, RING_BYTES, WAKEUP_THRESHOLD_BYTES};
+use tracer_common::{
+    MapEvent, FLAG_COUNT_UNREADABLE, LOST_SLOT, RING_BYTES, WAKEUP_THRESHOLD_BYTES,
+};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Set by userspace before loading (`tracer_common::seed_shift`): where the hash seed sits in
+/// the header's second word for the target's map implementation.
+#[no_mangle]
+static SEED_SHIFT: u64 = 0;
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -32,10 +39,12 @@ pub fn emit(kind: u8, map: u64) -> Result<(), EmitError> {
         return Ok(());
     }
     // SAFETY: a faulting user read returns an error instead of faulting the kernel.
-    let (count, flags) = match unsafe { bpf_probe_read_user(map as *const u64) } {
-        Ok(count) => (count, 0),
-        Err(_) => (0, FLAG_COUNT_UNREADABLE),
+    let (header, flags) = match unsafe { bpf_probe_read_user(map as *const [u64; 2]) } {
+        Ok(header) => (header, 0),
+        Err(_) => ([0, 0], FLAG_COUNT_UNREADABLE),
     };
+    // SAFETY: a plain read of a global; volatile so the loader's value is not folded away.
+    let seed_shift = unsafe { core::ptr::read_volatile(&SEED_SHIFT) } & 63;
     let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
         count_lost();
         return Err(EmitError::RingFull);
@@ -44,10 +53,11 @@ pub fn emit(kind: u8, map: u64) -> Result<(), EmitError> {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         map,
-        count,
+        count: header[0],
+        seed: (header[1] >> seed_shift) as u32,
         kind,
         flags,
-        _pad: [0; 6],
+        _pad: [0; 2],
     });
     entry.submit(wakeup_policy());
     Ok(())

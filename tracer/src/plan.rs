@@ -42,11 +42,42 @@ pub struct ProbeSite {
     pub file_offset: u64,
 }
 
+/// The target runtime's map implementation, which decides the header layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapImplementation {
+    /// `runtime.hmap` (Go ≤ 1.23, and 1.24–1.25 with `GOEXPERIMENT=noswissmap`).
+    Classic,
+    /// `internal/runtime/maps.Map` (Go 1.24+ by default).
+    Swiss,
+}
+
+impl MapImplementation {
+    /// Tells the implementations apart by a function only the classic one has: guessing from
+    /// the version would be wrong for `noswissmap` builds.
+    pub fn of(binary: &GoBinary) -> MapImplementation {
+        if binary.function("runtime.hashGrow").is_some() {
+            MapImplementation::Classic
+        } else {
+            MapImplementation::Swiss
+        }
+    }
+
+    /// Where the hash seed sits in the header's second word (see `tracer_common::seed_shift`).
+    pub fn seed_shift(self) -> u64 {
+        match self {
+            MapImplementation::Classic => tracer_common::seed_shift::CLASSIC,
+            MapImplementation::Swiss => tracer_common::seed_shift::SWISS,
+        }
+    }
+}
+
 /// Every probe site for one binary.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbePlan {
     /// The sites, in a stable order.
     pub sites: Vec<ProbeSite>,
+    /// The map implementation the probes will read headers of.
+    pub implementation: MapImplementation,
 }
 
 /// Why no plan could be made.
@@ -104,7 +135,10 @@ pub fn plan(binary: &GoBinary) -> Result<ProbePlan, PlanError> {
     if sites.is_empty() {
         return Err(PlanError::NoMapFunctions);
     }
-    Ok(ProbePlan { sites })
+    Ok(ProbePlan {
+        sites,
+        implementation: MapImplementation::of(binary),
+    })
 }
 
 fn present(

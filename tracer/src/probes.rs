@@ -9,8 +9,8 @@ use std::path::Path;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
-use aya::Ebpf;
-use tracer_common::{maps, LOST_SLOT};
+use aya::{Ebpf, EbpfLoader};
+use tracer_common::{globals, maps, LOST_SLOT};
 
 use crate::plan::{ProbeKind, ProbePlan};
 
@@ -93,7 +93,10 @@ impl Probes {
     /// Loads the programs and attaches one uprobe per plan site in `exe`, for `pid` only.
     pub fn attach(plan: &ProbePlan, exe: &Path, pid: u32) -> Result<(Probes, Outputs), ProbeError> {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|error| ProbeError::Load(Box::new(error)))?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::SEED_SHIFT, &plan.implementation.seed_shift(), true)
+            .load(BPF_OBJECT)
+            .map_err(|error| ProbeError::Load(Box::new(error)))?;
         let outputs = Outputs {
             events: take_map(&mut ebpf, maps::EVENTS)?,
             lost: take_map(&mut ebpf, maps::LOST)?,

@@ -76,8 +76,10 @@ pub struct MapReport {
     pub verdicts: Vec<String>,
     /// Known to be freed: a later map was created at the same address.
     pub released: bool,
-    /// Operations whose effect could not be established; 0 means the counts are exact.
+    /// Count changes no observed operation explains; 0 means the counts are exact.
     pub unexplained: u64,
+    /// The last operation's effect was never seen (the map or the target was gone first).
+    pub unsettled: u64,
 }
 
 impl MapReport {
@@ -96,6 +98,7 @@ impl MapReport {
             verdicts: Vec::new(),
             released: record.released,
             unexplained: record.unexplained,
+            unsettled: record.unsettled,
         }
     }
 }
@@ -228,13 +231,14 @@ mod tests {
                     ktime_ns: 1_000_000_000 + time as u64 * 500_000_000,
                     map: 0x00c0_000a_0000,
                     count,
+                    seed: 7,
                     kind,
                     flags: 0,
-                    _pad: [0; 6],
+                    _pad: [0; 2],
                 })
                 .unwrap();
         }
-        model.settle(0x00c0_000a_0000, 2);
+        model.settle(0x00c0_000a_0000, crate::model::Header { count: 2, seed: 7 });
         let target = TargetInfo {
             pid: 42,
             exe: "/srv/app".into(),

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use crate::inspect::{GoBinary, InspectError};
-use crate::model::Model;
-use crate::plan::{self, PlanError};
+use crate::model::{Header, Model};
+use crate::plan::{self, MapImplementation, PlanError};
 use crate::privileges::{self, PrivilegeError};
 use crate::probes::{Outputs, ProbeError, Probes};
 use crate::report::{Report, TargetInfo};
@@ -17,6 +17,10 @@ use crate::target::{Target, TargetError};
 /// How often the ring buffer is drained when the BPF side does not wake the reader. Short
 /// enough that the buffer never comes close to full at the fastest event rate of a map loop.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// After the window ends, how long the probes stay attached so that the next operation on
+/// each busy map classifies its last one. Quiet maps are settled from memory afterwards.
+const SETTLE_GRACE: Duration = Duration::from_millis(200);
 
 /// What can stop a trace before it starts; each message is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +127,10 @@ pub async fn trace(
     let Outputs { events, lost } = outputs;
     let mut events = watch(events)?;
     let stop_reason = follow(&mut events, &mut model, &target, duration, stop).await?;
+    let window = started.elapsed();
 
+    model.freeze(monotonic_ns());
+    settle_from_events(&mut events, &mut model, &target).await;
     probes.detach();
     drain(events.get_mut(), &mut model);
     let lost = Outputs {
@@ -131,7 +138,7 @@ pub async fn trace(
         lost,
     }
     .lost()?;
-    settle(&mut model, &target);
+    settle_from_memory(&mut model, &target, plan.implementation);
 
     let info = TargetInfo {
         pid,
@@ -141,7 +148,7 @@ pub async fn trace(
     };
     let report = Report::new(
         info,
-        started.elapsed().as_secs_f64(),
+        window.as_secs_f64(),
         &model,
         lost,
         start_ns,
@@ -198,17 +205,30 @@ fn drain(events: &mut aya::maps::RingBuf<aya::maps::MapData>, model: &mut Model)
     }
 }
 
-/// Resolves each map's last operation from its count now that no probe fires any more. A
-/// target that is gone takes those counts with it: they stay unexplained.
-fn settle(model: &mut Model, target: &Target) {
-    if !target.is_alive() {
-        model.abandon_pending();
-        return;
+/// Keeps draining for a short grace period, until every pending operation is settled by its
+/// map's next event or the target goes quiet or away.
+async fn settle_from_events(
+    events: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    model: &mut Model,
+    target: &Target,
+) {
+    let deadline = Instant::now() + SETTLE_GRACE;
+    while Instant::now() < deadline && target.is_alive() && model.pending().next().is_some() {
+        tokio::time::sleep(DRAIN_INTERVAL).await;
+        drain(events.get_mut(), model);
     }
-    let pending: Vec<u64> = model.pending().collect();
-    for addr in pending {
-        if let Ok(count) = target.read_u64(addr) {
-            model.settle(addr, count);
+}
+
+/// Settles what is still pending from the headers in the target's memory, now that no probe
+/// fires any more. A target that is gone takes those counts with it: they stay unsettled.
+fn settle_from_memory(model: &mut Model, target: &Target, implementation: MapImplementation) {
+    if target.is_alive() {
+        let pending: Vec<u64> = model.pending().collect();
+        for addr in pending {
+            if let Ok([count, seed_word]) = target.read_words(addr) {
+                let seed = (seed_word >> implementation.seed_shift()) as u32;
+                model.settle(addr, Header { count, seed });
+            }
         }
     }
     model.abandon_pending();

@@ -103,9 +103,10 @@ impl Target {
         ready == 0
     }
 
-    /// Reads one 8-byte word of the target's memory, such as a map's element count.
-    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
-        let mut word = [0u8; 8];
+    /// Reads the first two 8-byte words at `addr` in the target: a map header's count and the
+    /// word holding its hash seed.
+    pub fn read_words(&self, addr: u64) -> io::Result<[u64; 2]> {
+        let mut word = [0u8; 16];
         let local = libc::iovec {
             iov_base: word.as_mut_ptr().cast(),
             iov_len: word.len(),
@@ -116,8 +117,13 @@ impl Target {
         };
         // SAFETY: both iovecs describe valid buffers of the given length on their side.
         let copied = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
+        let half = |at: usize| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&word[at..at + 8]);
+            u64::from_ne_bytes(raw)
+        };
         match copied {
-            8 => Ok(u64::from_ne_bytes(word)),
+            16 => Ok([half(0), half(8)]),
             -1 => Err(io::Error::last_os_error()),
             _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
         }
@@ -143,9 +149,9 @@ mod tests {
         let target = Target::open(std::process::id()).unwrap();
         assert!(target.is_alive());
         assert_eq!(target.exe(), &std::env::current_exe().unwrap());
-        let word: u64 = 0x1234_5678_9abc_def0;
-        assert_eq!(target.read_u64(&word as *const u64 as u64).unwrap(), word);
-        assert!(target.read_u64(8).is_err());
+        let words: [u64; 2] = [0x1234_5678_9abc_def0, 7];
+        assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
+        assert!(target.read_words(8).is_err());
     }
 
     #[test]
