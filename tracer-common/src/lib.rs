@@ -18,6 +18,24 @@ pub mod kind {
     pub const DELETE: u8 = 3;
     /// A `runtime.mapclear` call was entered: every entry goes.
     pub const CLEAR: u8 = 4;
+    /// A clone (`maps.Clone`) returned this map, already holding `count` entries that no
+    /// assign put there.
+    pub const CLONE: u8 = 5;
+    /// The map started to grow (classic `hashGrow`; swiss `growToSmall`, `growToTable`,
+    /// `rehash`). It happens inside an assign and changes no count.
+    pub const GROW: u8 = 6;
+}
+
+/// Which Go integer argument register holds the map, as an index in ABIInternal order
+/// (amd64: RAX, RBX, RCX, …). Passed to entry probes as the uprobe's attach cookie, so one
+/// program serves runtime functions that take the map in different positions.
+pub mod arg {
+    /// First argument: the receiver of `(*Map).Delete`, `growToSmall`, `growToTable`.
+    pub const FIRST: u64 = 0;
+    /// Second argument: the map of `mapassign*`, `mapdelete*`, `mapclear`, `hashGrow`.
+    pub const SECOND: u64 = 1;
+    /// Third argument: the map of `(*table).rehash`.
+    pub const THIRD: u64 = 2;
 }
 
 /// `MapEvent::flags` bit: the map header could not be read, `count` is meaningless.
@@ -120,6 +138,10 @@ pub mod programs {
     pub const DELETE: &str = "map_delete";
     /// Attached after the stack check of `runtime.mapclear`.
     pub const CLEAR: &str = "map_clear";
+    /// Attached to every RET of the clone functions: reads the returned map pointer.
+    pub const CLONE_RET: &str = "map_clone_ret";
+    /// Attached after the stack check of the functions that start a map's growth.
+    pub const GROW: &str = "map_grow";
 }
 
 /// Ring buffer size in bytes: a power of two multiple of the page size. 16 MiB holds about

@@ -1,4 +1,6 @@
-//! `clear(m)` and the range-delete idiom: a probe after the stack check of `runtime.mapclear`.
+//! `clear(m)` and the range-delete idiom: a probe after the stack check of `runtime.mapclear`
+//! (classic maps) or of `(*Map).Clear` (swiss maps, which `reflect.Value.Clear` calls
+//! directly). The attach cookie says which argument holds the map.
 //!
 //! Every entry goes at once, so the count before the call is all userspace needs.
 
@@ -17,5 +19,5 @@ pub fn map_clear(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_clear(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::CLEAR, go_abi::map_argument(ctx))
+    emit(kind::CLEAR, go_abi::map_argument_from_cookie(ctx))
 }

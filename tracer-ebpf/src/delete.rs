@@ -1,4 +1,6 @@
-//! Deletes: a probe after the stack check of every `runtime.mapdelete*`.
+//! Deletes: a probe after the stack check of every `runtime.mapdelete*` (classic maps), or of
+//! `(*Map).Delete` (swiss maps), which every runtime and reflect delete goes through. The
+//! attach cookie says which argument holds the map.
 //!
 //! A delete of a missing key makes the same call; the count at the map's next observation
 //! says whether anything was removed.
@@ -18,5 +20,5 @@ pub fn map_delete(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_delete(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::DELETE, go_abi::map_argument(ctx))
+    emit(kind::DELETE, go_abi::map_argument_from_cookie(ctx))
 }

@@ -8,10 +8,12 @@
 
 mod assign;
 mod clear;
+mod clone;
 mod create;
 mod delete;
 mod emit;
 mod go_abi;
+mod grow;
 
 #[cfg(not(test))]
 #[panic_handler]

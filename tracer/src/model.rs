@@ -59,6 +59,10 @@ pub struct MapRecord {
     pub deletes: u64,
     /// `mapclear` calls (`clear(m)`, the range-delete idiom).
     pub clears: u64,
+    /// Times the map started to grow (more buckets, groups or tables).
+    pub grows: u64,
+    /// Made by a clone (`maps.Clone`): it started with the source's entries.
+    pub cloned: bool,
     /// Count changes that no observed operation explains: lost events, or runtime paths
     /// without a probe. Zero means every number above is exact.
     pub unexplained: u64,
@@ -86,6 +90,8 @@ impl MapRecord {
             overwrites: 0,
             deletes: 0,
             clears: 0,
+            grows: 0,
+            cloned: false,
             unexplained: 0,
             unsettled: 0,
             released: false,
@@ -173,9 +179,7 @@ impl Model {
     /// Applies one event. Unknown kinds are counted in [`Model::malformed`] and reported.
     pub fn observe(&mut self, event: &MapEvent) -> Result<(), ModelError> {
         self.received += 1;
-        let after_window = self
-            .window_end_ns
-            .is_some_and(|end| event.ktime_ns > end);
+        let after_window = self.window_end_ns.is_some_and(|end| event.ktime_ns > end);
         let result = if after_window {
             self.settle_from(event)
         } else {
@@ -208,9 +212,23 @@ impl Model {
             count: event.count,
             seed: event.seed,
         };
-        if event.kind == kind::CREATE {
-            self.begin(MapRecord::new(event.map, true, header, now));
-            return Ok(());
+        match event.kind {
+            kind::CREATE => {
+                self.begin(MapRecord::new(event.map, true, header, now));
+                return Ok(());
+            }
+            kind::CLONE => {
+                self.clone_filled(event.map, header, now);
+                return Ok(());
+            }
+            kind::GROW => {
+                // Inside an assign: the count has not changed yet, so nothing is resolved.
+                if let Some(record) = self.maps.get_mut(&event.map) {
+                    record.grows += 1;
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let operation = operation(event)?;
         let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
@@ -236,12 +254,31 @@ impl Model {
         Ok(())
     }
 
+    /// A clone returned, holding entries no assign put there. On Go ≤ 1.24 its create was
+    /// seen inside the clone; on 1.25+ this is its first sighting.
+    fn clone_filled(&mut self, addr: u64, header: Header, now: u64) {
+        let known = self
+            .maps
+            .get(&addr)
+            .is_some_and(|record| record.seed == header.seed && record.created);
+        if !known {
+            self.begin(MapRecord::new(addr, true, header, now));
+        }
+        if let Some(record) = self.maps.get_mut(&addr) {
+            record.cloned = true;
+            record.live = header.count;
+            record.peak = record.peak.max(header.count);
+            record.last_seen_ns = now;
+        }
+    }
+
     /// After the window: an event only settles its map's pending operation.
     fn settle_from(&mut self, event: &MapEvent) -> Result<(), ModelError> {
-        if event.kind != kind::CREATE {
+        let is_operation = !matches!(event.kind, kind::CREATE | kind::CLONE | kind::GROW);
+        if is_operation {
             operation(event)?;
         }
-        if event.flags & FLAG_COUNT_UNREADABLE == 0 && event.kind != kind::CREATE {
+        if event.flags & FLAG_COUNT_UNREADABLE == 0 && is_operation {
             self.settle(
                 event.map,
                 Header {
@@ -527,6 +564,28 @@ mod tests {
         model.observe_record(&[0; 8]);
         assert_eq!((model.received(), model.malformed()), (3, 2));
         assert_eq!(only(&model).unexplained, 1);
+    }
+
+    #[test]
+    fn a_clone_starts_with_its_entries_and_growth_changes_no_count() {
+        // Go ≤ 1.24: the clone's create is seen first, then the clone fills it.
+        let mut model = replay(&[
+            (kind::CREATE, 0),
+            (kind::CLONE, 40),
+            (kind::ASSIGN, 40),
+            (kind::GROW, 40),
+        ]);
+        model.settle(M, header(41));
+        let map = only(&model);
+        assert!(map.created && map.cloned);
+        assert_eq!((map.live, map.peak, map.inserts, map.grows), (41, 41, 1, 1));
+        assert_eq!((map.unexplained, map.unsettled), (0, 0));
+
+        // Go 1.25+: no create call; the clone is the first sighting.
+        let model = replay(&[(kind::CLONE, 3)]);
+        let map = only(&model);
+        assert!(map.created && map.cloned);
+        assert_eq!(map.live, 3);
     }
 
     #[test]

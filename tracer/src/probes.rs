@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{globals, maps, LOST_SLOT};
@@ -101,14 +101,8 @@ impl Probes {
             events: take_map(&mut ebpf, maps::EVENTS)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
         };
-        let kinds = [
-            ProbeKind::CreateReturn,
-            ProbeKind::Assign,
-            ProbeKind::Delete,
-            ProbeKind::Clear,
-        ];
         let mut attached = 0;
-        for kind in kinds {
+        for kind in ProbeKind::ALL {
             let program = kind.program();
             let uprobe = uprobe(&mut ebpf, program)?;
             uprobe.load().map_err(|source| ProbeError::Program {
@@ -118,7 +112,10 @@ impl Probes {
             for site in plan.sites.iter().filter(|site| site.kind == kind) {
                 uprobe
                     .attach(
-                        UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                        UProbeAttachPoint {
+                            location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                            cookie: Some(site.map_argument),
+                        },
                         exe,
                         UProbeScope::OneProcess(pid),
                     )

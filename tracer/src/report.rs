@@ -66,6 +66,10 @@ pub struct MapReport {
     pub deletes: u64,
     /// `clear(m)` / range-delete calls.
     pub clears: u64,
+    /// Times the map started to grow.
+    pub grows: u64,
+    /// Made by `maps.Clone`, starting with the source's entries.
+    pub cloned: bool,
     /// First event, seconds after the probes were attached.
     pub first_seen_s: f64,
     /// Last event, seconds after the probes were attached.
@@ -92,6 +96,8 @@ impl MapReport {
             overwrites: record.overwrites,
             deletes: record.deletes,
             clears: record.clears,
+            grows: record.grows,
+            cloned: record.cloned,
             first_seen_s: seconds_since(start_ns, record.first_seen_ns),
             last_seen_s: seconds_since(start_ns, record.last_seen_ns),
             created: record.created,
@@ -178,7 +184,9 @@ impl Report {
                 self.events.lost
             );
         }
-        let mut by_size: Vec<&MapReport> = self.maps.iter().collect();
+        let (released, alive): (Vec<&MapReport>, Vec<&MapReport>) =
+            self.maps.iter().partition(|map| map.released);
+        let mut by_size = alive;
         by_size.sort_by(|a, b| b.live.cmp(&a.live).then(b.peak.cmp(&a.peak)));
         let _ = writeln!(
             text,
@@ -186,14 +194,9 @@ impl Report {
             "map", "live", "peak", "inserts", "overwrites", "deletes", "clears"
         );
         for map in by_size.iter().take(max_rows) {
-            let seen = match (map.created, map.released) {
-                (_, true) => "released",
-                (true, false) => "created",
-                (false, false) => "already in use",
-            };
             let _ = writeln!(
                 text,
-                "{:<18} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6}  {seen}{}",
+                "{:<18} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6}  {}{}",
                 map.addr,
                 map.live,
                 map.peak,
@@ -201,6 +204,11 @@ impl Report {
                 map.overwrites,
                 map.deletes,
                 map.clears,
+                if map.created {
+                    "created"
+                } else {
+                    "already in use"
+                },
                 if map.unexplained > 0 {
                     " (inexact)"
                 } else {
@@ -210,6 +218,15 @@ impl Report {
         }
         if by_size.len() > max_rows {
             let _ = writeln!(text, "… and {} smaller maps", by_size.len() - max_rows);
+        }
+        if !released.is_empty() {
+            let inserts: u64 = released.iter().map(|map| map.inserts).sum();
+            let _ = writeln!(
+                text,
+                "{} maps were released during the trace (another map took their address), \
+                 after {inserts} inserts in all",
+                released.len()
+            );
         }
         text
     }
