@@ -7,8 +7,8 @@ use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor
 
 /// Traces the maps fixture built with Go `version` (and `env`, e.g. a `GOEXPERIMENT`) and
 /// compares every map with the fixture's own ground truth.
-fn counts_match_ground_truth(version: &str, env: &[(&str, &str)], test: &str) {
-    let binary = build("maps", version, Flavor::Plain, env);
+fn counts_match_ground_truth(version: &str, flavor: Flavor, env: &[(&str, &str)], test: &str) {
+    let binary = build("maps", version, flavor, env);
     let mut fixture = Fixture::start(&binary);
     let json = report_path(test);
     let pid = fixture.pid().to_string();
@@ -52,25 +52,38 @@ fn counts_match_ground_truth(version: &str, env: &[(&str, &str)], test: &str) {
 }
 
 macro_rules! ground_truth_tests {
-    ($($test:ident: $version:literal $(, $key:literal = $value:literal)?;)*) => {$(
+    ($($test:ident: $version:literal, $flavor:ident $(, $key:literal = $value:literal)?;)*) => {$(
         #[test]
         fn $test() {
-            counts_match_ground_truth($version, &[$(($key, $value))?], stringify!($test));
+            counts_match_ground_truth(
+                $version,
+                Flavor::$flavor,
+                &[$(($key, $value))?],
+                stringify!($test),
+            );
         }
     )*};
 }
 
 ground_truth_tests! {
-    counts_go1_19: "1.19";
-    counts_go1_21: "1.21.13";
-    counts_go1_22: "1.22.10";
-    counts_go1_23: "1.23.9";
-    counts_go1_24: "1.24.11";
-    counts_go1_24_classic: "1.24.11", "GOEXPERIMENT" = "noswissmap";
-    counts_go1_25: "1.25.5";
-    counts_go1_25_classic: "1.25.5", "GOEXPERIMENT" = "noswissmap";
-    counts_go1_26: "1.26.6";
-    counts_go1_27: "1.27.3";
+    counts_go1_19: "1.19", Plain;
+    counts_go1_19_pie: "1.19", Pie;
+    counts_go1_21: "1.21.13", Plain;
+    counts_go1_21_pie: "1.21.13", Pie;
+    counts_go1_22: "1.22.10", Plain;
+    counts_go1_22_pie: "1.22.10", Pie;
+    counts_go1_23: "1.23.9", Plain;
+    counts_go1_23_pie: "1.23.9", Pie;
+    counts_go1_24: "1.24.11", Plain;
+    counts_go1_24_pie: "1.24.11", Pie;
+    counts_go1_24_classic: "1.24.11", Plain, "GOEXPERIMENT" = "noswissmap";
+    counts_go1_25: "1.25.5", Plain;
+    counts_go1_25_pie: "1.25.5", Pie;
+    counts_go1_25_classic: "1.25.5", Plain, "GOEXPERIMENT" = "noswissmap";
+    counts_go1_26: "1.26.6", Plain;
+    counts_go1_26_pie: "1.26.6", Pie;
+    counts_go1_27: "1.27.3", Plain;
+    counts_go1_27_pie: "1.27.3", Pie;
 }
 
 /// What the fixture prints, without the addresses that legitimately change between runs.
