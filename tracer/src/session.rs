@@ -146,13 +146,7 @@ pub async fn trace(
         go_version,
         exited: !target.is_alive(),
     };
-    let report = Report::new(
-        info,
-        window.as_secs_f64(),
-        &model,
-        lost,
-        start_ns,
-    );
+    let report = Report::new(info, window.as_secs_f64(), &model, lost, start_ns);
     Ok(Outcome {
         report,
         stop: stop_reason,

@@ -1,11 +1,16 @@
-//! The few ELF structures gomaptrace needs: header, load segments, sections, symbols.
+//! The few ELF structures gomaptrace needs: header, load segments, sections, symbols and
+//! relative relocations.
 //!
 //! Parsing goes through the `object` crate, which bounds-checks every table against the file;
 //! this module only turns its results into owned values and user-facing errors, so nothing
 //! here can panic on a hostile file.
 
+use std::collections::HashMap;
+
 use object::elf;
-use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable, SymbolTable};
+use object::read::elf::{
+    FileHeader, ProgramHeader, Rela, SectionHeader, SectionTable, SymbolTable,
+};
 use object::{Endian, Endianness};
 
 use super::{Arch, InspectError};
@@ -113,13 +118,22 @@ impl<'a> ElfView<'a> {
 
     /// The file bytes of the named section, `None` when there is no such section.
     pub(super) fn section_data(&self, name: &[u8]) -> Result<Option<&'a [u8]>, InspectError> {
-        let Some((_, section)) = self.sections.section_by_name(self.endian, name) else {
+        Ok(self.section(name)?.map(|section| section.data))
+    }
+
+    /// The named section's address and file bytes, `None` when there is no such section.
+    /// Tables such as Go's pclntab hold addresses, so their bytes alone are not enough.
+    pub(super) fn section(&self, name: &[u8]) -> Result<Option<Section<'a>>, InspectError> {
+        let Some((_, header)) = self.sections.section_by_name(self.endian, name) else {
             return Ok(None);
         };
-        let data = section
+        let data = header
             .data(self.endian, self.data)
             .map_err(InspectError::malformed_elf)?;
-        Ok(Some(data))
+        Ok(Some(Section {
+            vaddr: header.sh_addr(self.endian),
+            data,
+        }))
     }
 
     /// The `.symtab` symbol table; empty when the binary was stripped.
@@ -133,6 +147,49 @@ impl<'a> ElfView<'a> {
     pub(super) fn endian(&self) -> Endianness {
         self.endian
     }
+
+    /// Address → addend of every `R_X86_64_RELATIVE` / `R_AARCH64_RELATIVE` dynamic
+    /// relocation: the pointers of a position-independent binary. Go's linker and GNU ld
+    /// also write each addend into the file, but lld leaves zeros there, so a reader of such
+    /// a pointer needs the relocation.
+    pub(super) fn relative_relocations(&self) -> Result<HashMap<u64, u64>, InspectError> {
+        let relative = match self.arch()? {
+            Arch::Amd64 => elf::R_X86_64_RELATIVE,
+            Arch::Arm64 => elf::R_AARCH64_RELATIVE,
+        };
+        let mut addends = HashMap::new();
+        for section in self.sections.iter() {
+            let Some((relocations, _)) = section
+                .rela(self.endian, self.data)
+                .map_err(InspectError::malformed_elf)?
+            else {
+                continue;
+            };
+            let relative = relocations
+                .iter()
+                .filter(|rela| rela.r_type(self.endian, false) == relative);
+            for rela in relative {
+                if let Ok(addend) = u64::try_from(rela.r_addend(self.endian)) {
+                    addends.insert(rela.r_offset(self.endian), addend);
+                }
+            }
+        }
+        Ok(addends)
+    }
+
+    /// The whole file, for tables found through load segments rather than sections.
+    pub(super) fn file(&self) -> &'a [u8] {
+        self.data
+    }
+}
+
+/// A section as linked: where it is loaded and its bytes in the file.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Section<'a> {
+    /// Its load address (`sh_addr`).
+    pub(super) vaddr: u64,
+    /// Its file bytes.
+    pub(super) data: &'a [u8],
 }
 
 /// One `PT_LOAD` program header: how a range of addresses maps onto file bytes.
@@ -185,6 +242,18 @@ impl Segments {
             .iter()
             .find_map(|segment| segment.file_offset(vaddr, len))?;
         slice(file, offset, len)
+    }
+
+    /// Every segment's address and file bytes, for tables that must be found by scanning
+    /// (Go's pclntab has no section of its own in externally linked PIE binaries).
+    pub(super) fn loaded<'a>(
+        &self,
+        file: &'a [u8],
+    ) -> impl Iterator<Item = (u64, &'a [u8])> + use<'a, '_> {
+        self.0.iter().filter_map(move |segment| {
+            let bytes = slice(file, segment.offset, segment.filesz)?;
+            Some((segment.vaddr, bytes))
+        })
     }
 
     /// The file bytes of every writable segment, where the linker puts the build info.

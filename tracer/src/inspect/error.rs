@@ -78,9 +78,19 @@ pub enum InspectError {
         minimum: &'static str,
     },
 
-    /// No function table gomaptrace can read (today: `.symtab`, which `-ldflags=-s` removes).
-    #[error("the binary is stripped (no .symtab): stripped Go binaries are not supported yet, rebuild without -ldflags=-s")]
+    /// Neither `.symtab` (which `-ldflags=-s` removes) nor a Go pclntab (which every Go
+    /// 1.16+ linker writes) could be found, so no function can be located.
+    #[error("the binary has no .symtab and no Go function table (pclntab) gomaptrace can find: rebuild it without -ldflags=-s, or with Go 1.17 or newer")]
     NoSymbolTable,
+
+    /// The Go function table (pclntab) is there but does not hold together.
+    #[error(
+        "malformed Go function table (pclntab: {reason}): check that the binary was copied completely"
+    )]
+    MalformedPclntab {
+        /// What did not parse.
+        reason: String,
+    },
 
     /// A function's address range is not backed by executable bytes of the file.
     #[error("function {name} ({vaddr:#x}, {size} bytes) lies outside the binary's executable code: the binary is corrupted")]
@@ -115,6 +125,13 @@ impl InspectError {
     pub(super) fn malformed_elf(error: object::read::Error) -> InspectError {
         InspectError::MalformedElf {
             reason: error.to_string(),
+        }
+    }
+
+    /// A [`InspectError::MalformedPclntab`] with a short reason.
+    pub(super) fn malformed_pclntab(reason: &str) -> InspectError {
+        InspectError::MalformedPclntab {
+            reason: reason.to_owned(),
         }
     }
 

@@ -15,6 +15,7 @@ mod arm64;
 mod buildinfo;
 mod elf;
 mod error;
+mod pclntab;
 mod symbols;
 mod version;
 
@@ -50,7 +51,9 @@ pub struct Function {
     pub name: String,
     /// The address of its first instruction, as linked.
     pub vaddr: u64,
-    /// Its length in bytes (without the padding after it).
+    /// Its length in bytes: exact from `.symtab`; from the pclntab of a stripped binary it
+    /// runs to the next function, so it includes the alignment padding (INT3 on amd64),
+    /// which holds no returns.
     pub size: u64,
 }
 
@@ -117,11 +120,16 @@ impl GoBinary {
 
     /// The function with exactly this symbol name, e.g. `runtime.mapassign_fast64`. `None` is
     /// normal for map variants the program never uses: the linker drops them.
+    ///
+    /// Names from the pclntab of a stripped binary are the runtime's: an assembly function
+    /// and its ABI wrapper share one (`.symtab` calls one of them `name.abi0`), and then the
+    /// lower address is returned. No map function has such a twin.
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.functions.get(name)
     }
 
-    /// Every function symbol, in address order.
+    /// Every function, in address order (for stripped binaries only Go functions: the
+    /// pclntab lists no C code).
     pub fn functions(&self) -> impl Iterator<Item = &Function> {
         self.functions.iter()
     }
@@ -210,7 +218,7 @@ impl Tables {
         let elf = ElfView::parse(bytes)?;
         let arch = elf.arch()?;
         let segments = elf.segments()?;
-        let functions = FunctionTable::load(&elf)?;
+        let functions = FunctionTable::load(&elf, &segments)?;
         let Some(build_info) = buildinfo::find(&elf, &segments, bytes)? else {
             let is_go = functions
                 .as_ref()

@@ -1,32 +1,39 @@
 //! Function names and address ranges, from whichever table the binary carries.
 //!
-//! Today the only source is the ELF `.symtab`. Stripped binaries (`-ldflags=-s`) keep only
-//! Go's pclntab; reading it will be a second [`SymbolSource`], tried after `.symtab`, so the
-//! rest of the tracer never needs to know where a name came from.
+//! The ELF `.symtab` is preferred (exact sizes, and it names non-Go code too); stripped
+//! binaries (`-ldflags=-s`) keep only Go's pclntab, the second [`SymbolSource`]. The rest of
+//! the tracer never needs to know where a name came from.
 
 use std::collections::HashMap;
 
 use object::elf;
 use object::read::elf::Sym;
 
-use super::elf::ElfView;
-use super::{Function, InspectError};
+use super::elf::{ElfView, Segments};
+use super::{pclntab, Function, InspectError};
 
 /// A table of functions a binary may carry, in order of preference.
 #[derive(Clone, Copy, Debug)]
 enum SymbolSource {
     /// ELF `.symtab`: exact names and sizes, removed by stripping.
     ElfSymtab,
+    /// Go's pclntab: kept by stripping; sizes run to the next function.
+    Pclntab,
 }
 
 impl SymbolSource {
     /// Every source, best first.
-    const ALL: [SymbolSource; 1] = [SymbolSource::ElfSymtab];
+    const ALL: [SymbolSource; 2] = [SymbolSource::ElfSymtab, SymbolSource::Pclntab];
 
     /// The functions this source lists; `None` when the binary does not carry it.
-    fn read(self, elf: &ElfView<'_>) -> Result<Option<Vec<Function>>, InspectError> {
+    fn read(
+        self,
+        elf: &ElfView<'_>,
+        segments: &Segments,
+    ) -> Result<Option<Vec<Function>>, InspectError> {
         match self {
             SymbolSource::ElfSymtab => read_symtab(elf),
+            SymbolSource::Pclntab => pclntab::read(elf, segments),
         }
     }
 }
@@ -40,9 +47,12 @@ pub(super) struct FunctionTable {
 
 impl FunctionTable {
     /// Reads the first available [`SymbolSource`]; `None` when the binary has none.
-    pub(super) fn load(elf: &ElfView<'_>) -> Result<Option<FunctionTable>, InspectError> {
+    pub(super) fn load(
+        elf: &ElfView<'_>,
+        segments: &Segments,
+    ) -> Result<Option<FunctionTable>, InspectError> {
         for source in SymbolSource::ALL {
-            if let Some(functions) = source.read(elf)? {
+            if let Some(functions) = source.read(elf, segments)? {
                 return Ok(Some(FunctionTable::new(functions)));
             }
         }
