@@ -68,22 +68,33 @@ macro_rules! ground_truth_tests {
 ground_truth_tests! {
     counts_go1_19: "1.19", Plain;
     counts_go1_19_pie: "1.19", Pie;
+    counts_go1_19_stripped: "1.19", Stripped;
     counts_go1_21: "1.21.13", Plain;
     counts_go1_21_pie: "1.21.13", Pie;
+    counts_go1_21_stripped: "1.21.13", Stripped;
+    counts_go1_21_cgo_pie: "1.21.13", Pie, "CGO_ENABLED" = "1";
     counts_go1_22: "1.22.10", Plain;
     counts_go1_22_pie: "1.22.10", Pie;
+    counts_go1_22_stripped: "1.22.10", Stripped;
     counts_go1_23: "1.23.9", Plain;
     counts_go1_23_pie: "1.23.9", Pie;
+    counts_go1_23_stripped: "1.23.9", Stripped;
     counts_go1_24: "1.24.11", Plain;
     counts_go1_24_pie: "1.24.11", Pie;
+    counts_go1_24_stripped: "1.24.11", Stripped;
+    counts_go1_24_cgo: "1.24.11", Plain, "CGO_ENABLED" = "1";
     counts_go1_24_classic: "1.24.11", Plain, "GOEXPERIMENT" = "noswissmap";
     counts_go1_25: "1.25.5", Plain;
     counts_go1_25_pie: "1.25.5", Pie;
+    counts_go1_25_stripped: "1.25.5", Stripped;
     counts_go1_25_classic: "1.25.5", Plain, "GOEXPERIMENT" = "noswissmap";
     counts_go1_26: "1.26.6", Plain;
     counts_go1_26_pie: "1.26.6", Pie;
+    counts_go1_26_stripped: "1.26.6", Stripped;
     counts_go1_27: "1.27.3", Plain;
     counts_go1_27_pie: "1.27.3", Pie;
+    counts_go1_27_stripped: "1.27.3", Stripped;
+    counts_go1_27_cgo_pie: "1.27.3", Pie, "CGO_ENABLED" = "1";
 }
 
 /// What the fixture prints, without the addresses that legitimately change between runs.
