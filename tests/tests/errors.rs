@@ -33,29 +33,34 @@ fn a_missing_pid_is_one_line() {
     assert_one_line_error(code, &stderr, "no process with pid 4194304");
 }
 
-#[test]
-fn a_program_that_is_not_go_is_refused() {
+/// Runs `tracer` against a process that is not Go (`sleep`), which it gets as its pid.
+fn against_a_sleeper(tracer: impl FnOnce(&str) -> Command) -> (Option<i32>, Vec<String>) {
     let mut sleeper = Command::new("sleep")
         .arg("60")
         .spawn()
         .expect("start sleep");
-    let pid = sleeper.id().to_string();
-    let (code, stderr) = run_tracer(Command::new(tracer_bin()).args(["--pid", &pid]));
+    let result = run_tracer(&mut tracer(&sleeper.id().to_string()));
     sleeper.kill().expect("stop sleep");
     let _ = sleeper.wait();
+    result
+}
+
+#[test]
+fn a_program_that_is_not_go_is_refused() {
+    let (code, stderr) = against_a_sleeper(|pid| {
+        let mut command = Command::new(tracer_bin());
+        command.args(["--pid", pid]);
+        command
+    });
     assert_one_line_error(code, &stderr, "not a Go program");
 }
 
 #[test]
 fn without_privileges_it_says_to_use_sudo() {
-    let mut sleeper = Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .expect("start sleep");
-    let pid = sleeper.id().to_string();
     // setpriv (util-linux) drops to an unprivileged user with no capabilities.
-    let (code, stderr) = run_tracer(
-        Command::new("setpriv")
+    let (code, stderr) = against_a_sleeper(|pid| {
+        let mut command = Command::new("setpriv");
+        command
             .args([
                 "--reuid=65534",
                 "--regid=65534",
@@ -63,10 +68,9 @@ fn without_privileges_it_says_to_use_sudo() {
                 "--inh-caps=-all",
             ])
             .arg(tracer_bin())
-            .args(["--pid", &pid]),
-    );
-    sleeper.kill().expect("stop sleep");
-    let _ = sleeper.wait();
+            .args(["--pid", pid]);
+        command
+    });
     assert_one_line_error(code, &stderr, "sudo");
 }
 
