@@ -110,6 +110,14 @@ pub mod seed_shift {
     pub const SWISS: u64 = 0;
 }
 
+/// The hash seed from a map header's second word, for the implementation whose
+/// [`seed_shift`] is `shift`. The BPF side and userspace (reading headers from the target's
+/// memory) must extract it identically, or a map would not recognise its own seed.
+#[inline(always)]
+pub fn seed_from_word(word: u64, shift: u64) -> u32 {
+    (word >> (shift & 63)) as u32
+}
+
 /// Names of BPF global variables userspace sets at load time.
 pub mod globals {
     /// See [`super::seed_shift`].
@@ -161,6 +169,19 @@ mod tests {
     fn record_layout_is_fixed() {
         assert_eq!(MapEvent::SIZE, 32);
         assert_eq!(core::mem::align_of::<MapEvent>(), 8);
+    }
+
+    #[test]
+    fn seeds_come_from_where_each_implementation_keeps_them() {
+        // classic: flags, B, noverflow in the low half, hash0 in the high half.
+        assert_eq!(
+            seed_from_word(0xdead_beef_0003_0501, seed_shift::CLASSIC),
+            0xdead_beef
+        );
+        assert_eq!(
+            seed_from_word(0x1234_5678_9abc_def0, seed_shift::SWISS),
+            0x9abc_def0
+        );
     }
 
     #[test]

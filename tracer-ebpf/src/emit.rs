@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    MapEvent, FLAG_COUNT_UNREADABLE, LOST_SLOT, RING_BYTES, WAKEUP_THRESHOLD_BYTES,
+    seed_from_word, MapEvent, FLAG_COUNT_UNREADABLE, LOST_SLOT, RING_BYTES, WAKEUP_THRESHOLD_BYTES,
 };
 
 #[map]
@@ -44,7 +44,7 @@ pub fn emit(kind: u8, map: u64) -> Result<(), EmitError> {
         Err(_) => ([0, 0], FLAG_COUNT_UNREADABLE),
     };
     // SAFETY: a plain read of a global; volatile so the loader's value is not folded away.
-    let seed_shift = unsafe { core::ptr::read_volatile(&SEED_SHIFT) } & 63;
+    let seed_shift = unsafe { core::ptr::read_volatile(&SEED_SHIFT) };
     let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
         count_lost();
         return Err(EmitError::RingFull);
@@ -54,7 +54,7 @@ pub fn emit(kind: u8, map: u64) -> Result<(), EmitError> {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         map,
         count: header[0],
-        seed: (header[1] >> seed_shift) as u32,
+        seed: seed_from_word(header[1], seed_shift),
         kind,
         flags,
         _pad: [0; 2],

@@ -40,6 +40,16 @@ pub struct Header {
     pub seed: u32,
 }
 
+impl Header {
+    /// The header an event read.
+    fn of(event: &MapEvent) -> Header {
+        Header {
+            count: event.count,
+            seed: event.seed,
+        }
+    }
+}
+
 /// Everything known about one map, from its first sighting on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapRecord {
@@ -208,10 +218,7 @@ impl Model {
 
     fn apply(&mut self, event: &MapEvent) -> Result<(), ModelError> {
         let now = event.ktime_ns;
-        let header = Header {
-            count: event.count,
-            seed: event.seed,
-        };
+        let header = Header::of(event);
         match event.kind {
             kind::CREATE => {
                 self.begin(MapRecord::new(event.map, true, header, now));
@@ -279,13 +286,7 @@ impl Model {
             operation(event)?;
         }
         if event.flags & FLAG_COUNT_UNREADABLE == 0 && is_operation {
-            self.settle(
-                event.map,
-                Header {
-                    count: event.count,
-                    seed: event.seed,
-                },
-            );
+            self.settle(event.map, Header::of(event));
         }
         Ok(())
     }

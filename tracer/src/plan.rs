@@ -222,7 +222,8 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
 }
 
 /// Plans probes for every map function the binary contains. Missing variants are normal
-/// (the linker drops what is unused); finding none at all is an error.
+/// (the linker drops what is unused); a binary with no `mapassign*` at all is an error, since
+/// no map in it could ever gain an entry.
 pub fn plan(binary: &GoBinary) -> Result<ProbePlan, PlanError> {
     let implementation = MapImplementation::of(binary);
     let mut sites = Vec::new();

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
+use tracer_common::seed_from_word;
 
 use crate::inspect::{GoBinary, InspectError};
 use crate::model::{Header, Model};
@@ -116,7 +117,6 @@ pub async fn trace(
         attached => attached?,
     };
     let start_ns = monotonic_ns();
-    let started = Instant::now();
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -127,9 +127,9 @@ pub async fn trace(
     let Outputs { events, lost } = outputs;
     let mut events = watch(events)?;
     let stop_reason = follow(&mut events, &mut model, &target, duration, stop).await?;
-    let window = started.elapsed();
+    let window_end_ns = monotonic_ns();
 
-    model.freeze(monotonic_ns());
+    model.freeze(window_end_ns);
     settle_from_events(&mut events, &mut model, &target).await;
     probes.detach();
     drain(events.get_mut(), &mut model);
@@ -146,7 +146,8 @@ pub async fn trace(
         go_version,
         exited: !target.is_alive(),
     };
-    let report = Report::new(info, window.as_secs_f64(), &model, lost, start_ns);
+    let window_s = window_end_ns.saturating_sub(start_ns) as f64 / 1e9;
+    let report = Report::new(info, window_s, &model, lost, start_ns);
     Ok(Outcome {
         report,
         stop: stop_reason,
@@ -220,7 +221,7 @@ fn settle_from_memory(model: &mut Model, target: &Target, implementation: MapImp
         let pending: Vec<u64> = model.pending().collect();
         for addr in pending {
             if let Ok([count, seed_word]) = target.read_words(addr) {
-                let seed = (seed_word >> implementation.seed_shift()) as u32;
+                let seed = seed_from_word(seed_word, implementation.seed_shift());
                 model.settle(addr, Header { count, seed });
             }
         }
