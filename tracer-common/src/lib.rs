@@ -26,20 +26,86 @@ pub mod kind {
     pub const GROW: u8 = 6;
 }
 
-/// Which Go integer argument register holds the map, as an index in ABIInternal order
-/// (amd64: RAX, RBX, RCX, …). Passed to entry probes as the uprobe's attach cookie, so one
-/// program serves runtime functions that take the map in different positions.
+/// Which Go integer argument register holds a value, as an index in ABIInternal order
+/// (amd64: RAX, RBX, RCX, RDI, …). Entry probes get these in their attach cookie (see
+/// [`cookie`]), so one program serves runtime functions that take the map, its type and the
+/// key in different positions.
 pub mod arg {
-    /// First argument: the receiver of `(*Map).Delete`, `growToSmall`, `growToTable`.
-    pub const FIRST: u64 = 0;
-    /// Second argument: the map of `mapassign*`, `mapdelete*`, `mapclear`, `hashGrow`.
-    pub const SECOND: u64 = 1;
-    /// Third argument: the map of `(*table).rehash`.
-    pub const THIRD: u64 = 2;
+    /// First argument: the type of `mapassign*`/`mapdelete*`/`mapclear`/`hashGrow`; the
+    /// receiver of `(*Map).Delete`, `(*Map).Clear`, `growToSmall`, `growToTable`.
+    pub const FIRST: u8 = 0;
+    /// Second argument: the map of `mapassign*`, `mapdelete*`, `mapclear`, `hashGrow`; the
+    /// type of the swiss `(*Map)` methods.
+    pub const SECOND: u8 = 1;
+    /// Third argument: the key (or its address) of `mapassign*`/`mapdelete*`; the map of
+    /// `(*table).rehash`.
+    pub const THIRD: u8 = 2;
+    /// Fourth argument: a string key's length, after its data pointer.
+    pub const FOURTH: u8 = 3;
+    /// The function has no such argument (no map type for `makemap_small`, no key for a
+    /// clear).
+    pub const NONE: u8 = 0xff;
+}
+
+/// How an entry probe finds the key, so that a sample of keys can be followed from insert to
+/// delete by a hash of their bytes. The bytes themselves never leave the BPF side.
+pub mod key {
+    /// The function takes no key (clear, growth).
+    pub const NONE: u8 = 0;
+    /// The key is the low 4 bytes of the third argument (`_fast32`).
+    pub const VALUE32: u8 = 1;
+    /// The key is the third argument's 8 bytes (`_fast64`, `_fast64ptr`).
+    pub const VALUE64: u8 = 2;
+    /// A string key: data pointer in the third argument, length in the fourth (`_faststr`).
+    pub const STRING: u8 = 3;
+    /// The third argument points at the key; its size and kind come from the map type
+    /// (generic `mapassign`/`mapdelete`, swiss `(*Map).Delete`).
+    pub const POINTER: u8 = 4;
+}
+
+/// The attach cookie of an entry probe: which arguments hold the map and its type, and how
+/// to find the key. Packed into the one `u64` the kernel hands back to the program.
+pub mod cookie {
+    /// Packs the argument positions ([`super::arg`]) and key access ([`super::key`]).
+    pub const fn entry(map: u8, map_type: u8, key: u8) -> u64 {
+        map as u64 | (map_type as u64) << 8 | (key as u64) << 16
+    }
+
+    /// The argument holding the map.
+    pub const fn map(cookie: u64) -> u8 {
+        cookie as u8
+    }
+
+    /// The argument holding the map type, or [`super::arg::NONE`].
+    pub const fn map_type(cookie: u64) -> u8 {
+        (cookie >> 8) as u8
+    }
+
+    /// How to find the key ([`super::key`]).
+    pub const fn key(cookie: u64) -> u8 {
+        (cookie >> 16) as u8
+    }
+
+    /// Marks a creation probe placed on the seed call of a map constructor: the new header
+    /// is read from the stack slot `SP + (cookie & 0xffff_ffff)` (see
+    /// `tracer::inspect::SeedCall`). Without it, a creation probe sits on a `RET` and reads
+    /// the header from the first result register.
+    pub const HEADER_IN_SLOT: u64 = 1 << 32;
+
+    /// The cookie of a creation probe on a seed call whose header is at `SP + slot`.
+    pub const fn header_slot(slot: u32) -> u64 {
+        HEADER_IN_SLOT | slot as u64
+    }
 }
 
 /// `MapEvent::flags` bit: the map header could not be read, `count` is meaningless.
 pub const FLAG_COUNT_UNREADABLE: u8 = 1;
+/// `MapEvent::flags` bit: the key was chosen for entry-lifetime sampling and `key_hash` holds
+/// its salted hash.
+pub const FLAG_KEY_SAMPLED: u8 = 2;
+/// `MapEvent::flags` bit: the creation was seen before the runtime drew the map's hash seed,
+/// so `header_word` is not the map's yet; the next event at this address carries it.
+pub const FLAG_SEED_PENDING: u8 = 4;
 
 /// One observation of one Go map, as sent over the ring buffer.
 ///
@@ -57,16 +123,51 @@ pub struct MapEvent {
     pub map: u64,
     /// The element count read from the header's first word.
     pub count: u64,
-    /// The map's hash seed (classic `hash0`, swiss `seed`, low 32 bits). A new map at an
-    /// address (a stack map in a later call, a reused allocation) has a new seed, which is
-    /// how userspace tells it from the map that lived there before.
-    pub seed: u32,
+    /// The header's second word: the hash seed (see [`seed_from_word`]) and, for classic
+    /// maps, the bucket count's log2 `B` (see [`classic_log2_buckets`]).
+    pub header_word: u64,
+    /// The map-type pointer the runtime function received (0 when it takes none): names
+    /// the map's type and sizes its buckets, read once per type in userspace.
+    pub map_type: u64,
+    /// Salted hash of the key when [`FLAG_KEY_SAMPLED`] is set, else 0.
+    pub key_hash: u32,
     /// One of the [`kind`] constants.
     pub kind: u8,
-    /// [`FLAG_COUNT_UNREADABLE`] and future flags.
+    /// [`FLAG_COUNT_UNREADABLE`], [`FLAG_KEY_SAMPLED`], [`FLAG_SEED_PENDING`].
     pub flags: u8,
     /// Explicit padding so that both sides agree on every byte.
     pub _pad: [u8; 2],
+}
+
+/// How many return addresses a creation records: enough to get past the runtime's and a
+/// decoder's frames to the program's own code.
+pub const STACK_DEPTH: usize = 32;
+
+/// A map creation or clone: the event, plus the call stack that says where in the program
+/// it happened.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateEvent {
+    /// The observation of the new map (kind [`kind::CREATE`] or [`kind::CLONE`]).
+    pub event: MapEvent,
+    /// The return address into the constructor's direct caller, read at `[SP]` by a probe on
+    /// a `RET`, where the frame-pointer walk no longer sees that frame; 0 when `stack` is
+    /// complete.
+    pub caller: u64,
+    /// How many entries of `stack` are valid.
+    pub stack_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// User stack by frame pointers, innermost first: the probed instruction, then return
+    /// addresses.
+    pub stack: [u64; STACK_DEPTH],
+}
+
+/// Reads a native-endian `u64` at `at`; callers have checked the length.
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_ne_bytes(raw)
 }
 
 impl MapEvent {
@@ -81,28 +182,52 @@ impl MapEvent {
         if bytes.len() < Self::SIZE {
             return None;
         }
-        let word = |at: usize| {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_ne_bytes(raw)
-        };
-        let mut seed = [0u8; 4];
-        seed.copy_from_slice(&bytes[24..28]);
+        let mut key_hash = [0u8; 4];
+        key_hash.copy_from_slice(&bytes[40..44]);
         Some(MapEvent {
-            ktime_ns: word(0),
-            map: word(8),
-            count: word(16),
-            seed: u32::from_ne_bytes(seed),
-            kind: bytes[28],
-            flags: bytes[29],
+            ktime_ns: word(bytes, 0),
+            map: word(bytes, 8),
+            count: word(bytes, 16),
+            header_word: word(bytes, 24),
+            map_type: word(bytes, 32),
+            key_hash: u32::from_ne_bytes(key_hash),
+            kind: bytes[44],
+            flags: bytes[45],
             _pad: [0; 2],
+        })
+    }
+}
+
+impl CreateEvent {
+    /// The record's size on the ring buffer; records of this size are creations.
+    pub const SIZE: usize = core::mem::size_of::<CreateEvent>();
+
+    /// Rebuilds a creation record, or `None` when it is too short; a `stack_len` beyond
+    /// [`STACK_DEPTH`] is clamped.
+    pub fn from_bytes(bytes: &[u8]) -> Option<CreateEvent> {
+        if bytes.len() < Self::SIZE {
+            return None;
+        }
+        let event = MapEvent::from_bytes(bytes)?;
+        let at = MapEvent::SIZE;
+        let mut stack_len = [0u8; 4];
+        stack_len.copy_from_slice(&bytes[at + 8..at + 12]);
+        let mut stack = [0u64; STACK_DEPTH];
+        for (index, slot) in stack.iter_mut().enumerate() {
+            *slot = word(bytes, at + 16 + index * 8);
+        }
+        Some(CreateEvent {
+            event,
+            caller: word(bytes, at),
+            stack_len: u32::from_ne_bytes(stack_len).min(STACK_DEPTH as u32),
+            _pad: 0,
+            stack,
         })
     }
 }
 
 /// Where the hash seed sits in the second 8-byte word of a map header, as a right shift:
 /// classic `hmap.hash0` is the `u32` at offset 12, swiss `Map.seed` the word at offset 8.
-/// Userspace sets the BPF global [`globals::SEED_SHIFT`] to one of these before loading.
 pub mod seed_shift {
     /// Classic maps (`runtime.hmap`).
     pub const CLASSIC: u64 = 32;
@@ -111,18 +236,32 @@ pub mod seed_shift {
 }
 
 /// The hash seed from a map header's second word, for the implementation whose
-/// [`seed_shift`] is `shift`. The BPF side and userspace (reading headers from the target's
-/// memory) must extract it identically, or a map would not recognise its own seed.
+/// [`seed_shift`] is `shift`. Events and headers read from the target's memory after the
+/// trace must extract it identically, or a map would not recognise its own seed.
 #[inline(always)]
 pub fn seed_from_word(word: u64, shift: u64) -> u32 {
     (word >> (shift & 63)) as u32
 }
 
+/// A classic header's `B` (log2 of its bucket count, offset 9), from the second word.
+#[inline(always)]
+pub fn classic_log2_buckets(word: u64) -> u8 {
+    (word >> 8) as u8
+}
+
 /// Names of BPF global variables userspace sets at load time.
 pub mod globals {
-    /// See [`super::seed_shift`].
-    pub const SEED_SHIFT: &str = "SEED_SHIFT";
+    /// `u64` secret mixed into every key hash, drawn per trace: hashes of small keys (ids,
+    /// ports) cannot be reversed by trying every value, and differ between traces.
+    pub const KEY_SALT: &str = "KEY_SALT";
+    /// `u32`: a key is sampled when `hash & mask == 0`; `u32::MAX` turns sampling (and key
+    /// hashing, with its user-memory reads) off.
+    pub const KEY_SAMPLE_MASK: &str = "KEY_SAMPLE_MASK";
 }
+
+/// Bytes of a key that go into its hash; longer keys are hashed by this prefix and their
+/// length.
+pub const KEY_HASH_PREFIX: usize = 64;
 
 /// Index of the single slot in the per-CPU `LOST` array that counts events the BPF side
 /// could not deliver because the ring buffer was full.
@@ -130,7 +269,7 @@ pub const LOST_SLOT: u32 = 0;
 
 /// Names of the BPF maps, shared so that a rename cannot silently break the loader.
 pub mod maps {
-    /// The ring buffer carrying [`super::MapEvent`] records.
+    /// The ring buffer carrying [`super::MapEvent`] and [`super::CreateEvent`] records.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` count of events dropped because the ring buffer was full.
     pub const LOST: &str = "LOST";
@@ -138,8 +277,8 @@ pub mod maps {
 
 /// Names of the BPF programs, one per probe kind.
 pub mod programs {
-    /// Attached to every RET of `runtime.makemap*`: reads the returned map pointer.
-    pub const CREATE_RET: &str = "map_create_ret";
+    /// Attached to every RET of a map constructor, or to its seed call.
+    pub const CREATE: &str = "map_create";
     /// Attached after the stack check of every `runtime.mapassign*`.
     pub const ASSIGN: &str = "map_assign";
     /// Attached after the stack check of every `runtime.mapdelete*`.
@@ -150,10 +289,13 @@ pub mod programs {
     pub const CLONE_RET: &str = "map_clone_ret";
     /// Attached after the stack check of the functions that start a map's growth.
     pub const GROW: &str = "map_grow";
+    /// Does nothing: attached at every site instead of the real programs, it measures the
+    /// cost of the uprobe itself (`gomaptrace --floor`, used by `cargo xtask bench`).
+    pub const FLOOR: &str = "floor";
 }
 
 /// Ring buffer size in bytes: a power of two multiple of the page size. 16 MiB holds about
-/// 400k events, several hundred milliseconds of the fastest map loop a 2-core machine runs.
+/// 300k events, several hundred milliseconds of the fastest map loop a 2-core machine runs.
 pub const RING_BYTES: u32 = 16 << 20;
 
 /// Once this many bytes wait in the ring buffer, the BPF side wakes the reader; below it,
@@ -166,18 +308,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_layout_is_fixed() {
-        assert_eq!(MapEvent::SIZE, 32);
+    fn record_layouts_are_fixed() {
+        assert_eq!(MapEvent::SIZE, 48);
+        assert_eq!(CreateEvent::SIZE, 48 + 16 + 8 * STACK_DEPTH);
         assert_eq!(core::mem::align_of::<MapEvent>(), 8);
     }
 
     #[test]
-    fn seeds_come_from_where_each_implementation_keeps_them() {
+    fn seeds_and_bucket_counts_come_from_where_each_implementation_keeps_them() {
         // classic: flags, B, noverflow in the low half, hash0 in the high half.
         assert_eq!(
             seed_from_word(0xdead_beef_0003_0501, seed_shift::CLASSIC),
             0xdead_beef
         );
+        assert_eq!(classic_log2_buckets(0xdead_beef_0003_0501), 5);
         assert_eq!(
             seed_from_word(0x1234_5678_9abc_def0, seed_shift::SWISS),
             0x9abc_def0
@@ -185,19 +329,57 @@ mod tests {
     }
 
     #[test]
-    fn decodes_what_the_bpf_side_writes() {
-        let event = MapEvent {
+    fn cookies_round_trip() {
+        let packed = cookie::entry(arg::SECOND, arg::FIRST, key::STRING);
+        assert_eq!(cookie::map(packed), arg::SECOND);
+        assert_eq!(cookie::map_type(packed), arg::FIRST);
+        assert_eq!(cookie::key(packed), key::STRING);
+        assert_eq!(packed & cookie::HEADER_IN_SLOT, 0);
+        assert_eq!(cookie::header_slot(0x28) & 0xffff_ffff, 0x28);
+        assert_ne!(cookie::header_slot(0x28) & cookie::HEADER_IN_SLOT, 0);
+    }
+
+    fn sample_event() -> MapEvent {
+        MapEvent {
             ktime_ns: 7,
             map: 0xc000_1234_5678,
             count: 42,
-            seed: 0xdead_beef,
+            header_word: 0xdead_beef_0000_0300,
+            map_type: 0x4a_b000,
+            key_hash: 0x1234,
             kind: kind::ASSIGN,
-            flags: FLAG_COUNT_UNREADABLE,
+            flags: FLAG_COUNT_UNREADABLE | FLAG_KEY_SAMPLED,
             _pad: [0; 2],
-        };
+        }
+    }
+
+    #[test]
+    fn decodes_what_the_bpf_side_writes() {
+        let event = sample_event();
         // SAFETY: MapEvent is repr(C) plain data; viewing it as bytes is what the ring does.
-        let bytes: [u8; 32] = unsafe { core::mem::transmute(event) };
+        let bytes: [u8; MapEvent::SIZE] = unsafe { core::mem::transmute(event) };
         assert_eq!(MapEvent::from_bytes(&bytes), Some(event));
-        assert_eq!(MapEvent::from_bytes(&bytes[..31]), None);
+        assert_eq!(MapEvent::from_bytes(&bytes[..MapEvent::SIZE - 1]), None);
+    }
+
+    #[test]
+    fn decodes_creations_with_their_stacks() {
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[0] = 0x40_1000;
+        stack[1] = 0x40_2000;
+        let create = CreateEvent {
+            event: MapEvent {
+                kind: kind::CREATE,
+                ..sample_event()
+            },
+            caller: 0x40_3000,
+            stack_len: 2,
+            _pad: 0,
+            stack,
+        };
+        // SAFETY: as above.
+        let bytes: [u8; CreateEvent::SIZE] = unsafe { core::mem::transmute(create) };
+        assert_eq!(CreateEvent::from_bytes(&bytes), Some(create));
+        assert_eq!(CreateEvent::from_bytes(&bytes[..MapEvent::SIZE]), None);
     }
 }

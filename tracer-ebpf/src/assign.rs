@@ -6,10 +6,7 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{
-    emit::{emit, EmitError},
-    go_abi,
-};
+use crate::{emit::EmitError, entry::observe_entry};
 
 #[uprobe]
 pub fn map_assign(ctx: ProbeContext) -> u32 {
@@ -18,5 +15,5 @@ pub fn map_assign(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_assign(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::ASSIGN, go_abi::map_argument(ctx))
+    observe_entry(ctx, kind::ASSIGN)
 }

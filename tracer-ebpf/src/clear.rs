@@ -1,16 +1,13 @@
 //! `clear(m)` and the range-delete idiom: a probe after the stack check of `runtime.mapclear`
 //! (classic maps) or of `(*Map).Clear` (swiss maps, which `reflect.Value.Clear` calls
-//! directly). The attach cookie says which argument holds the map.
+//! directly). The attach cookie says which arguments hold the map and its type.
 //!
 //! Every entry goes at once, so the count before the call is all userspace needs.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{
-    emit::{emit, EmitError},
-    go_abi,
-};
+use crate::{emit::EmitError, entry::observe_entry};
 
 #[uprobe]
 pub fn map_clear(ctx: ProbeContext) -> u32 {
@@ -19,5 +16,5 @@ pub fn map_clear(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_clear(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::CLEAR, go_abi::map_argument_from_cookie(ctx))
+    observe_entry(ctx, kind::CLEAR)
 }

@@ -1,22 +1,45 @@
-//! Map creation: a probe on every RET instruction of `runtime.makemap*`.
+//! Map creation, with the call stack that created the map.
 //!
-//! The returned map pointer only exists at return, and uretprobes would corrupt Go stacks,
-//! so userspace decodes each function and attaches this program to each of its RETs.
+//! Two placements, chosen per constructor by userspace (`tracer::inspect::SeedCall`):
+//! - the constructor's call that draws the hash seed (Go 1.22+): the kernel emulates a
+//!   `CALL`, so this costs about as much as an entry probe; the new header waits in the stack
+//!   slot the cookie names, and its seed is not drawn yet;
+//! - every `RET` otherwise: the header is the first result, but the kernel single-steps the
+//!   `RET`, and the frame-pointer walk no longer sees the direct caller, whose return address
+//!   is at `[SP]`.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use tracer_common::kind;
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
+use tracer_common::{cookie, kind, FLAG_SEED_PENDING};
 
 use crate::{
-    emit::{emit, EmitError},
+    emit::{emit_create, EmitError, Observation},
     go_abi,
 };
 
 #[uprobe]
-pub fn map_create_ret(ctx: ProbeContext) -> u32 {
-    let _ = try_map_create_ret(&ctx);
+pub fn map_create(ctx: ProbeContext) -> u32 {
+    let _ = try_map_create(&ctx);
     0
 }
 
-fn try_map_create_ret(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::CREATE, go_abi::first_result(ctx))
+fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
+    let cookie = go_abi::cookie(ctx);
+    let sp = go_abi::stack_pointer(ctx);
+    let (map, caller, flags) = if cookie & cookie::HEADER_IN_SLOT != 0 {
+        let slot = sp + (cookie & 0xffff_ffff);
+        // SAFETY: a faulting user read returns an error.
+        let map = unsafe { bpf_probe_read_user(slot as *const u64) }.unwrap_or(0);
+        (map, 0, FLAG_SEED_PENDING)
+    } else {
+        // SAFETY: as above.
+        let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+        (go_abi::first_result(ctx), caller, 0)
+    };
+    let observation = Observation {
+        kind: kind::CREATE,
+        map,
+        map_type: 0,
+        key_hash: None,
+    };
+    emit_create(ctx, observation, caller, flags)
 }

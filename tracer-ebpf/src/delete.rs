@@ -1,6 +1,6 @@
 //! Deletes: a probe after the stack check of every `runtime.mapdelete*` (classic maps), or of
 //! `(*Map).Delete` (swiss maps), which every runtime and reflect delete goes through. The
-//! attach cookie says which argument holds the map.
+//! attach cookie says which arguments hold the map, its type and the key.
 //!
 //! A delete of a missing key makes the same call; the count at the map's next observation
 //! says whether anything was removed.
@@ -8,10 +8,7 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{
-    emit::{emit, EmitError},
-    go_abi,
-};
+use crate::{emit::EmitError, entry::observe_entry};
 
 #[uprobe]
 pub fn map_delete(ctx: ProbeContext) -> u32 {
@@ -20,5 +17,5 @@ pub fn map_delete(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_delete(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::DELETE, go_abi::map_argument_from_cookie(ctx))
+    observe_entry(ctx, kind::DELETE)
 }

@@ -2,22 +2,20 @@
 //! lost when the buffer is full.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_stack},
     macros::map,
     maps::{PerCpuArray, RingBuf},
+    programs::ProbeContext,
+    EbpfContext,
 };
 use tracer_common::{
-    seed_from_word, MapEvent, FLAG_COUNT_UNREADABLE, LOST_SLOT, RING_BYTES, WAKEUP_THRESHOLD_BYTES,
+    CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE, FLAG_KEY_SAMPLED, LOST_SLOT, RING_BYTES,
+    STACK_DEPTH, WAKEUP_THRESHOLD_BYTES,
 };
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
-
-/// Set by userspace before loading (`tracer_common::seed_shift`): where the hash seed sits in
-/// the header's second word for the target's map implementation.
-#[no_mangle]
-static SEED_SHIFT: u64 = 0;
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -29,38 +27,100 @@ pub enum EmitError {
     RingFull,
 }
 
-/// Records one observation of the map at `map`: its element count right now.
+/// What one probe hit saw of a map, before it becomes a record.
+pub struct Observation {
+    /// One of `tracer_common::kind`.
+    pub kind: u8,
+    /// The map header's address.
+    pub map: u64,
+    /// The map-type pointer the function received, or 0.
+    pub map_type: u64,
+    /// The salted key hash when the key is sampled.
+    pub key_hash: Option<u32>,
+}
+
+/// Records one observation of the map: its header (count and seed) right now.
 ///
 /// A nil map (`map == 0`) is not an observation: deletes from a nil map are no-ops and
 /// assignments to one panic before touching anything.
 #[inline(always)]
-pub fn emit(kind: u8, map: u64) -> Result<(), EmitError> {
-    if map == 0 {
+pub fn emit(observation: Observation) -> Result<(), EmitError> {
+    if observation.map == 0 {
         return Ok(());
     }
-    // SAFETY: a faulting user read returns an error instead of faulting the kernel.
-    let (header, flags) = match unsafe { bpf_probe_read_user(map as *const [u64; 2]) } {
-        Ok(header) => (header, 0),
-        Err(_) => ([0, 0], FLAG_COUNT_UNREADABLE),
-    };
-    // SAFETY: a plain read of a global; volatile so the loader's value is not folded away.
-    let seed_shift = unsafe { core::ptr::read_volatile(&SEED_SHIFT) };
     let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
         count_lost();
         return Err(EmitError::RingFull);
     };
-    entry.write(MapEvent {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        map,
-        count: header[0],
-        seed: seed_from_word(header[1], seed_shift),
-        kind,
-        flags,
-        _pad: [0; 2],
-    });
+    entry.write(event(&observation, 0));
     entry.submit(wakeup_policy());
     Ok(())
+}
+
+/// Records a creation (or clone) with the user call stack that made it. `caller` is the
+/// return address into the direct caller when the frame-pointer walk cannot see it (a probe
+/// on a `RET`), else 0; `flags` adds `tracer_common::FLAG_SEED_PENDING` for probes that run
+/// before the seed is drawn.
+#[inline(always)]
+pub fn emit_create(
+    ctx: &ProbeContext,
+    observation: Observation,
+    caller: u64,
+    flags: u8,
+) -> Result<(), EmitError> {
+    if observation.map == 0 {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<CreateEvent>(0) else {
+        count_lost();
+        return Err(EmitError::RingFull);
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at reserved ring-buffer memory of `CreateEvent`'s size; every
+    // field is written before submit, the stack by the helper (which zero-fills what it
+    // does not write when the walk is short).
+    unsafe {
+        core::ptr::addr_of_mut!((*record).event).write(event(&observation, flags));
+        core::ptr::addr_of_mut!((*record).caller).write(caller);
+        core::ptr::addr_of_mut!((*record)._pad).write(0);
+        let written = bpf_get_stack(
+            ctx.as_ptr(),
+            core::ptr::addr_of_mut!((*record).stack).cast(),
+            (STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        let frames = if written > 0 { written as u32 / 8 } else { 0 };
+        core::ptr::addr_of_mut!((*record).stack_len).write(frames);
+    }
+    entry.submit(wakeup_policy());
+    Ok(())
+}
+
+/// Reads the header and fills in the record.
+#[inline(always)]
+fn event(observation: &Observation, flags: u8) -> MapEvent {
+    // SAFETY: a faulting user read returns an error instead of faulting the kernel.
+    let (header, unreadable) =
+        match unsafe { bpf_probe_read_user(observation.map as *const [u64; 2]) } {
+            Ok(header) => (header, 0),
+            Err(_) => ([0, 0], FLAG_COUNT_UNREADABLE),
+        };
+    let (key_hash, sampled) = match observation.key_hash {
+        Some(hash) => (hash, FLAG_KEY_SAMPLED),
+        None => (0, 0),
+    };
+    MapEvent {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        map: observation.map,
+        count: header[0],
+        header_word: header[1],
+        map_type: observation.map_type,
+        key_hash,
+        kind: observation.kind,
+        flags: flags | unreadable | sampled,
+        _pad: [0; 2],
+    }
 }
 
 /// Waking the reader per event would cost every traced call over a microsecond; the reader

@@ -6,44 +6,62 @@
 use aya_ebpf::{helpers::generated::bpf_get_attach_cookie, programs::ProbeContext, EbpfContext};
 use tracer_common::arg;
 
-/// The second integer argument: the map header for `mapassign*`, whose first argument is the
-/// map type. Read directly rather than through the attach cookie: assigns are the hottest
-/// probe and this saves a helper call.
-#[inline(always)]
-pub fn map_argument(ctx: &ProbeContext) -> u64 {
-    // SAFETY: `regs` points at the pt_regs the kernel hands every uprobe program.
-    unsafe { (*ctx.regs).rbx }
+/// The first four integer argument registers, read once per probe hit.
+pub struct Arguments {
+    registers: [u64; 4],
 }
 
-/// The argument named by the probe's attach cookie (a [`tracer_common::arg`] index): for
-/// functions that take the map in different positions, such as `mapdelete*` (second) and
-/// `(*Map).Delete` (receiver, first).
-#[inline(always)]
-pub fn map_argument_from_cookie(ctx: &ProbeContext) -> u64 {
-    // SAFETY: the helper only reads the cookie of the running uprobe.
-    let index = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    // The verifier only accepts context reads at constant offsets, so all three registers
-    // are loaded (volatile, so that LLVM cannot turn the choice into a computed offset) and
-    // the value is chosen afterwards.
-    // SAFETY: `regs` points at the pt_regs the kernel hands every uprobe program.
-    let (first, second, third) = unsafe {
-        (
-            core::ptr::read_volatile(&(*ctx.regs).rax),
-            core::ptr::read_volatile(&(*ctx.regs).rbx),
-            core::ptr::read_volatile(&(*ctx.regs).rcx),
-        )
-    };
-    match index {
-        arg::FIRST => first,
-        arg::SECOND => second,
-        arg::THIRD => third,
-        _ => 0,
+impl Arguments {
+    /// Loads RAX, RBX, RCX and RDI. The verifier only accepts context reads at constant
+    /// offsets, so all four are loaded (volatile, so that LLVM cannot turn a later choice by
+    /// index into a computed context offset) and chosen from afterwards.
+    #[inline(always)]
+    pub fn read(ctx: &ProbeContext) -> Arguments {
+        // SAFETY: `regs` points at the pt_regs the kernel hands every uprobe program.
+        let registers = unsafe {
+            [
+                core::ptr::read_volatile(&(*ctx.regs).rax),
+                core::ptr::read_volatile(&(*ctx.regs).rbx),
+                core::ptr::read_volatile(&(*ctx.regs).rcx),
+                core::ptr::read_volatile(&(*ctx.regs).rdi),
+            ]
+        };
+        Arguments { registers }
+    }
+
+    /// The argument at `index` ([`tracer_common::arg`]); 0 for [`arg::NONE`].
+    #[inline(always)]
+    pub fn get(&self, index: u8) -> u64 {
+        match index {
+            arg::FIRST => self.registers[0],
+            arg::SECOND => self.registers[1],
+            arg::THIRD => self.registers[2],
+            arg::FOURTH => self.registers[3],
+            _ => 0,
+        }
     }
 }
 
-/// The first integer result, read at a RET instruction: the map pointer `makemap*` returns.
+/// The probe's attach cookie (`tracer_common::cookie`): where this function keeps the map,
+/// its type and its key.
+#[inline(always)]
+pub fn cookie(ctx: &ProbeContext) -> u64 {
+    // SAFETY: the helper only reads the cookie of the running uprobe.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+/// The first integer result, read at a RET instruction: the map pointer a constructor
+/// returns.
 #[inline(always)]
 pub fn first_result(ctx: &ProbeContext) -> u64 {
     // SAFETY: as above.
     unsafe { (*ctx.regs).rax }
+}
+
+/// The stack pointer: at a RET it points at the return address, inside a function at its
+/// spill slots.
+#[inline(always)]
+pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as above.
+    unsafe { (*ctx.regs).rsp }
 }

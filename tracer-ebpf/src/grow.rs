@@ -1,14 +1,11 @@
 //! Growth: a probe after the stack check of the functions that start growing a map (classic
 //! `hashGrow`; swiss `growToSmall`, `growToTable`, `(*table).rehash`). The attach cookie says
-//! which argument holds the map.
+//! which arguments hold the map and its type.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{
-    emit::{emit, EmitError},
-    go_abi,
-};
+use crate::{emit::EmitError, entry::observe_entry};
 
 #[uprobe]
 pub fn map_grow(ctx: ProbeContext) -> u32 {
@@ -17,5 +14,5 @@ pub fn map_grow(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_grow(ctx: &ProbeContext) -> Result<(), EmitError> {
-    emit(kind::GROW, go_abi::map_argument_from_cookie(ctx))
+    observe_entry(ctx, kind::GROW)
 }

@@ -1,8 +1,10 @@
 //! The BPF side of gomaptrace: one uprobe program per kind of Go map operation.
 //!
-//! Every program is an *entry* probe (or a probe on a RET instruction): uretprobes corrupt
-//! Go stacks. Programs only read the map header's element count and append a
-//! [`tracer_common::MapEvent`] to the ring buffer; all interpretation happens in userspace.
+//! Every program is an *entry* probe (or a probe on a `CALL` or `RET` instruction):
+//! uretprobes corrupt Go stacks. Programs read the map header's count and seed, the map
+//! type, a salted hash of a sample of keys and, at creation, the call stack, and append a
+//! [`tracer_common::MapEvent`] or [`tracer_common::CreateEvent`] to the ring buffer; all
+//! interpretation happens in userspace.
 #![no_std]
 #![no_main]
 
@@ -12,8 +14,11 @@ mod clone;
 mod create;
 mod delete;
 mod emit;
+mod entry;
+mod floor;
 mod go_abi;
 mod grow;
+mod key_hash;
 
 #[cfg(not(test))]
 #[panic_handler]

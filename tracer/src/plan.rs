@@ -3,15 +3,16 @@
 //! The plan is computed from the binary alone, before anything is loaded, so it can be
 //! checked in tests and printed for a user who wants to know what will be touched.
 
-use tracer_common::arg;
+use tracer_common::{arg, cookie, key};
 
 use crate::inspect::{Function, GoBinary, InspectError};
 
 /// The BPF program a probe site runs; one per kind of map operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProbeKind {
-    /// A RET instruction of `makemap*`: the new map is the first result.
-    CreateReturn,
+    /// A map constructor's seed call (the header in a stack slot) or, failing that, each of
+    /// its RET instructions (the header is the first result).
+    Create,
     /// After the stack check of a `mapassign*`.
     Assign,
     /// After the stack check of a `mapdelete*`.
@@ -29,7 +30,7 @@ impl ProbeKind {
     pub fn program(self) -> &'static str {
         use tracer_common::programs;
         match self {
-            ProbeKind::CreateReturn => programs::CREATE_RET,
+            ProbeKind::Create => programs::CREATE,
             ProbeKind::Assign => programs::ASSIGN,
             ProbeKind::Delete => programs::DELETE,
             ProbeKind::Clear => programs::CLEAR,
@@ -40,7 +41,7 @@ impl ProbeKind {
 
     /// Every kind, in the order programs are loaded.
     pub const ALL: [ProbeKind; 6] = [
-        ProbeKind::CreateReturn,
+        ProbeKind::Create,
         ProbeKind::Assign,
         ProbeKind::Delete,
         ProbeKind::Clear,
@@ -58,13 +59,14 @@ pub struct ProbeSite {
     pub function: String,
     /// Offset in the executable file, as the kernel's uprobe interface wants it.
     pub file_offset: u64,
-    /// Which argument holds the map (`tracer_common::arg`), for programs that read it from
-    /// the attach cookie.
-    pub map_argument: u64,
+    /// The attach cookie (`tracer_common::cookie`): where the program finds the map, its
+    /// type and its key, or the stack slot of a new header.
+    pub cookie: u64,
 }
 
 /// The target runtime's map implementation, which decides the header layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MapImplementation {
     /// `runtime.hmap` (Go ≤ 1.23, and 1.24–1.25 with `GOEXPERIMENT=noswissmap`).
     Classic,
@@ -88,6 +90,15 @@ impl MapImplementation {
         match self {
             MapImplementation::Classic => tracer_common::seed_shift::CLASSIC,
             MapImplementation::Swiss => tracer_common::seed_shift::SWISS,
+        }
+    }
+
+    /// The seed's offset in the header: where a constructor stores what its seed call
+    /// returned (classic `hash0`, swiss `seed`).
+    fn seed_offset(self) -> u64 {
+        match self {
+            MapImplementation::Classic => 12,
+            MapImplementation::Swiss => 8,
         }
     }
 }
@@ -121,14 +132,24 @@ pub enum PlanError {
     },
 }
 
-/// Where a runtime function is probed, and which argument holds the map.
+/// Where a runtime function is probed.
 #[derive(Clone, Copy, Debug)]
 enum Placement {
+    /// A constructor: its seed call when the code has the expected shape, else every RET.
+    Constructor,
     /// Every RET: the map is the first result.
     Returns,
-    /// After the stack check, with the map in the given argument.
+    /// After the stack check, with this cookie (`tracer_common::cookie::entry`).
     Entry(u64),
 }
+
+/// The seed generators map constructors call (Go 1.22+; earlier releases inline
+/// `fastrand`, whose constructors are probed at their RETs).
+const SEED_FUNCTIONS: [&str; 3] = [
+    "runtime.rand",
+    "internal/runtime/maps.rand",
+    "runtime.fastrand",
+];
 
 /// The probes for one map implementation: (kind, placement, function names). Missing
 /// functions are skipped (the linker drops what a program does not use).
@@ -143,63 +164,70 @@ enum Placement {
 /// `_fast32ptr` exists only on 32-bit targets and there is no `mapdelete_*ptr`: pointer keys
 /// use `mapdelete_fast64`.
 fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, Vec<String>)> {
-    let variants = |base: &str| {
-        ["", "_fast32", "_fast64", "_fast64ptr", "_faststr"]
-            .iter()
-            .map(|suffix| format!("{base}{suffix}"))
-            .collect::<Vec<_>>()
+    // (suffix, how the key is passed) for the runtime's assign and delete variants, whose
+    // arguments are (type, map, key).
+    const VARIANTS: [(&str, u8); 5] = [
+        ("", key::POINTER),
+        ("_fast32", key::VALUE32),
+        ("_fast64", key::VALUE64),
+        ("_fast64ptr", key::VALUE64),
+        ("_faststr", key::STRING),
+    ];
+    let runtime_variants = |kind: ProbeKind, base: &'static str| {
+        VARIANTS.iter().map(move |(suffix, key)| {
+            (
+                kind,
+                Placement::Entry(cookie::entry(arg::SECOND, arg::FIRST, *key)),
+                vec![format!("{base}{suffix}")],
+            )
+        })
     };
     let names = |list: &[&str]| list.iter().map(|name| name.to_string()).collect::<Vec<_>>();
     let swiss = |name: &str| format!("internal/runtime/maps.{name}");
-    let assign = (
-        ProbeKind::Assign,
-        Placement::Entry(arg::SECOND),
-        variants("runtime.mapassign"),
-    );
+    // Swiss methods take (receiver map, type, ...).
+    let swiss_method = cookie::entry(arg::FIRST, arg::SECOND, key::NONE);
+    let mut table: Vec<_> = runtime_variants(ProbeKind::Assign, "runtime.mapassign").collect();
     match implementation {
-        MapImplementation::Classic => vec![
-            (
-                ProbeKind::CreateReturn,
-                Placement::Returns,
+        MapImplementation::Classic => {
+            let type_and_map = cookie::entry(arg::SECOND, arg::FIRST, key::NONE);
+            table.push((
+                ProbeKind::Create,
+                Placement::Constructor,
                 names(&["runtime.makemap", "runtime.makemap_small"]),
-            ),
-            assign,
+            ));
+            table.extend(runtime_variants(ProbeKind::Delete, "runtime.mapdelete"));
+            table.extend([
+                (
+                    ProbeKind::Clear,
+                    Placement::Entry(type_and_map),
+                    names(&["runtime.mapclear"]),
+                ),
+                (
+                    ProbeKind::CloneReturn,
+                    Placement::Returns,
+                    names(&["runtime.mapclone2"]),
+                ),
+                (
+                    ProbeKind::Grow,
+                    Placement::Entry(type_and_map),
+                    names(&["runtime.hashGrow"]),
+                ),
+            ]);
+        }
+        MapImplementation::Swiss => table.extend([
             (
-                ProbeKind::Delete,
-                Placement::Entry(arg::SECOND),
-                variants("runtime.mapdelete"),
-            ),
-            (
-                ProbeKind::Clear,
-                Placement::Entry(arg::SECOND),
-                names(&["runtime.mapclear"]),
-            ),
-            (
-                ProbeKind::CloneReturn,
-                Placement::Returns,
-                names(&["runtime.mapclone2"]),
-            ),
-            (
-                ProbeKind::Grow,
-                Placement::Entry(arg::SECOND),
-                names(&["runtime.hashGrow"]),
-            ),
-        ],
-        MapImplementation::Swiss => vec![
-            (
-                ProbeKind::CreateReturn,
-                Placement::Returns,
+                ProbeKind::Create,
+                Placement::Constructor,
                 vec![swiss("NewMap"), "runtime.makemap_small".into()],
             ),
-            assign,
             (
                 ProbeKind::Delete,
-                Placement::Entry(arg::FIRST),
+                Placement::Entry(cookie::entry(arg::FIRST, arg::SECOND, key::POINTER)),
                 vec![swiss("(*Map).Delete")],
             ),
             (
                 ProbeKind::Clear,
-                Placement::Entry(arg::FIRST),
+                Placement::Entry(swiss_method),
                 vec![swiss("(*Map).Clear")],
             ),
             (
@@ -209,16 +237,19 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
             ),
             (
                 ProbeKind::Grow,
-                Placement::Entry(arg::FIRST),
+                Placement::Entry(swiss_method),
                 vec![swiss("(*Map).growToSmall"), swiss("(*Map).growToTable")],
             ),
             (
                 ProbeKind::Grow,
-                Placement::Entry(arg::THIRD),
+                // (table, type, map)
+                Placement::Entry(cookie::entry(arg::THIRD, arg::SECOND, key::NONE)),
                 vec![swiss("(*table).rehash")],
             ),
-        ],
+        ]),
     }
+    table.sort_by_key(|(kind, _, _)| ProbeKind::ALL.iter().position(|k| k == kind));
+    table
 }
 
 /// Plans probes for every map function the binary contains. Missing variants are normal
@@ -226,10 +257,20 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
 /// no map in it could ever gain an entry.
 pub fn plan(binary: &GoBinary) -> Result<ProbePlan, PlanError> {
     let implementation = MapImplementation::of(binary);
+    let seed_functions: Vec<u64> = SEED_FUNCTIONS
+        .iter()
+        .filter_map(|name| binary.function(name))
+        .map(|function| function.vaddr)
+        .collect();
+    let placer = Placer {
+        binary,
+        seed_functions,
+        seed_offset: implementation.seed_offset(),
+    };
     let mut sites = Vec::new();
     for (kind, placement, names) in probe_table(implementation) {
         for function in names.iter().filter_map(|name| binary.function(name)) {
-            sites.extend(place(binary, kind, placement, function)?);
+            sites.extend(placer.place(kind, placement, function)?);
         }
     }
     if !sites.iter().any(|site| site.kind == ProbeKind::Assign) {
@@ -241,30 +282,66 @@ pub fn plan(binary: &GoBinary) -> Result<ProbePlan, PlanError> {
     })
 }
 
-fn place(
-    binary: &GoBinary,
-    kind: ProbeKind,
-    placement: Placement,
-    function: &Function,
-) -> Result<Vec<ProbeSite>, PlanError> {
-    let decode_error = |source| PlanError::Decode {
-        function: function.name.clone(),
-        source,
-    };
-    let (offsets, map_argument) = match placement {
-        Placement::Returns => (binary.return_offsets(function).map_err(decode_error)?, 0),
-        Placement::Entry(argument) => (
-            vec![binary.entry_probe_offset(function).map_err(decode_error)?],
-            argument,
-        ),
-    };
-    Ok(offsets
-        .into_iter()
-        .map(|file_offset| ProbeSite {
-            kind,
+/// Turns a placement into file offsets for one binary.
+struct Placer<'a> {
+    binary: &'a GoBinary,
+    /// Addresses of the seed generators constructors call.
+    seed_functions: Vec<u64>,
+    /// Where constructors store the seed in the header.
+    seed_offset: u64,
+}
+
+impl Placer<'_> {
+    fn place(
+        &self,
+        kind: ProbeKind,
+        placement: Placement,
+        function: &Function,
+    ) -> Result<Vec<ProbeSite>, PlanError> {
+        let decode_error = |source| PlanError::Decode {
             function: function.name.clone(),
-            file_offset,
-            map_argument,
-        })
-        .collect())
+            source,
+        };
+        let returns = || -> Result<Vec<(u64, u64)>, PlanError> {
+            Ok(self
+                .binary
+                .return_offsets(function)
+                .map_err(decode_error)?
+                .into_iter()
+                .map(|offset| (offset, 0))
+                .collect())
+        };
+        let offsets = match placement {
+            Placement::Constructor => {
+                let seed_calls = self
+                    .binary
+                    .seed_calls(function, &self.seed_functions, self.seed_offset)
+                    .map_err(decode_error)?;
+                if seed_calls.is_empty() {
+                    returns()?
+                } else {
+                    seed_calls
+                        .iter()
+                        .map(|call| (call.file_offset, cookie::header_slot(call.header_slot)))
+                        .collect()
+                }
+            }
+            Placement::Returns => returns()?,
+            Placement::Entry(cookie) => vec![(
+                self.binary
+                    .entry_probe_offset(function)
+                    .map_err(decode_error)?,
+                cookie,
+            )],
+        };
+        Ok(offsets
+            .into_iter()
+            .map(|(file_offset, cookie)| ProbeSite {
+                kind,
+                function: function.name.clone(),
+                file_offset,
+                cookie,
+            })
+            .collect())
+    }
 }

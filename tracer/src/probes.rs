@@ -89,12 +89,40 @@ impl Outputs {
     }
 }
 
+/// What the attached programs do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programs {
+    /// The real programs; keys are sampled for entry lifetimes when their salted hash
+    /// masked with `key_sample_mask` is zero (`u32::MAX`: no sampling, no key reads).
+    Tracing {
+        /// See `tracer_common::globals::KEY_SAMPLE_MASK`.
+        key_sample_mask: u32,
+        /// See `tracer_common::globals::KEY_SALT`.
+        key_salt: u64,
+    },
+    /// An empty program at every site: measures the uprobe's own cost (`--floor`).
+    Floor,
+}
+
 impl Probes {
     /// Loads the programs and attaches one uprobe per plan site in `exe`, for `pid` only.
-    pub fn attach(plan: &ProbePlan, exe: &Path, pid: u32) -> Result<(Probes, Outputs), ProbeError> {
+    pub fn attach(
+        plan: &ProbePlan,
+        exe: &Path,
+        pid: u32,
+        programs: Programs,
+    ) -> Result<(Probes, Outputs), ProbeError> {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
+        let (mask, salt) = match programs {
+            Programs::Tracing {
+                key_sample_mask,
+                key_salt,
+            } => (key_sample_mask, key_salt),
+            Programs::Floor => (u32::MAX, 0),
+        };
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::SEED_SHIFT, &plan.implementation.seed_shift(), true)
+            .override_global(globals::KEY_SAMPLE_MASK, &mask, true)
+            .override_global(globals::KEY_SALT, &salt, true)
             .load(BPF_OBJECT)
             .map_err(|error| ProbeError::Load(Box::new(error)))?;
         let outputs = Outputs {
@@ -102,19 +130,25 @@ impl Probes {
             lost: take_map(&mut ebpf, maps::LOST)?,
         };
         let mut attached = 0;
-        for kind in ProbeKind::ALL {
-            let program = kind.program();
+        let groups: Vec<(&'static str, Vec<ProbeKind>)> = match programs {
+            Programs::Tracing { .. } => ProbeKind::ALL
+                .iter()
+                .map(|&kind| (kind.program(), vec![kind]))
+                .collect(),
+            Programs::Floor => vec![(tracer_common::programs::FLOOR, ProbeKind::ALL.to_vec())],
+        };
+        for (program, kinds) in groups {
             let uprobe = uprobe(&mut ebpf, program)?;
             uprobe.load().map_err(|source| ProbeError::Program {
                 program,
                 source: Box::new(source),
             })?;
-            for site in plan.sites.iter().filter(|site| site.kind == kind) {
+            for site in plan.sites.iter().filter(|site| kinds.contains(&site.kind)) {
                 uprobe
                     .attach(
                         UProbeAttachPoint {
                             location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
-                            cookie: Some(site.map_argument),
+                            cookie: Some(site.cookie),
                         },
                         exe,
                         UProbeScope::OneProcess(pid),

@@ -1,0 +1,25 @@
+//! What every entry probe does: find the map, its type and (for a sample) the key's hash in
+//! the registers the attach cookie names, and record the map's header.
+
+use aya_ebpf::programs::ProbeContext;
+use tracer_common::cookie;
+
+use crate::{
+    emit::{emit, EmitError, Observation},
+    go_abi::{self, Arguments},
+    key_hash::sampled_key_hash,
+};
+
+/// Records an entry into a map function of `kind`.
+#[inline(always)]
+pub fn observe_entry(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
+    let cookie = go_abi::cookie(ctx);
+    let arguments = Arguments::read(ctx);
+    let map_type = arguments.get(cookie::map_type(cookie));
+    emit(Observation {
+        kind,
+        map: arguments.get(cookie::map(cookie)),
+        map_type,
+        key_hash: sampled_key_hash(cookie::key(cookie), &arguments, map_type),
+    })
+}

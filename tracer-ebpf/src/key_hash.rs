@@ -1,0 +1,135 @@
+//! Salted hashes of keys, so that userspace can follow a sample of entries from insert to
+//! delete without ever seeing a key.
+//!
+//! The hash covers the key's bytes (for strings, their contents, up to
+//! [`KEY_HASH_PREFIX`] bytes, plus the length), so the same key hashes the same whether the
+//! runtime got it by value (`_fast64`), as a string (`_faststr`) or by address (generic
+//! functions, swiss `(*Map).Delete`). The salt is drawn per trace by userspace and never
+//! recorded: a hash of a small integer key cannot be reversed by trying every integer.
+
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
+use tracer_common::{key, KEY_HASH_PREFIX};
+
+use crate::go_abi::Arguments;
+
+/// See `tracer_common::globals::KEY_SALT`.
+#[no_mangle]
+static KEY_SALT: u64 = 0;
+
+/// See `tracer_common::globals::KEY_SAMPLE_MASK`; all ones (sampling off) until userspace
+/// sets it.
+#[no_mangle]
+static KEY_SAMPLE_MASK: u32 = u32::MAX;
+
+/// `abi.Type.Size_`: first word of every type descriptor.
+const TYPE_SIZE_OFFSET: u64 = 0;
+/// `abi.Type.Kind_`, whose low five bits are the kind in every supported release.
+const TYPE_KIND_OFFSET: u64 = 23;
+/// `abi.Kind` of `string`.
+const KIND_STRING: u8 = 24;
+/// The key type pointer inside every map type descriptor (classic and swiss).
+const MAP_TYPE_KEY_OFFSET: u64 = 48;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The key's salted hash when it falls in the sample, `None` when it does not, when
+/// sampling is off, or when the key cannot be read.
+#[inline(always)]
+pub fn sampled_key_hash(access: u8, arguments: &Arguments, map_type: u64) -> Option<u32> {
+    // SAFETY: plain reads of globals; volatile so the loader's values are not folded away.
+    let (mask, salt) = unsafe {
+        (
+            core::ptr::read_volatile(&KEY_SAMPLE_MASK),
+            core::ptr::read_volatile(&KEY_SALT),
+        )
+    };
+    if mask == u32::MAX {
+        return None;
+    }
+    let hash = match access {
+        key::VALUE32 => hash_bytes(salt, &(arguments.get(2) as u32).to_le_bytes(), 4),
+        key::VALUE64 => hash_bytes(salt, &arguments.get(2).to_le_bytes(), 8),
+        key::STRING => hash_string(salt, arguments.get(2), arguments.get(3))?,
+        key::POINTER => hash_by_address(salt, arguments.get(2), map_type)?,
+        _ => return None,
+    };
+    (hash & mask == 0).then_some(hash)
+}
+
+/// A key the function received by address: its size and kind come from the map type.
+#[inline(always)]
+fn hash_by_address(salt: u64, key: u64, map_type: u64) -> Option<u32> {
+    // SAFETY: faulting user reads return errors.
+    unsafe {
+        let key_type: u64 =
+            bpf_probe_read_user((map_type + MAP_TYPE_KEY_OFFSET) as *const u64).ok()?;
+        let size: u64 = bpf_probe_read_user((key_type + TYPE_SIZE_OFFSET) as *const u64).ok()?;
+        let kind: u8 = bpf_probe_read_user((key_type + TYPE_KIND_OFFSET) as *const u8).ok()?;
+        if kind & 0x1f == KIND_STRING {
+            let header: [u64; 2] = bpf_probe_read_user(key as *const [u64; 2]).ok()?;
+            return hash_string(salt, header[0], header[1]);
+        }
+        hash_memory(salt, key, size)
+    }
+}
+
+#[inline(always)]
+fn hash_string(salt: u64, data: u64, len: u64) -> Option<u32> {
+    let prefix = hash_memory(salt, data, len)?;
+    Some(finish(mix(prefix as u64, len)))
+}
+
+/// Hashes the first [`KEY_HASH_PREFIX`] bytes at `address`.
+#[inline(always)]
+fn hash_memory(salt: u64, address: u64, len: u64) -> Option<u32> {
+    let mut buffer = [0u8; KEY_HASH_PREFIX];
+    let len = if len > KEY_HASH_PREFIX as u64 {
+        KEY_HASH_PREFIX as u32
+    } else {
+        len as u32
+    };
+    if len > 0 {
+        // SAFETY: `len` is at most the buffer's size; a faulting read returns an error.
+        let failed = unsafe {
+            read_user_raw(
+                buffer.as_mut_ptr().cast(),
+                len & (KEY_HASH_PREFIX as u32 * 2 - 1),
+                address as *const _,
+            )
+        };
+        if failed != 0 {
+            return None;
+        }
+    }
+    Some(hash_bytes(salt, &buffer, len as usize))
+}
+
+/// FNV-1a over `bytes[..len]` (bounded by the buffer, which the verifier needs), seeded with
+/// the salt, folded to 32 bits; never 0, which means "no hash" on the wire.
+#[inline(always)]
+fn hash_bytes<const N: usize>(salt: u64, bytes: &[u8; N], len: usize) -> u32 {
+    let mut state = FNV_OFFSET ^ salt;
+    for (index, byte) in bytes.iter().enumerate() {
+        if index >= len {
+            break;
+        }
+        state = (state ^ *byte as u64).wrapping_mul(FNV_PRIME);
+    }
+    finish(state)
+}
+
+#[inline(always)]
+fn mix(state: u64, value: u64) -> u64 {
+    (state ^ value).wrapping_mul(FNV_PRIME)
+}
+
+#[inline(always)]
+fn finish(state: u64) -> u32 {
+    let folded = (state ^ (state >> 32)) as u32;
+    if folded == 0 {
+        1
+    } else {
+        folded
+    }
+}
