@@ -120,6 +120,30 @@ pub enum InspectError {
     },
 }
 
+/// Why a map type descriptor could not be described.
+///
+/// Only the map type itself is required: a key or element type that cannot be named just
+/// reads `?` in the name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TypeNameError {
+    /// The descriptor's bytes could not be read from the target.
+    #[error("cannot read the map type descriptor at {addr:#x}")]
+    Unreadable {
+        /// The descriptor's run-time address.
+        addr: u64,
+    },
+
+    /// The descriptor is readable but does not describe a map: the address is wrong (or the
+    /// target's layout is not what its Go release promises).
+    #[error("the type descriptor at {addr:#x} is not a map type (kind {kind})")]
+    NotAMap {
+        /// The descriptor's run-time address.
+        addr: u64,
+        /// The kind it has instead (`reflect.Kind` numbering).
+        kind: u8,
+    },
+}
+
 impl InspectError {
     /// A [`InspectError::MalformedElf`] from the `object` crate's parse error.
     pub(super) fn malformed_elf(error: object::read::Error) -> InspectError {

@@ -13,10 +13,13 @@
 mod amd64;
 mod arm64;
 mod buildinfo;
+mod creation;
 mod elf;
 mod error;
+mod lines;
 mod pclntab;
 mod symbols;
+mod types;
 mod version;
 
 #[cfg(test)]
@@ -25,11 +28,16 @@ mod tests;
 use std::fmt;
 use std::path::Path;
 
-pub use error::InspectError;
+pub use creation::SeedCall;
+pub use error::{InspectError, TypeNameError};
+pub use lines::SourceFrame;
+pub use types::{map_type_info, MapTypeInfo, ReadMemory};
 pub use version::GoVersion;
 
 use elf::{ElfView, Segments};
+use lines::LineTables;
 use symbols::FunctionTable;
+use types::TypesRange;
 
 /// A Go executable, read once and kept in memory for probe planning.
 ///
@@ -42,6 +50,10 @@ pub struct GoBinary {
     raw_version: String,
     segments: Segments,
     functions: FunctionTable,
+    /// The pclntab's place and layout, for source lines (see [`GoBinary::frames_at`]).
+    lines: Option<LineTables>,
+    /// Where static type descriptors are, for type names (see [`map_type_info`]).
+    types: Option<TypesRange>,
 }
 
 /// A function symbol: what a probe is attached to.
@@ -99,6 +111,8 @@ impl GoBinary {
             raw_version: tables.raw_version,
             segments: tables.segments,
             functions: tables.functions,
+            lines: tables.lines,
+            types: tables.types,
         })
     }
 
@@ -209,6 +223,8 @@ struct Tables {
     raw_version: String,
     segments: Segments,
     functions: FunctionTable,
+    lines: Option<LineTables>,
+    types: Option<TypesRange>,
 }
 
 impl Tables {
@@ -236,12 +252,17 @@ impl Tables {
                 raw: raw_version.clone(),
             })?;
         version.check_register_abi(arch, &raw_version)?;
+        let located = pclntab::locate(&elf, &segments);
+        let types = TypesRange::find(&elf, located.as_ref(), version);
+        let lines = located.map(|located| LineTables::new(located, version));
         Ok(Tables {
             arch,
             version,
             raw_version,
             segments,
             functions: functions.ok_or(InspectError::NoSymbolTable)?,
+            lines,
+            types,
         })
     }
 }

@@ -53,7 +53,7 @@ const MODULEDATA_TEXT_AT: u64 = 176;
 
 /// The header layouts, told apart by the magic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
+pub(super) enum Layout {
     /// Go 1.16–1.17: absolute entries, no `textStart`.
     Go116,
     /// Go 1.18 and later (the 1.20 magic changed nothing read here).
@@ -95,15 +95,24 @@ impl Layout {
     }
 }
 
-/// The header fields the function list needs.
+/// The header fields the function list and the line tables need.
 #[derive(Clone, Copy, Debug)]
-struct Header {
-    layout: Layout,
-    nfunc: u64,
+pub(super) struct Header {
+    pub(super) layout: Layout,
+    /// The magic itself: the line tables also tell 1.18–1.19 (`0xfffffff0`) from 1.20+.
+    pub(super) magic: u32,
+    /// Instruction size quantum: line-table pc deltas count in these units.
+    pub(super) quantum: u8,
+    pub(super) nfunc: u64,
     /// The code base of Go 1.18–1.25 (`None` before 1.18, and when 0 as in 1.26+).
     text_start: Option<u64>,
-    funcname_offset: u64,
-    pcln_offset: u64,
+    pub(super) funcname_offset: u64,
+    /// Offsets from the header of the compilation-unit file index, the file names and the
+    /// pc-value tables.
+    pub(super) cu_offset: u64,
+    pub(super) filetab_offset: u64,
+    pub(super) pctab_offset: u64,
+    pub(super) pcln_offset: u64,
 }
 
 impl Header {
@@ -114,23 +123,28 @@ impl Header {
         let magic = read_u32(data, 0).ok_or_else(truncated)?;
         let layout = Layout::from_magic(magic)
             .ok_or_else(|| InspectError::malformed_pclntab("unknown magic"))?;
-        match data.get(4..8) {
-            Some(&[0, 0, quantum, PTR_SIZE]) if QUANTA.contains(&quantum) => {}
+        let quantum = match data.get(4..8) {
+            Some(&[0, 0, quantum, PTR_SIZE]) if QUANTA.contains(&quantum) => quantum,
             Some(_) => {
                 return Err(InspectError::malformed_pclntab(
                     "bad padding, quantum or pointer size",
                 ))
             }
             None => return Err(truncated()),
-        }
+        };
         let word = |index: u64| read_u64(data, word_offset(index)).ok_or_else(truncated);
         let funcname = layout.funcname_word();
         let text_start = layout.text_start_word().map(word).transpose()?;
         Ok(Header {
             layout,
+            magic,
+            quantum,
             nfunc: word(0)?,
             text_start: text_start.filter(|&start| start != 0),
             funcname_offset: word(funcname)?,
+            cu_offset: word(funcname + 1)?,
+            filetab_offset: word(funcname + 2)?,
+            pctab_offset: word(funcname + 3)?,
             pcln_offset: word(funcname + 4)?,
         })
     }
@@ -160,15 +174,72 @@ pub(super) fn read(
 
 /// The first pointer-aligned header in any load segment whose whole table parses.
 fn scan(elf: &ElfView<'_>, segments: &Segments) -> Option<Vec<Function>> {
+    scan_tables(elf, segments).find_map(|table| table.functions(elf, segments).ok())
+}
+
+/// Every pointer-aligned pclntab header in the load segments, whatever follows it.
+fn scan_tables<'a>(
+    elf: &ElfView<'a>,
+    segments: &'a Segments,
+) -> impl Iterator<Item = Pclntab<'a>> + 'a {
     segments
         .loaded(elf.file())
         .flat_map(|(vaddr, bytes)| aligned_tails(vaddr, bytes))
         .filter(|(_, data)| read_u32(data, 0).and_then(Layout::from_magic).is_some())
-        .find_map(|(vaddr, data)| {
-            Pclntab::parse(vaddr, data)
-                .and_then(|table| table.functions(elf, segments))
-                .ok()
-        })
+        .filter_map(|(vaddr, data)| Pclntab::parse(vaddr, data).ok())
+}
+
+/// How many leading words of the moduledata [`Located`] keeps: enough for every field read
+/// from it (`gofunc`, the furthest, is word 43 in Go 1.27).
+pub(super) const MODULEDATA_WORDS: usize = 46;
+
+/// Where the pclntab is, what its header says and where its code starts, kept (without the
+/// bytes) so that line tables can be decoded long after parsing; and the moduledata's leading
+/// words, as the loaded program sees them, for the addresses it alone records (`types`,
+/// `gofunc`).
+#[derive(Clone, Debug)]
+pub(super) struct Located {
+    /// Address of the header as linked.
+    pub(super) vaddr: u64,
+    /// Bytes from the header to the end of its section (or segment, when found by scanning).
+    pub(super) len: u64,
+    pub(super) header: Header,
+    /// What Go 1.18+ entries count from (0 for 1.16–1.17, whose entries are absolute).
+    pub(super) code_base: u64,
+    /// The moduledata's first [`MODULEDATA_WORDS`] words; `None` when it was not found.
+    pub(super) moduledata: Option<Vec<u64>>,
+}
+
+/// The binary's pclntab, located as [`read`] does; `None` when there is none that parses.
+pub(super) fn locate(elf: &ElfView<'_>, segments: &Segments) -> Option<Located> {
+    let mut named = SECTIONS
+        .iter()
+        .filter_map(|name| elf.section(name).ok().flatten())
+        .filter_map(|section| Pclntab::parse(section.vaddr, section.data).ok());
+    let table = match named.next() {
+        Some(table) => table,
+        None => scan_tables(elf, segments).find(|table| table.functions(elf, segments).is_ok())?,
+    };
+    let code_base = match table.header.layout {
+        Layout::Go116 => 0,
+        Layout::Go118 => table.code_base(elf, segments).ok()?,
+    };
+    let moduledata = Memory::new(elf, segments).ok().and_then(|memory| {
+        let start = table.moduledata(&memory)?;
+        (0..MODULEDATA_WORDS)
+            .map(|word| {
+                let at = u64::try_from(word).ok()?.checked_mul(u64::from(PTR_SIZE))?;
+                Some(memory.pointer(start.checked_add(at)?).unwrap_or(0))
+            })
+            .collect()
+    });
+    Some(Located {
+        vaddr: table.vaddr,
+        len: u64::try_from(table.data.len()).ok()?,
+        header: table.header,
+        code_base,
+        moduledata,
+    })
 }
 
 /// `(address, bytes from there on)` for every pointer-aligned address in `bytes`, which is
@@ -333,12 +404,25 @@ impl<'a> Pclntab<'a> {
     /// recognised by its first two words pointing at the header and at the name table.
     /// Go 1.26+ gives it a section (`.go.module`); before, it lies in `.noptrdata`.
     fn moduledata_text(&self, memory: &Memory<'_>) -> Option<u64> {
-        let funcnametab = self.vaddr.checked_add(self.header.funcname_offset)?;
         let field = |moduledata: u64, at: u64| memory.pointer(moduledata.checked_add(at)?);
-        memory
-            .pointers_to(self.vaddr)
-            .filter(|&moduledata| field(moduledata, MODULEDATA_FUNCNAMETAB_AT) == Some(funcnametab))
+        self.moduledatas(memory)
             .find_map(|moduledata| field(moduledata, MODULEDATA_TEXT_AT).filter(|&text| text != 0))
+    }
+
+    /// The address of the moduledata whose `pcHeader` is this table (see
+    /// [`Pclntab::moduledata_text`]).
+    fn moduledata(&self, memory: &Memory<'_>) -> Option<u64> {
+        self.moduledatas(memory).next()
+    }
+
+    /// Candidate moduledata addresses: pointers to this header followed by a pointer to its
+    /// name table.
+    fn moduledatas<'m>(&self, memory: &'m Memory<'_>) -> impl Iterator<Item = u64> + 'm {
+        let funcnametab = self.vaddr.checked_add(self.header.funcname_offset);
+        let field = |moduledata: u64, at: u64| memory.pointer(moduledata.checked_add(at)?);
+        memory.pointers_to(self.vaddr).filter(move |&moduledata| {
+            funcnametab.is_some() && field(moduledata, MODULEDATA_FUNCNAMETAB_AT) == funcnametab
+        })
     }
 
     /// `len` bytes at `offset` from the header.
