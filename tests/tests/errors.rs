@@ -130,3 +130,31 @@ fn a_target_that_exits_mid_trace_still_gets_its_report() {
     assert_eq!(report["target"]["exited"], true);
     assert!(report["events"]["received"].as_u64() > Some(1000));
 }
+
+#[test]
+fn replaying_something_that_is_not_a_recording_is_one_line() {
+    let not_a_recording = report_path("not_a_recording");
+    std::fs::write(&not_a_recording, b"{}").unwrap();
+    let (code, stderr) = run_tracer(
+        Command::new(tracer_bin())
+            .arg("replay")
+            .arg(&not_a_recording),
+    );
+    assert_one_line_error(code, &stderr, "not a gomaptrace recording");
+    let (code, stderr) = run_tracer(Command::new(tracer_bin()).args(["replay", "/nonexistent"]));
+    assert_one_line_error(code, &stderr, "/nonexistent");
+}
+
+#[test]
+fn an_unwritable_recording_path_fails_before_attaching() {
+    let binary = build("maps", "1.24.11", Flavor::Plain, &[]);
+    let fixture = Fixture::start(&binary);
+    let (code, stderr) = run_tracer(Command::new(tracer_bin()).args([
+        "--pid",
+        &fixture.pid().to_string(),
+        "--record",
+        "/nonexistent/dir/trace.gmt",
+    ]));
+    assert_one_line_error(code, &stderr, "/nonexistent/dir/trace.gmt");
+    fixture.finish();
+}

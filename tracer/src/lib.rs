@@ -2,16 +2,21 @@
 //!
 //! Data flows one way through these modules: the target process ([`target`]) → what its
 //! binary holds ([`inspect`]) → where to put probes ([`plan`]) → the loaded BPF programs
-//! ([`probes`]) → the per-map model ([`model`], free of I/O) → the report ([`report`]).
-//! [`session`] strings them together for one trace.
+//! ([`probes`]) → the per-map model ([`model`], free of I/O) and its [`verdict`]s → the
+//! report ([`report`]). [`pipeline`] feeds model and report in order (and records or replays
+//! that feed); [`session`] strings everything together for one live trace, [`live`] shows
+//! it while it runs.
 
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
 pub mod inspect;
+pub mod live;
 pub mod model;
+pub mod pipeline;
 pub mod plan;
 pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod session;
 pub mod target;
+pub mod verdict;

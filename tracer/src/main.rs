@@ -1,22 +1,47 @@
 //! `gomaptrace`: the command-line edge. Parses flags, runs one trace, prints the report.
 //! Errors become one line on stderr and a non-zero exit status.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
-use tracer::session::{self, StopReason};
+use clap::{Args, Parser, Subcommand};
+use tracer::live::LiveView;
+use tracer::pipeline;
+use tracer::report::Report;
+use tracer::session::{self, Options, StopReason};
+use tracer::verdict::Thresholds;
 
 /// Follow every map of a running Go program: where it was created, how many entries it holds,
 /// whether they are ever released. Attaches eBPF uprobes; the target is never stopped.
 #[derive(Debug, Parser)]
-#[command(name = "gomaptrace", version)]
+#[command(name = "gomaptrace", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Rebuild the report of a recording made with `--record`, on any machine.
+    Replay {
+        /// The recording.
+        path: PathBuf,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
     /// The Go process to trace.
-    #[arg(long)]
-    pid: u32,
+    #[arg(long, required = true)]
+    pid: Option<u32>,
     /// Stop after this long (e.g. 30s, 500ms, 2m); default: until Ctrl-C, SIGTERM or the
     /// target's exit.
     #[arg(long, value_parser = parse_duration)]
@@ -24,14 +49,41 @@ struct Cli {
     /// Also write the report as JSON to this file (replaced atomically).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Save everything the report is built from to this file, for `gomaptrace replay`.
+    /// It holds no key contents.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Follow one key in N (rounded up to a power of two) from insert to delete, chosen by
+    /// a salted hash of its bytes on the BPF side, for entry lifetimes; 0 turns it off.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    sample_keys: u64,
+    /// `never-released` needs at least this many entries gained during the trace.
+    #[arg(long, default_value_t = Thresholds::default().leak_min_growth, value_name = "ENTRIES")]
+    leak_min_growth: u64,
+    /// `retains-capacity` needs a peak of at least this many entries.
+    #[arg(long, default_value_t = Thresholds::default().retain_min_peak, value_name = "ENTRIES")]
+    retain_min_peak: u64,
+    /// `retains-capacity` needs the live count at or below this fraction of the peak.
+    #[arg(long, default_value_t = Thresholds::default().retain_max_ratio, value_name = "FRACTION")]
+    retain_max_ratio: f64,
+    /// How often the live view refreshes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    refresh: Duration,
+    /// Attach empty programs at the same sites instead (measures the uprobe cost itself).
+    #[arg(long, hide = true)]
+    floor: bool,
 }
 
-/// Rows of the text report.
+/// Rows of each table in the text report.
 const TEXT_ROWS: usize = 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = match &cli.command {
+        Some(Command::Replay { path, json }) => replay(path, json.as_deref()),
+        None => run(&cli.trace),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gomaptrace: error: {}", one_line(&error));
@@ -40,14 +92,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn replay(path: &std::path::Path, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let report = pipeline::replay(path)?;
+    emit(&report, json)
+}
+
+fn emit(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    print!("{}", report.render_text(TEXT_ROWS));
+    if let Some(path) = json {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run(args: &TraceArgs) -> anyhow::Result<()> {
+    let pid = args.pid.context("--pid is required")?;
+    let thresholds = Thresholds {
+        leak_min_growth: args.leak_min_growth,
+        retain_min_peak: args.retain_min_peak,
+        retain_max_ratio: args.retain_max_ratio,
+        ..Thresholds::default()
+    };
+    let options = Options {
+        duration: args.duration,
+        sample_one_in: args.sample_keys,
+        thresholds,
+        record: args.record.clone(),
+        floor: args.floor,
+        tick: args.refresh.max(Duration::from_millis(100)),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the event loop")?;
+    let on_terminal = std::io::stdout().is_terminal();
+    let tick_s = options.tick.as_secs_f64();
+    let mut view = LiveView::new();
     let outcome = runtime.block_on(session::trace(
-        cli.pid,
-        cli.duration,
+        pid,
+        &options,
         stop_signal(),
         |attached| {
             eprintln!(
@@ -55,21 +140,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 attached.probes, attached.pid, attached.go_version
             );
         },
+        |pipeline| {
+            if on_terminal {
+                print!("{}", view.render_screen(pipeline, tick_s));
+            } else {
+                eprintln!("{}", view.render_line(pipeline, tick_s));
+            }
+        },
     ))?;
+    if on_terminal {
+        print!("\x1b[H\x1b[2J");
+    }
     if outcome.stop == StopReason::TargetExited {
-        eprintln!(
-            "gomaptrace: pid {} exited; the report covers what was seen until then",
-            cli.pid
-        );
+        eprintln!("gomaptrace: pid {pid} exited; the report covers what was seen until then");
     }
-    print!("{}", outcome.report.render_text(TEXT_ROWS));
-    if let Some(path) = &cli.json {
-        outcome
-            .report
-            .write_json(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    emit(&outcome.report, args.json.as_deref())
 }
 
 /// The error and its causes on one line. Library errors already quote their cause in their

@@ -1,8 +1,9 @@
 //! The life of every map the tracer has seen, rebuilt from events alone.
 //!
-//! This module does no I/O: it is fed [`MapEvent`]s (live from the ring buffer, or recorded
-//! sequences in tests) and, at the end, the final headers the caller could read from the
-//! target. Everything it reports follows from those inputs.
+//! This module does no I/O: it is fed [`MapEvent`]s and [`CreateEvent`]s (live from the ring
+//! buffer, or recorded sequences in tests and `gomaptrace replay`) and, at the end, the final
+//! headers the caller could read from the target. Everything it reports follows from those
+//! inputs.
 //!
 //! Probes only fire on entry, so each event carries the count *before* its operation. Go maps
 //! are not safe for concurrent writes, so operations on one map are ordered, and the ring
@@ -12,23 +13,45 @@
 //!
 //! The hash seed in each event tells maps at the same address apart: a stack map made by a
 //! later call, or a heap map reusing freed memory, has a new seed. The runtime also picks a
-//! new seed when a map becomes empty through a delete or a clear, which is expected.
+//! new seed when a map becomes empty through a delete or a clear, which is expected. A map
+//! whose creation was seen before its seed was drawn adopts the seed of its next event.
+//!
+//! The garbage collector frees maps without calling any map function, so a map is only
+//! known to be released when another map appears at its address (or its process exits).
+//! Released maps are kept individually up to [`Limits::released_maps`], then only counted,
+//! so that a program creating a map per request cannot grow the tracer without bound.
 //!
 //! The observation window ends with [`Model::freeze`]: events that happen after it only settle
 //! the operations still pending, so that a busy map's last operation is classified by the next
 //! one, exactly as during the window. [`Model::settle`] does the same with a header read from
 //! the target's memory for maps that stayed quiet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use tracer_common::{kind, MapEvent, FLAG_COUNT_UNREADABLE};
+use hdrhistogram::Histogram;
+use tracer_common::{
+    classic_log2_buckets, kind, seed_from_word, CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE,
+    FLAG_KEY_SAMPLED, FLAG_SEED_PENDING,
+};
+
+use crate::plan::MapImplementation;
 
 /// An operation whose effect is only known once the map's count is seen again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
-    Assign { before: u64 },
-    Delete { before: u64 },
-    Clear,
+    Assign {
+        before: u64,
+        key: Option<u32>,
+        at_ns: u64,
+    },
+    Delete {
+        before: u64,
+        key: Option<u32>,
+        at_ns: u64,
+    },
+    Clear {
+        at_ns: u64,
+    },
 }
 
 /// What a map header said at one moment.
@@ -36,19 +59,12 @@ enum Pending {
 pub struct Header {
     /// Element count (`len(m)`).
     pub count: u64,
-    /// Hash seed (see [`MapEvent::seed`]).
+    /// Hash seed (see [`seed_from_word`]).
     pub seed: u32,
 }
 
-impl Header {
-    /// The header an event read.
-    fn of(event: &MapEvent) -> Header {
-        Header {
-            count: event.count,
-            seed: event.seed,
-        }
-    }
-}
+/// Interned creation stack: an index into [`Model::stacks`].
+pub type StackId = u32;
 
 /// Everything known about one map, from its first sighting on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +75,9 @@ pub struct MapRecord {
     pub created: bool,
     /// Element count after the last operation whose effect is known.
     pub live: u64,
+    /// Element count when first seen: 0 for maps seen created, else what the map already
+    /// held when tracing began.
+    pub first_count: u64,
     /// Highest element count seen.
     pub peak: u64,
     /// Assignments that added a key.
@@ -79,13 +98,23 @@ pub struct MapRecord {
     /// Operations whose effect was never observed because the map (or the whole target) was
     /// gone before its count could be seen again. At most one per map.
     pub unsettled: u64,
-    /// Known to be gone: another map now lives at its address.
-    pub released: bool,
+    /// When it was known to be gone (another map appeared at its address, or the process
+    /// exited), in monotonic nanoseconds.
+    pub released_ns: Option<u64>,
     /// Monotonic time of the first and last event, in nanoseconds.
     pub first_seen_ns: u64,
     /// See `first_seen_ns`.
     pub last_seen_ns: u64,
+    /// When an assign last added a key.
+    pub last_insert_ns: Option<u64>,
+    /// The map-type pointer in the target (0 until an operation that passes it is seen).
+    pub map_type: u64,
+    /// Where it was created, when that was seen.
+    pub stack: Option<StackId>,
+    /// Largest classic `B` (log2 of the bucket count) seen in its header; 0 for swiss maps.
+    pub log2_buckets: u8,
     seed: u32,
+    seed_pending: bool,
     pending: Option<Pending>,
 }
 
@@ -95,6 +124,7 @@ impl MapRecord {
             addr,
             created,
             live: header.count,
+            first_count: header.count,
             peak: header.count,
             inserts: 0,
             overwrites: 0,
@@ -104,40 +134,70 @@ impl MapRecord {
             cloned: false,
             unexplained: 0,
             unsettled: 0,
-            released: false,
+            released_ns: None,
             first_seen_ns: now_ns,
             last_seen_ns: now_ns,
+            last_insert_ns: None,
+            map_type: 0,
+            stack: None,
+            log2_buckets: 0,
             seed: header.seed,
+            seed_pending: false,
             pending: None,
         }
     }
 
-    /// Whether `header` can belong to this map: the same seed, or a new one the runtime picked
-    /// because the pending delete or clear left the map empty.
-    fn owns(&self, header: Header) -> bool {
-        let reseeded = header.count == 0
-            && matches!(self.pending, Some(Pending::Delete { .. } | Pending::Clear));
-        header.seed == self.seed || reseeded
+    /// Known to be gone.
+    pub fn is_released(&self) -> bool {
+        self.released_ns.is_some()
     }
 
-    /// Accounts for the pending operation now that the header reads `observed`.
-    fn resolve(&mut self, observed: Header) {
+    /// How long the map has lived, from its creation (or first sighting) to its release or
+    /// `end_ns`.
+    pub fn lifetime_ns(&self, end_ns: u64) -> u64 {
+        self.released_ns
+            .unwrap_or(end_ns)
+            .saturating_sub(self.first_seen_ns)
+    }
+
+    /// Whether `header` can belong to this map: the same seed, a map whose seed was not drawn
+    /// yet when its creation was seen, or a new seed the runtime picked because the pending
+    /// delete or clear left the map empty.
+    fn owns(&self, header: Header) -> bool {
+        let reseeded = header.count == 0
+            && matches!(
+                self.pending,
+                Some(Pending::Delete { .. } | Pending::Clear { .. })
+            );
+        self.seed_pending || header.seed == self.seed || reseeded
+    }
+
+    /// Accounts for the pending operation now that the header reads `observed`, and says
+    /// what happened to the sampled key it carried (and when the operation ran).
+    fn resolve(&mut self, observed: Header) -> Option<(KeyChange, u64)> {
         let count = observed.count;
+        let mut change = None;
         let explained = match self.pending.take() {
-            Some(Pending::Assign { before }) if count == before + 1 => {
+            Some(Pending::Assign { before, key, at_ns }) if count == before + 1 => {
                 self.inserts += 1;
+                self.last_insert_ns = Some(at_ns);
+                change = key.map(|key| (KeyChange::Inserted(key), at_ns));
                 true
             }
-            Some(Pending::Assign { before }) if count == before => {
+            Some(Pending::Assign { before, .. }) if count == before => {
                 self.overwrites += 1;
                 true
             }
-            Some(Pending::Delete { before }) if count + 1 == before => {
+            Some(Pending::Delete { before, key, at_ns }) if count + 1 == before => {
                 self.deletes += 1;
+                change = key.map(|key| (KeyChange::Deleted(key), at_ns));
                 true
             }
-            Some(Pending::Delete { before }) => count == before,
-            Some(Pending::Clear) => count == 0,
+            Some(Pending::Delete { before, .. }) => count == before,
+            Some(Pending::Clear { at_ns }) => {
+                change = Some((KeyChange::Cleared, at_ns));
+                count == 0
+            }
             Some(Pending::Assign { .. }) => false,
             None => count == self.live,
         };
@@ -146,7 +206,9 @@ impl MapRecord {
         }
         self.live = count;
         self.seed = observed.seed;
+        self.seed_pending = false;
         self.peak = self.peak.max(count);
+        change
     }
 
     /// Gives up on the pending operation: its effect can no longer be observed.
@@ -162,6 +224,34 @@ impl MapRecord {
     }
 }
 
+/// What a resolved operation did to the sampled keys of its map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyChange {
+    Inserted(u32),
+    Deleted(u32),
+    Cleared,
+}
+
+/// Bounds on what the model keeps, whatever the target does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Released maps kept individually; later ones are only counted (and still feed the
+    /// histograms and per-site totals).
+    pub released_maps: usize,
+    /// Sampled keys followed at once; keys sampled while this many are live are not
+    /// followed, and counted.
+    pub sampled_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            released_maps: 10_000,
+            sampled_entries: 100_000,
+        }
+    }
+}
+
 /// Why an event could not be applied; the event is dropped and counted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
@@ -170,30 +260,139 @@ pub enum ModelError {
     UnknownKind(u8),
 }
 
-/// Per-map state for one trace.
+/// Distributions over the whole trace, in the units their names say.
+#[derive(Clone, Debug)]
+pub struct Histograms {
+    /// Peak entry count of every map.
+    pub map_peak_entries: Histogram<u64>,
+    /// Map lifetimes in microseconds: creation (or first sighting) to release, or to the end
+    /// of the window for maps still alive.
+    pub map_lifetime_us: Histogram<u64>,
+    /// Lifetimes of sampled entries, insert to delete (or clear), in microseconds.
+    pub entry_lifetime_us: Histogram<u64>,
+}
+
+impl Histograms {
+    fn new() -> Histograms {
+        let histogram = || Histogram::new(3).expect("3 significant digits is a valid precision");
+        Histograms {
+            map_peak_entries: histogram(),
+            map_lifetime_us: histogram(),
+            entry_lifetime_us: histogram(),
+        }
+    }
+}
+
+/// Per-stack totals that outlive the released maps they count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    /// Maps created with this stack.
+    pub created: u64,
+    /// Of those, known released.
+    pub released: u64,
+}
+
+/// Sampled keys followed from insert to delete.
 #[derive(Debug, Default)]
+struct SampledEntries {
+    /// (map address, key hash) → insert time.
+    live: BTreeMap<(u64, u32), u64>,
+    /// Sampled inserts not followed because `live` was full.
+    untracked: u64,
+}
+
+impl SampledEntries {
+    fn forget_map(&mut self, addr: u64) {
+        let keys: Vec<(u64, u32)> = self
+            .live
+            .range((addr, 0)..=(addr, u32::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            self.live.remove(&key);
+        }
+    }
+}
+
+/// Per-map state for one trace.
+#[derive(Debug)]
 pub struct Model {
+    implementation: MapImplementation,
+    limits: Limits,
     maps: HashMap<u64, MapRecord>,
     released: Vec<MapRecord>,
+    released_unlisted: u64,
+    stacks: Vec<Vec<u64>>,
+    stack_ids: HashMap<Vec<u64>, StackId>,
+    stack_totals: HashMap<StackId, StackTotals>,
+    types_seen: Vec<u64>,
+    entries: SampledEntries,
+    histograms: Histograms,
     received: u64,
     malformed: u64,
     window_end_ns: Option<u64>,
 }
 
 impl Model {
-    /// An empty model.
-    pub fn new() -> Model {
-        Model::default()
+    /// An empty model for a target whose maps use `implementation`.
+    pub fn new(implementation: MapImplementation, limits: Limits) -> Model {
+        Model {
+            implementation,
+            limits,
+            maps: HashMap::new(),
+            released: Vec::new(),
+            released_unlisted: 0,
+            stacks: Vec::new(),
+            stack_ids: HashMap::new(),
+            stack_totals: HashMap::new(),
+            types_seen: Vec::new(),
+            entries: SampledEntries::default(),
+            histograms: Histograms::new(),
+            received: 0,
+            malformed: 0,
+            window_end_ns: None,
+        }
+    }
+
+    /// The header an event read.
+    fn header(&self, event: &MapEvent) -> Header {
+        Header {
+            count: event.count,
+            seed: seed_from_word(event.header_word, self.implementation.seed_shift()),
+        }
     }
 
     /// Applies one event. Unknown kinds are counted in [`Model::malformed`] and reported.
     pub fn observe(&mut self, event: &MapEvent) -> Result<(), ModelError> {
+        self.observe_with_stack(event, None)
+    }
+
+    /// Applies one creation, interning its call stack.
+    pub fn observe_create(&mut self, create: &CreateEvent) -> Result<(), ModelError> {
+        let frames = &create.stack[..create.stack_len as usize];
+        let mut stack = Vec::with_capacity(frames.len() + 1);
+        if let Some((probed, callers)) = frames.split_first() {
+            stack.push(*probed);
+            if create.caller != 0 {
+                stack.push(create.caller);
+            }
+            stack.extend_from_slice(callers);
+        }
+        let id = (!stack.is_empty()).then(|| self.intern(stack));
+        self.observe_with_stack(&create.event, id)
+    }
+
+    fn observe_with_stack(
+        &mut self,
+        event: &MapEvent,
+        stack: Option<StackId>,
+    ) -> Result<(), ModelError> {
         self.received += 1;
         let after_window = self.window_end_ns.is_some_and(|end| event.ktime_ns > end);
         let result = if after_window {
             self.settle_from(event)
         } else {
-            self.apply(event)
+            self.apply(event, stack)
         };
         if result.is_err() {
             self.malformed += 1;
@@ -201,38 +400,55 @@ impl Model {
         result
     }
 
-    /// Applies one raw ring-buffer record; a record too short to be an event is counted in
-    /// [`Model::malformed`].
+    /// Applies one raw ring-buffer record, a creation or an operation by its size; a record
+    /// of neither size is counted in [`Model::malformed`].
     pub fn observe_record(&mut self, record: &[u8]) {
-        match MapEvent::from_bytes(record) {
-            // An unknown kind is counted by `observe`.
-            Some(event) => {
-                let _ = self.observe(&event);
-            }
-            None => {
-                self.received += 1;
-                self.malformed += 1;
-            }
+        // An unknown kind is counted by `observe`.
+        let _ = match record.len() {
+            CreateEvent::SIZE => CreateEvent::from_bytes(record).map(|c| self.observe_create(&c)),
+            MapEvent::SIZE => MapEvent::from_bytes(record).map(|e| self.observe(&e)),
+            _ => None,
         }
+        .unwrap_or_else(|| {
+            self.received += 1;
+            self.malformed += 1;
+            Ok(())
+        });
     }
 
-    fn apply(&mut self, event: &MapEvent) -> Result<(), ModelError> {
+    fn intern(&mut self, stack: Vec<u64>) -> StackId {
+        if let Some(&id) = self.stack_ids.get(&stack) {
+            return id;
+        }
+        let id = self.stacks.len() as StackId;
+        self.stacks.push(stack.clone());
+        self.stack_ids.insert(stack, id);
+        id
+    }
+
+    fn apply(&mut self, event: &MapEvent, stack: Option<StackId>) -> Result<(), ModelError> {
         let now = event.ktime_ns;
-        let header = Header::of(event);
+        let header = self.header(event);
         match event.kind {
             kind::CREATE => {
-                self.begin(MapRecord::new(event.map, true, header, now));
+                let mut record = MapRecord::new(event.map, true, header, now);
+                record.seed_pending = event.flags & FLAG_SEED_PENDING != 0;
+                record.stack = stack;
+                self.begin(record);
                 return Ok(());
             }
             kind::CLONE => {
-                self.clone_filled(event.map, header, now);
+                self.clone_filled(event.map, header, now, stack);
                 return Ok(());
             }
             kind::GROW => {
                 // Inside an assign: the count has not changed yet, so nothing is resolved.
+                let log2_buckets = self.log2_buckets(event);
                 if let Some(record) = self.maps.get_mut(&event.map) {
                     record.grows += 1;
+                    record.log2_buckets = record.log2_buckets.max(log2_buckets);
                 }
+                self.note_type(event.map, event.map_type);
                 return Ok(());
             }
             _ => {}
@@ -243,6 +459,7 @@ impl Model {
         if readable && known.is_some_and(|record| !record.owns(header)) {
             self.begin(MapRecord::new(event.map, false, header, now));
         }
+        let log2_buckets = self.log2_buckets(event);
         let record = self
             .maps
             .entry(event.map)
@@ -253,29 +470,105 @@ impl Model {
             record.unexplained += 1;
             return Ok(());
         }
-        record.resolve(header);
-        if operation == Pending::Clear {
+        record.log2_buckets = record.log2_buckets.max(log2_buckets);
+        let change = record.resolve(header);
+        if matches!(operation, Pending::Clear { .. }) {
             record.clears += 1;
         }
         record.pending = Some(operation);
+        let addr = event.map;
+        self.follow_key(addr, change);
+        self.note_type(addr, event.map_type);
         Ok(())
     }
 
-    /// A clone returned, holding entries no assign put there. On Go ≤ 1.24 its create was
-    /// seen inside the clone; on 1.25+ this is its first sighting.
-    fn clone_filled(&mut self, addr: u64, header: Header, now: u64) {
+    fn log2_buckets(&self, event: &MapEvent) -> u8 {
+        match self.implementation {
+            MapImplementation::Classic if event.flags & FLAG_COUNT_UNREADABLE == 0 => {
+                classic_log2_buckets(event.header_word)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Remembers the map's type the first time an operation passes it.
+    fn note_type(&mut self, addr: u64, map_type: u64) {
+        if map_type == 0 {
+            return;
+        }
+        if let Some(record) = self.maps.get_mut(&addr) {
+            if record.map_type == 0 {
+                record.map_type = map_type;
+                if !self.types_seen.contains(&map_type) {
+                    self.types_seen.push(map_type);
+                }
+            }
+        }
+    }
+
+    fn follow_key(&mut self, addr: u64, change: Option<(KeyChange, u64)>) {
+        let Some((change, now)) = change else {
+            return;
+        };
+        let entries = &mut self.entries;
+        match change {
+            KeyChange::Inserted(hash) => {
+                if entries.live.len() < self.limits.sampled_entries {
+                    entries.live.insert((addr, hash), now);
+                } else {
+                    entries.untracked += 1;
+                }
+            }
+            KeyChange::Deleted(hash) => {
+                if let Some(inserted) = entries.live.remove(&(addr, hash)) {
+                    record_us(
+                        &mut self.histograms.entry_lifetime_us,
+                        now.saturating_sub(inserted),
+                    );
+                }
+            }
+            KeyChange::Cleared => {
+                let keys: Vec<((u64, u32), u64)> = entries
+                    .live
+                    .range((addr, 0)..=(addr, u32::MAX))
+                    .map(|(key, inserted)| (*key, *inserted))
+                    .collect();
+                for (key, inserted) in keys {
+                    entries.live.remove(&key);
+                    record_us(
+                        &mut self.histograms.entry_lifetime_us,
+                        now.saturating_sub(inserted),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A clone returned, holding entries no assign put there. When its create was seen
+    /// inside the clone (Go ≤ 1.24) the clone completes that map; on 1.25+ this is its first
+    /// sighting.
+    fn clone_filled(&mut self, addr: u64, header: Header, now: u64, stack: Option<StackId>) {
         let known = self
             .maps
             .get(&addr)
-            .is_some_and(|record| record.seed == header.seed && record.created);
+            .is_some_and(|record| record.created && record.owns(header));
         if !known {
             self.begin(MapRecord::new(addr, true, header, now));
         }
         if let Some(record) = self.maps.get_mut(&addr) {
             record.cloned = true;
             record.live = header.count;
+            record.seed = header.seed;
+            record.seed_pending = false;
             record.peak = record.peak.max(header.count);
             record.last_seen_ns = now;
+            if let Some(stack) = stack {
+                // The clone's own call site, not the constructor call inside the clone.
+                if let Some(inner) = record.stack.replace(stack) {
+                    self.stack_totals.entry(inner).or_default().created -= 1;
+                }
+                self.stack_totals.entry(stack).or_default().created += 1;
+            }
         }
     }
 
@@ -286,17 +579,36 @@ impl Model {
             operation(event)?;
         }
         if event.flags & FLAG_COUNT_UNREADABLE == 0 && is_operation {
-            self.settle(event.map, Header::of(event));
+            self.settle(event.map, self.header(event));
         }
         Ok(())
     }
 
     /// Starts a new record at its address; the map that lived there before is gone.
     fn begin(&mut self, fresh: MapRecord) {
-        if let Some(mut gone) = self.maps.insert(fresh.addr, fresh) {
-            gone.abandon();
-            gone.released = true;
+        if let Some(stack) = fresh.stack {
+            self.stack_totals.entry(stack).or_default().created += 1;
+        }
+        let now = fresh.first_seen_ns;
+        if let Some(gone) = self.maps.insert(fresh.addr, fresh) {
+            self.release(gone, now);
+        }
+    }
+
+    /// Files a map away as gone at `now`.
+    fn release(&mut self, mut gone: MapRecord, now: u64) {
+        gone.abandon();
+        gone.released_ns = Some(now);
+        self.entries.forget_map(gone.addr);
+        if let Some(stack) = gone.stack {
+            self.stack_totals.entry(stack).or_default().released += 1;
+        }
+        record_value(&mut self.histograms.map_peak_entries, gone.peak);
+        record_us(&mut self.histograms.map_lifetime_us, gone.lifetime_ns(now));
+        if self.released.len() < self.limits.released_maps {
             self.released.push(gone);
+        } else {
+            self.released_unlisted += 1;
         }
     }
 
@@ -318,16 +630,27 @@ impl Model {
     /// Resolves the map's pending operation with a header seen after the window (the next
     /// event, or a read of the target's memory). A header from another map is not used.
     pub fn settle(&mut self, addr: u64, header: Header) {
-        if let Some(record) = self.maps.get_mut(&addr) {
-            if !record.is_pending() {
-                return;
-            }
-            if record.owns(header) {
-                record.resolve(header);
-            } else {
-                record.abandon();
-            }
+        let Some(record) = self.maps.get_mut(&addr) else {
+            return;
+        };
+        if !record.is_pending() {
+            return;
         }
+        if record.owns(header) {
+            let change = record.resolve(header);
+            self.follow_key(addr, change);
+        } else {
+            record.abandon();
+        }
+    }
+
+    /// Settles with a raw header (count and second word) read from the target's memory.
+    pub fn settle_words(&mut self, addr: u64, words: [u64; 2]) {
+        let header = Header {
+            count: words[0],
+            seed: seed_from_word(words[1], self.implementation.seed_shift()),
+        };
+        self.settle(addr, header);
     }
 
     /// Gives up on every operation still pending: the target is gone, its counts with it.
@@ -335,11 +658,57 @@ impl Model {
         self.maps.values_mut().for_each(MapRecord::abandon);
     }
 
-    /// Every map seen, freed ones included, in order of first sighting.
+    /// The process exited at `now`: every map it held is released with it.
+    pub fn release_all(&mut self, now: u64) {
+        let mut gone: Vec<MapRecord> = self.maps.drain().map(|(_, record)| record).collect();
+        gone.sort_by_key(|record| (record.first_seen_ns, record.addr));
+        for record in gone {
+            self.release(record, now);
+        }
+    }
+
+    /// Every map listed individually, freed ones included, in order of first sighting.
     pub fn maps(&self) -> Vec<&MapRecord> {
         let mut all: Vec<&MapRecord> = self.released.iter().chain(self.maps.values()).collect();
         all.sort_by_key(|record| (record.first_seen_ns, record.addr));
         all
+    }
+
+    /// Released maps not listed individually (beyond [`Limits::released_maps`]).
+    pub fn released_unlisted(&self) -> u64 {
+        self.released_unlisted
+    }
+
+    /// Interned creation stacks, indexed by [`StackId`]: the probed instruction, then return
+    /// addresses, as runtime addresses in the target.
+    pub fn stacks(&self) -> &[Vec<u64>] {
+        &self.stacks
+    }
+
+    /// Creation and release totals per stack, including maps no longer listed.
+    pub fn stack_totals(&self, stack: StackId) -> StackTotals {
+        self.stack_totals.get(&stack).copied().unwrap_or_default()
+    }
+
+    /// Map-type pointers in order of first sighting: the caller resolves each once.
+    pub fn types_seen(&self) -> &[u64] {
+        &self.types_seen
+    }
+
+    /// The trace's distributions, with the maps still alive counted up to `end_ns`.
+    pub fn histograms(&self, end_ns: u64) -> Histograms {
+        let mut histograms = self.histograms.clone();
+        for record in self.maps.values() {
+            record_value(&mut histograms.map_peak_entries, record.peak);
+            record_us(&mut histograms.map_lifetime_us, record.lifetime_ns(end_ns));
+        }
+        histograms
+    }
+
+    /// Sampled keys still present when the trace ended, and sampled inserts not followed
+    /// because the sample table was full.
+    pub fn sampled_entries(&self) -> (u64, u64) {
+        (self.entries.live.len() as u64, self.entries.untracked)
     }
 
     /// Events applied or rejected.
@@ -353,15 +722,33 @@ impl Model {
     }
 }
 
+fn record_us(histogram: &mut Histogram<u64>, ns: u64) {
+    record_value(histogram, ns / 1_000);
+}
+
+/// Records `value`, growing the histogram's range as needed (it starts tiny and resizes);
+/// a value beyond what any histogram can hold is clamped rather than dropped.
+fn record_value(histogram: &mut Histogram<u64>, value: u64) {
+    if histogram.record(value).is_err() {
+        histogram.saturating_record(value);
+    }
+}
+
 fn operation(event: &MapEvent) -> Result<Pending, ModelError> {
+    let key = (event.flags & FLAG_KEY_SAMPLED != 0).then_some(event.key_hash);
+    let at_ns = event.ktime_ns;
     match event.kind {
         kind::ASSIGN => Ok(Pending::Assign {
             before: event.count,
+            key,
+            at_ns,
         }),
         kind::DELETE => Ok(Pending::Delete {
             before: event.count,
+            key,
+            at_ns,
         }),
-        kind::CLEAR => Ok(Pending::Clear),
+        kind::CLEAR => Ok(Pending::Clear { at_ns }),
         other => Err(ModelError::UnknownKind(other)),
     }
 }
@@ -378,11 +765,17 @@ mod tests {
             ktime_ns,
             map: M,
             count,
-            seed,
+            header_word: seed as u64,
+            map_type: 0,
+            key_hash: 0,
             kind,
             flags: 0,
             _pad: [0; 2],
         }
+    }
+
+    fn swiss() -> Model {
+        Model::new(MapImplementation::Swiss, Limits::default())
     }
 
     /// Feeds `(kind, count)` events for map `M`, all with the same seed.
@@ -396,7 +789,7 @@ mod tests {
     }
 
     fn replay_seeded(events: &[(u8, u64, u32)]) -> Model {
-        let mut model = Model::new();
+        let mut model = swiss();
         for (time, &(kind, count, seed)) in events.iter().enumerate() {
             model
                 .observe(&event(kind, count, seed, time as u64))
@@ -467,7 +860,7 @@ mod tests {
         ]);
         let maps = model.maps();
         assert_eq!(maps.len(), 2);
-        assert!(maps[0].released && !maps[1].released);
+        assert!(maps[0].is_released() && !maps[1].is_released());
         assert_eq!(
             (maps[0].inserts, maps[0].unsettled, maps[0].unexplained),
             (1, 1, 0)
@@ -545,7 +938,7 @@ mod tests {
         ]);
         let maps = model.maps();
         assert_eq!(maps.len(), 2);
-        assert!(maps[0].released && !maps[1].released);
+        assert!(maps[0].is_released() && !maps[1].is_released());
         assert_eq!(
             maps[0].unsettled, 1,
             "its last assign can no longer be resolved"
@@ -554,7 +947,7 @@ mod tests {
 
     #[test]
     fn unreadable_counts_and_unknown_kinds_are_counted() {
-        let mut model = Model::new();
+        let mut model = swiss();
         let mut unreadable = event(kind::ASSIGN, 0, SEED, 1);
         unreadable.flags = FLAG_COUNT_UNREADABLE;
         model.observe(&unreadable).unwrap();
@@ -594,5 +987,96 @@ mod tests {
         let mut model = replay(&[(kind::CREATE, 0)]);
         model.settle(M, header(42));
         assert_eq!(only(&model).live, 0);
+    }
+
+    #[test]
+    fn a_creation_seen_before_its_seed_adopts_the_next_one() {
+        let mut create = event(kind::CREATE, 0, 0, 0);
+        create.flags = FLAG_SEED_PENDING;
+        let mut model = swiss();
+        model.observe(&create).unwrap();
+        model.observe(&event(kind::ASSIGN, 0, SEED, 1)).unwrap();
+        model.observe(&event(kind::ASSIGN, 1, SEED, 2)).unwrap();
+        model.settle(M, header(2));
+        let map = only(&model);
+        assert!(map.created);
+        assert_eq!((map.inserts, map.unexplained), (2, 0));
+    }
+
+    #[test]
+    fn sampled_keys_give_entry_lifetimes() {
+        let keyed = |kind, count, key: u32, at| {
+            let mut event = event(kind, count, SEED, at);
+            event.flags = FLAG_KEY_SAMPLED;
+            event.key_hash = key;
+            event
+        };
+        let mut model = swiss();
+        for event in [
+            keyed(kind::ASSIGN, 0, 11, 1_000_000),
+            keyed(kind::ASSIGN, 1, 22, 2_000_000),
+            keyed(kind::DELETE, 2, 11, 5_000_000),
+            event(kind::CLEAR, 1, SEED, 9_000_000),
+        ] {
+            model.observe(&event).unwrap();
+        }
+        model.settle(M, header(0));
+        let histograms = model.histograms(10_000_000);
+        let lifetimes = &histograms.entry_lifetime_us;
+        assert_eq!(lifetimes.len(), 2);
+        assert_eq!(
+            lifetimes.min(),
+            4_000,
+            "key 11: inserted at 1 ms, deleted at 5 ms"
+        );
+        assert!(
+            lifetimes.equivalent(lifetimes.max(), 7_000),
+            "key 22 went with the clear"
+        );
+        assert_eq!(model.sampled_entries(), (0, 0));
+    }
+
+    #[test]
+    fn creation_stacks_are_interned_with_the_caller_the_walk_missed() {
+        let mut model = swiss();
+        let mut stack = [0u64; tracer_common::STACK_DEPTH];
+        stack[..2].copy_from_slice(&[0x1000, 0x3000]);
+        for at in 0..3 {
+            model
+                .observe_create(&CreateEvent {
+                    event: MapEvent {
+                        map: M + at * 0x100,
+                        ..event(kind::CREATE, 0, SEED, at)
+                    },
+                    caller: 0x2000,
+                    stack_len: 2,
+                    _pad: 0,
+                    stack,
+                })
+                .unwrap();
+        }
+        assert_eq!(model.stacks(), &[vec![0x1000, 0x2000, 0x3000]]);
+        assert_eq!(model.stack_totals(0).created, 3);
+        assert!(model.maps().iter().all(|map| map.stack == Some(0)));
+    }
+
+    #[test]
+    fn released_maps_are_bounded_but_still_counted() {
+        let limits = Limits {
+            released_maps: 2,
+            sampled_entries: 10,
+        };
+        let mut model = Model::new(MapImplementation::Swiss, limits);
+        for seed in 1..=5 {
+            model
+                .observe(&event(kind::ASSIGN, 0, seed, seed as u64))
+                .unwrap();
+        }
+        assert_eq!(model.maps().len(), 3);
+        assert_eq!(model.released_unlisted(), 2);
+        model.release_all(100);
+        assert!(model.maps().iter().all(|map| map.is_released()));
+        assert_eq!(model.released_unlisted(), 3);
+        assert_eq!(model.histograms(100).map_lifetime_us.len(), 5);
     }
 }

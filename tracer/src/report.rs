@@ -2,15 +2,21 @@
 //!
 //! The JSON shape is a contract (fields are added, never renamed or removed); `addr` is the
 //! string Go's `fmt.Sprintf("%p", m)` prints for the map, so users can match it to their own
-//! logs.
+//! logs. The report is a pure function of the model, the resolved symbols and the trace's
+//! metadata, which is what lets `gomaptrace replay` rebuild it byte for byte.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::path::Path;
 
-use serde::Serialize;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
-use crate::model::{MapRecord, Model};
+use crate::inspect::SourceFrame;
+use crate::model::{MapRecord, Model, StackId};
+use crate::plan::MapImplementation;
+use crate::verdict::{self, Storage, Thresholds, Verdict, Window};
 
 /// The whole report of one trace.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -21,12 +27,23 @@ pub struct Report {
     pub duration_s: f64,
     /// Event delivery: anything lost makes the per-map numbers a lower bound.
     pub events: EventStats,
-    /// Every map seen, in order of first sighting.
+    /// The maps that earned a verdict, worst first.
+    pub verdicts: Vec<Suspect>,
+    /// Maps aggregated by where they were created, busiest first.
+    pub sites: Vec<SiteReport>,
+    /// Distributions over every map and every sampled entry.
+    pub histograms: HistogramReports,
+    /// Sampled keys: how entry lifetimes were measured.
+    pub entries: EntrySampling,
+    /// Released maps beyond the tracer's memory bound, counted in `sites` and `histograms`
+    /// but not listed in `maps`.
+    pub released_unlisted: u64,
+    /// Every map seen (up to the bound above for released ones), in order of first sighting.
     pub maps: Vec<MapReport>,
 }
 
 /// The traced process.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TargetInfo {
     /// Its pid.
     pub pid: u32,
@@ -49,11 +66,48 @@ pub struct EventStats {
     pub malformed: u64,
 }
 
+/// A source position, as Go's own tools print it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// Fully qualified function, e.g. `main.(*Cache).Put`.
+    pub function: String,
+    /// Source file path as compiled.
+    pub file: String,
+    /// Line number.
+    pub line: u32,
+}
+
+impl From<&SourceFrame> for Location {
+    fn from(frame: &SourceFrame) -> Location {
+        Location {
+            function: frame.function.clone(),
+            file: frame.file.clone(),
+            line: frame.line,
+        }
+    }
+}
+
+impl Location {
+    /// `function (file:line)` with the file's directories dropped, for one text line.
+    fn short(&self) -> String {
+        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        format!("{} ({file}:{})", self.function, self.line)
+    }
+}
+
 /// One map.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct MapReport {
     /// `%p` of the map.
     pub addr: String,
+    /// The map's Go type, e.g. `map[string]*bytes.Buffer`; `null` until an operation that
+    /// passes the type was seen.
+    #[serde(rename = "type")]
+    pub map_type: Option<String>,
+    /// Where it was created: the first frame of its creation stack outside the runtime.
+    pub site: Option<Location>,
+    /// The creation stack, innermost first, inlined calls expanded.
+    pub stack: Vec<Location>,
     /// Entries at the end of the trace: what `len(m)` returned then.
     pub live: u64,
     /// Most entries seen at once.
@@ -70,15 +124,22 @@ pub struct MapReport {
     pub grows: u64,
     /// Made by `maps.Clone`, starting with the source's entries.
     pub cloned: bool,
+    /// Estimated bytes a map holding only its live entries would need.
+    pub est_bytes: Option<u64>,
+    /// Estimated bytes the map holds: sized for its peak, since Go maps never shrink.
+    pub peak_est_bytes: Option<u64>,
     /// First event, seconds after the probes were attached.
     pub first_seen_s: f64,
     /// Last event, seconds after the probes were attached.
     pub last_seen_s: f64,
+    /// Seconds from creation (or first sighting) to release, or to the end of the trace.
+    pub lifetime_s: f64,
     /// Seen being created (false: it existed before, or was made without a create call).
     pub created: bool,
     /// Verdicts on the map's behaviour; empty when nothing stands out.
-    pub verdicts: Vec<String>,
-    /// Known to be freed: a later map was created at the same address.
+    pub verdicts: Vec<Verdict>,
+    /// Known to be freed: a later map was created at its address, or its process exited.
+    /// Otherwise it may be alive or merely idle and not yet collected.
     pub released: bool,
     /// Count changes no observed operation explains; 0 means the counts are exact.
     pub unexplained: u64,
@@ -86,10 +147,183 @@ pub struct MapReport {
     pub unsettled: u64,
 }
 
-impl MapReport {
-    fn new(record: &MapRecord, start_ns: u64) -> MapReport {
+/// A map with a verdict, with what a person needs to act on it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Suspect {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// `%p` of the map.
+    pub addr: String,
+    /// Its Go type.
+    #[serde(rename = "type")]
+    pub map_type: Option<String>,
+    /// Where it was created.
+    pub site: Option<Location>,
+    /// Entries at the end.
+    pub live: u64,
+    /// Most entries at once.
+    pub peak: u64,
+    /// Entries gained per second of observation.
+    pub growth_per_s: f64,
+    /// Estimated bytes it holds.
+    pub est_bytes: Option<u64>,
+}
+
+/// Maps created at one source line.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SiteReport {
+    /// The creating line; `null` gathers maps whose creation was not seen.
+    pub site: Option<Location>,
+    /// Maps seen created there (released ones included).
+    pub maps_created: u64,
+    /// Of the maps from there, those not known released.
+    pub live_maps: u64,
+    /// Their entries at the end.
+    pub live_entries: u64,
+    /// Their estimated bytes.
+    pub est_bytes: u64,
+    /// How many of them earned a verdict.
+    pub suspects: u64,
+}
+
+/// Percentiles of one distribution.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    #[serde(rename = "p99.9")]
+    pub p99_9: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>, scale: f64) -> Percentiles {
+        let at = |quantile: f64| histogram.value_at_quantile(quantile) as f64 * scale;
+        Percentiles {
+            count: histogram.len(),
+            min: if histogram.is_empty() {
+                0.0
+            } else {
+                histogram.min() as f64 * scale
+            },
+            max: histogram.max() as f64 * scale,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p99_9: at(0.999),
+        }
+    }
+}
+
+/// The report's distributions.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HistogramReports {
+    /// Peak entries per map.
+    pub map_peak_entries: Percentiles,
+    /// Map lifetimes in seconds (maps still alive count up to the end of the trace).
+    pub map_lifetime_s: Percentiles,
+    /// Sampled entries' lifetimes in seconds, insert to delete or clear.
+    pub entry_lifetime_s: Percentiles,
+}
+
+/// How entries were sampled.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EntrySampling {
+    /// One key in this many is followed (by a salted hash of its bytes); 0 means off.
+    pub sample_one_in: u64,
+    /// Sampled keys still present at the end (their lifetimes are not in the histogram).
+    pub live: u64,
+    /// Sampled inserts not followed because the sample table was full.
+    pub untracked: u64,
+}
+
+/// A map type as read from the target: name and storage sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeFacts {
+    /// As Go writes it, e.g. `map[string]*bytes.Buffer`.
+    pub name: String,
+    /// Bucket or group sizes, for memory estimates.
+    pub storage: Storage,
+}
+
+/// What was learned outside the model, resolved once per distinct value: source frames per
+/// stack address and facts per map type. Recorded with the events, so a replay needs
+/// neither the binary nor the process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// Frames for each stack address (innermost inlined call first).
+    pub frames: BTreeMap<u64, Vec<SourceFrame>>,
+    /// Facts for each map-type pointer.
+    pub types: BTreeMap<u64, TypeFacts>,
+}
+
+/// Everything besides the model that the report is built from.
+#[derive(Clone, Debug)]
+pub struct ReportContext<'a> {
+    /// The traced process.
+    pub target: TargetInfo,
+    /// The observation window.
+    pub window: Window,
+    /// Events the BPF side lost.
+    pub lost: u64,
+    /// The target's map implementation (for memory estimates).
+    pub implementation: MapImplementation,
+    /// Verdict thresholds.
+    pub thresholds: Thresholds,
+    /// One key in this many sampled; 0 when sampling was off.
+    pub sample_one_in: u64,
+    /// Resolved stacks and types.
+    pub resolved: &'a Resolved,
+}
+
+/// Function-name prefixes of the code that creates maps on a program's behalf: the creation
+/// site is the first frame outside them.
+const RUNTIME_PREFIXES: [&str; 4] = ["runtime.", "internal/runtime/", "reflect.", "maps."];
+
+impl ReportContext<'_> {
+    fn stack(&self, model: &Model, id: Option<StackId>) -> Vec<Location> {
+        let Some(addresses) = id.and_then(|id| model.stacks().get(id as usize)) else {
+            return Vec::new();
+        };
+        addresses
+            .iter()
+            .flat_map(|address| self.resolved.frames.get(address).into_iter().flatten())
+            .map(Location::from)
+            .collect()
+    }
+
+    fn type_facts(&self, record: &MapRecord) -> Option<&TypeFacts> {
+        self.resolved.types.get(&record.map_type)
+    }
+
+    fn map(&self, model: &Model, record: &MapRecord) -> MapReport {
+        let stack = self.stack(model, record.stack);
+        let facts = self.type_facts(record);
+        let estimate = |entries| {
+            facts.map(|facts| {
+                verdict::estimate_bytes(
+                    self.implementation,
+                    facts.storage,
+                    entries,
+                    record.log2_buckets,
+                )
+            })
+        };
+        let start = self.window.start_ns;
         MapReport {
             addr: format!("{:#x}", record.addr),
+            map_type: facts.map(|facts| facts.name.clone()),
+            site: site(&stack),
             live: record.live,
             peak: record.peak,
             inserts: record.inserts,
@@ -98,15 +332,33 @@ impl MapReport {
             clears: record.clears,
             grows: record.grows,
             cloned: record.cloned,
-            first_seen_s: seconds_since(start_ns, record.first_seen_ns),
-            last_seen_s: seconds_since(start_ns, record.last_seen_ns),
+            est_bytes: estimate(record.live),
+            peak_est_bytes: estimate(record.peak),
+            first_seen_s: seconds_since(start, record.first_seen_ns),
+            last_seen_s: seconds_since(start, record.last_seen_ns),
+            lifetime_s: record.lifetime_ns(self.window.end_ns) as f64 / 1e9,
             created: record.created,
-            verdicts: Vec::new(),
-            released: record.released,
+            verdicts: verdict::judge(record, self.window, &self.thresholds)
+                .into_iter()
+                .collect(),
+            released: record.is_released(),
             unexplained: record.unexplained,
             unsettled: record.unsettled,
+            stack,
         }
     }
+}
+
+/// The first frame outside the runtime's map machinery.
+fn site(stack: &[Location]) -> Option<Location> {
+    stack
+        .iter()
+        .find(|frame| {
+            !RUNTIME_PREFIXES
+                .iter()
+                .any(|prefix| frame.function.starts_with(prefix))
+        })
+        .cloned()
 }
 
 fn seconds_since(start_ns: u64, at_ns: u64) -> f64 {
@@ -114,89 +366,191 @@ fn seconds_since(start_ns: u64, at_ns: u64) -> f64 {
 }
 
 impl Report {
-    /// Builds the report from a finished model. `start_ns` is the monotonic time at attach.
-    pub fn new(
-        target: TargetInfo,
-        duration_s: f64,
-        model: &Model,
-        lost: u64,
-        start_ns: u64,
-    ) -> Report {
+    /// Builds the report from a finished model.
+    pub fn new(model: &Model, context: &ReportContext<'_>) -> Report {
+        let records = model.maps();
+        let maps: Vec<MapReport> = records
+            .iter()
+            .map(|record| context.map(model, record))
+            .collect();
+        let window_s = context.window.seconds();
+        let mut verdicts: Vec<Suspect> = records
+            .iter()
+            .zip(&maps)
+            .flat_map(|(record, map)| {
+                map.verdicts.iter().map(move |&verdict| Suspect {
+                    verdict,
+                    addr: map.addr.clone(),
+                    map_type: map.map_type.clone(),
+                    site: map.site.clone(),
+                    live: map.live,
+                    peak: map.peak,
+                    growth_per_s: if window_s > 0.0 {
+                        record.live.saturating_sub(record.first_count) as f64 / window_s
+                    } else {
+                        0.0
+                    },
+                    est_bytes: map.peak_est_bytes,
+                })
+            })
+            .collect();
+        verdicts.sort_by(|a, b| {
+            (
+                a.verdict,
+                std::cmp::Reverse(a.est_bytes),
+                std::cmp::Reverse(a.live),
+                &a.addr,
+            )
+                .cmp(&(
+                    b.verdict,
+                    std::cmp::Reverse(b.est_bytes),
+                    std::cmp::Reverse(b.live),
+                    &b.addr,
+                ))
+        });
+        let (sampled_live, untracked) = model.sampled_entries();
+        let histograms = model.histograms(context.window.end_ns);
         Report {
-            target,
-            duration_s,
+            target: context.target.clone(),
+            duration_s: window_s,
             events: EventStats {
                 received: model.received(),
-                lost,
+                lost: context.lost,
                 malformed: model.malformed(),
             },
-            maps: model
-                .maps()
-                .into_iter()
-                .map(|record| MapReport::new(record, start_ns))
-                .collect(),
+            verdicts,
+            sites: sites(model, &records, &maps),
+            histograms: HistogramReports {
+                map_peak_entries: Percentiles::of(&histograms.map_peak_entries, 1.0),
+                map_lifetime_s: Percentiles::of(&histograms.map_lifetime_us, 1e-6),
+                entry_lifetime_s: Percentiles::of(&histograms.entry_lifetime_us, 1e-6),
+            },
+            entries: EntrySampling {
+                sample_one_in: context.sample_one_in,
+                live: sampled_live,
+                untracked,
+            },
+            released_unlisted: model.released_unlisted(),
+            maps,
         }
     }
 
     /// Writes the JSON report to `path` atomically: readers see the old file or the whole new
     /// one, never a partial file.
     pub fn write_json(&self, path: &Path) -> io::Result<()> {
-        let file_name = path.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "the JSON path names no file")
-        })?;
-        let mut temporary_name = std::ffi::OsString::from(".");
-        temporary_name.push(file_name);
-        temporary_name.push(format!(".tmp{}", std::process::id()));
-        let temporary = path.with_file_name(temporary_name);
-        let written = (|| {
-            let mut file = std::fs::File::create(&temporary)?;
-            serde_json::to_writer_pretty(&mut file, self)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, path)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-        written
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        write_atomically(path, &bytes)
     }
 
-    /// The report for a person: a summary line, then the maps holding the most entries.
+    /// The report for a person: a summary, the suspects, the creation sites, the biggest
+    /// maps, and what was lost.
     pub fn render_text(&self, max_rows: usize) -> String {
         let mut text = String::new();
         let target = &self.target;
+        let released =
+            self.maps.iter().filter(|map| map.released).count() as u64 + self.released_unlisted;
         let _ = writeln!(
             text,
-            "gomaptrace: pid {} ({}, {}){}: {:.1} s, {} maps, {} events, {} lost",
+            "gomaptrace: pid {} ({}, {}){}: {:.1} s, {} maps ({} released), {} events, {} lost",
             target.pid,
             target.exe,
             target.go_version,
             if target.exited { ", exited" } else { "" },
             self.duration_s,
-            self.maps.len(),
+            self.maps.len() as u64 + self.released_unlisted,
+            released,
             self.events.received,
             self.events.lost,
         );
+        self.render_suspects(&mut text);
+        self.render_sites(&mut text, max_rows);
+        self.render_maps(&mut text, max_rows);
+        let _ = writeln!(text);
         if self.events.lost > 0 {
             let _ = writeln!(
                 text,
-                "warning: {} events were lost; per-map counts are incomplete",
+                "LOST: {} events were lost (ring buffer full); per-map counts are incomplete",
                 self.events.lost
             );
+        } else {
+            let _ = writeln!(text, "lost events: 0");
         }
-        let (released, alive): (Vec<&MapReport>, Vec<&MapReport>) =
-            self.maps.iter().partition(|map| map.released);
-        let mut by_size = alive;
-        by_size.sort_by(|a, b| b.live.cmp(&a.live).then(b.peak.cmp(&a.peak)));
-        let _ = writeln!(
-            text,
-            "{:<18} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6}  seen",
-            "map", "live", "peak", "inserts", "overwrites", "deletes", "clears"
-        );
-        for map in by_size.iter().take(max_rows) {
+        text
+    }
+
+    fn render_suspects(&self, text: &mut String) {
+        let _ = writeln!(text);
+        if self.verdicts.is_empty() {
+            let _ = writeln!(text, "SUSPECTS: none");
+            return;
+        }
+        let _ = writeln!(text, "SUSPECTS");
+        for suspect in &self.verdicts {
             let _ = writeln!(
                 text,
-                "{:<18} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6}  {}{}",
+                "  {:<17} {}  {}",
+                suspect.verdict.name().to_uppercase(),
+                suspect.map_type.as_deref().unwrap_or("map (type not seen)"),
+                suspect
+                    .site
+                    .as_ref()
+                    .map_or("created before the trace".to_string(), Location::short),
+            );
+            let _ = writeln!(
+                text,
+                "  {:<17} {}  live {}  peak {}  {:+.0}/s  holds ~{}",
+                "",
+                suspect.addr,
+                suspect.live,
+                suspect.peak,
+                suspect.growth_per_s,
+                suspect.est_bytes.map_or("?".to_string(), human_bytes),
+            );
+        }
+    }
+
+    fn render_sites(&self, text: &mut String, max_rows: usize) {
+        let _ = writeln!(text);
+        let _ = writeln!(
+            text,
+            "{:<56} {:>8} {:>9} {:>12} {:>10} {:>8}",
+            "CREATION SITE", "created", "live maps", "live entries", "est bytes", "suspects"
+        );
+        for site in self.sites.iter().take(max_rows) {
+            let name = site
+                .site
+                .as_ref()
+                .map_or("(creation not seen)".to_string(), Location::short);
+            let _ = writeln!(
+                text,
+                "{:<56} {:>8} {:>9} {:>12} {:>10} {:>8}",
+                name,
+                site.maps_created,
+                site.live_maps,
+                site.live_entries,
+                human_bytes(site.est_bytes),
+                site.suspects
+            );
+        }
+        if self.sites.len() > max_rows {
+            let _ = writeln!(text, "… and {} more sites", self.sites.len() - max_rows);
+        }
+    }
+
+    fn render_maps(&self, text: &mut String, max_rows: usize) {
+        let mut alive: Vec<&MapReport> = self.maps.iter().filter(|map| !map.released).collect();
+        alive.sort_by(|a, b| b.live.cmp(&a.live).then(b.peak.cmp(&a.peak)));
+        let _ = writeln!(text);
+        let _ = writeln!(
+            text,
+            "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  type / seen",
+            "MAP", "live", "peak", "inserts", "overwr", "deletes", "clears"
+        );
+        for map in alive.iter().take(max_rows) {
+            let _ = writeln!(
+                text,
+                "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {} / {}{}",
                 map.addr,
                 map.live,
                 map.peak,
@@ -204,6 +558,7 @@ impl Report {
                 map.overwrites,
                 map.deletes,
                 map.clears,
+                map.map_type.as_deref().unwrap_or("?"),
                 if map.created {
                     "created"
                 } else {
@@ -216,53 +571,182 @@ impl Report {
                 },
             );
         }
-        if by_size.len() > max_rows {
-            let _ = writeln!(text, "… and {} smaller maps", by_size.len() - max_rows);
+        if alive.len() > max_rows {
+            let _ = writeln!(text, "… and {} smaller maps", alive.len() - max_rows);
         }
-        if !released.is_empty() {
-            let inserts: u64 = released.iter().map(|map| map.inserts).sum();
+        let released = self.maps.len() - alive.len();
+        if released > 0 || self.released_unlisted > 0 {
             let _ = writeln!(
                 text,
-                "{} maps were released during the trace (another map took their address), \
-                 after {inserts} inserts in all",
-                released.len()
+                "{} maps were released during the trace (another map took their address); \
+                 maps not listed as released may be idle but still reachable",
+                released as u64 + self.released_unlisted
             );
         }
-        text
     }
+}
+
+/// Aggregates maps by creation site: live maps and entries from the listed maps, created
+/// counts from the model's per-stack totals (which include unlisted released maps).
+fn sites(model: &Model, records: &[&MapRecord], maps: &[MapReport]) -> Vec<SiteReport> {
+    let mut by_site: HashMap<Option<Location>, SiteReport> = HashMap::new();
+    let mut counted_stacks: HashMap<Option<Location>, Vec<StackId>> = HashMap::new();
+    for (record, map) in records.iter().zip(maps) {
+        let entry = by_site.entry(map.site.clone()).or_insert(SiteReport {
+            site: map.site.clone(),
+            maps_created: 0,
+            live_maps: 0,
+            live_entries: 0,
+            est_bytes: 0,
+            suspects: 0,
+        });
+        if !map.released {
+            entry.live_maps += 1;
+            entry.live_entries += map.live;
+            entry.est_bytes += map.peak_est_bytes.unwrap_or(0);
+        }
+        entry.suspects += map.verdicts.len() as u64;
+        if let Some(stack) = record.stack {
+            let stacks = counted_stacks.entry(map.site.clone()).or_default();
+            if !stacks.contains(&stack) {
+                stacks.push(stack);
+                entry.maps_created += model.stack_totals(stack).created;
+            }
+        }
+    }
+    let mut sites: Vec<SiteReport> = by_site.into_values().collect();
+    sites.sort_by(|a, b| {
+        (b.suspects, b.live_entries, b.maps_created)
+            .cmp(&(a.suspects, a.live_entries, a.maps_created))
+            .then_with(|| a.site.cmp(&b.site))
+    });
+    sites
+}
+
+/// `1.2 MiB`-style sizes.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a
+/// partial file; on failure nothing is left behind.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(file_name);
+    temporary_name.push(format!(".tmp{}", std::process::id()));
+    let temporary = path.with_file_name(temporary_name);
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{kind, MapEvent};
+    use crate::model::Limits;
+    use tracer_common::{kind, CreateEvent, MapEvent, STACK_DEPTH};
+
+    const MAP: u64 = 0x00c0_000a_0000;
+    const MAP_TYPE: u64 = 0x4a_b000;
+    const CALLER: u64 = 0x40_2000;
+
+    fn event(kind: u8, count: u64, at: u64) -> MapEvent {
+        MapEvent {
+            ktime_ns: 1_000_000_000 + at * 500_000_000,
+            map: MAP,
+            count,
+            header_word: 7,
+            map_type: if kind == kind::ASSIGN { MAP_TYPE } else { 0 },
+            key_hash: 0,
+            kind,
+            flags: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    fn resolved() -> Resolved {
+        let frame = |function: &str, line| SourceFrame {
+            function: function.into(),
+            file: "/src/app/main.go".into(),
+            line,
+        };
+        let mut resolved = Resolved::default();
+        resolved
+            .frames
+            .insert(0x40_1000, vec![frame("runtime.makemap_small", 3)]);
+        resolved.frames.insert(
+            CALLER,
+            vec![frame("main.newIndex", 17), frame("main.main", 40)],
+        );
+        resolved.types.insert(
+            MAP_TYPE,
+            TypeFacts {
+                name: "map[string]int".into(),
+                storage: Storage {
+                    bucket_bytes: 136,
+                    slots_per_bucket: 8,
+                },
+            },
+        );
+        resolved
+    }
 
     fn sample() -> Report {
-        let mut model = Model::new();
-        for (time, (kind, count)) in [(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]
-            .into_iter()
-            .enumerate()
-        {
-            model
-                .observe(&MapEvent {
-                    ktime_ns: 1_000_000_000 + time as u64 * 500_000_000,
-                    map: 0x00c0_000a_0000,
-                    count,
-                    seed: 7,
-                    kind,
-                    flags: 0,
-                    _pad: [0; 2],
-                })
-                .unwrap();
-        }
-        model.settle(0x00c0_000a_0000, crate::model::Header { count: 2, seed: 7 });
-        let target = TargetInfo {
-            pid: 42,
-            exe: "/srv/app".into(),
-            go_version: "go1.24.11".into(),
-            exited: false,
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[0] = 0x40_1000;
+        model
+            .observe_create(&CreateEvent {
+                event: event(kind::CREATE, 0, 0),
+                caller: CALLER,
+                stack_len: 1,
+                _pad: 0,
+                stack,
+            })
+            .unwrap();
+        model.observe(&event(kind::ASSIGN, 0, 1)).unwrap();
+        model.observe(&event(kind::ASSIGN, 1, 2)).unwrap();
+        model.settle_words(MAP, [2, 7]);
+        let resolved = resolved();
+        let context = ReportContext {
+            target: TargetInfo {
+                pid: 42,
+                exe: "/srv/app".into(),
+                go_version: "go1.24.11".into(),
+                exited: false,
+            },
+            window: Window {
+                start_ns: 1_000_000_000,
+                end_ns: 3_000_000_000,
+            },
+            lost: 0,
+            implementation: MapImplementation::Swiss,
+            thresholds: Thresholds::default(),
+            sample_one_in: 0,
+            resolved: &resolved,
         };
-        Report::new(target, 2.0, &model, 0, 1_000_000_000)
+        Report::new(&model, &context)
     }
 
     #[test]
@@ -276,9 +760,20 @@ mod tests {
         );
         assert_eq!(map["last_seen_s"].as_f64(), Some(1.0));
         assert_eq!(map["created"], true);
+        assert_eq!(map["type"], "map[string]int");
+        // The probed runtime frame is skipped; the inlined caller comes first.
+        assert_eq!(map["site"]["function"], "main.newIndex");
+        assert_eq!(map["site"]["line"], 17);
+        assert_eq!(map["stack"].as_array().unwrap().len(), 3);
+        assert_eq!(map["est_bytes"], 48 + 136);
+        assert_eq!(map["lifetime_s"].as_f64(), Some(2.0));
         assert!(map["verdicts"].as_array().unwrap().is_empty());
         assert_eq!(json["target"]["go_version"], "go1.24.11");
         assert_eq!(json["events"]["received"], 3);
+        assert_eq!(json["sites"][0]["maps_created"], 1);
+        assert_eq!(json["sites"][0]["live_entries"], 2);
+        assert_eq!(json["histograms"]["map_peak_entries"]["max"], 2.0);
+        assert_eq!(json["histograms"]["map_lifetime_s"]["count"], 1);
     }
 
     #[test]
@@ -299,11 +794,20 @@ mod tests {
     }
 
     #[test]
-    fn text_leads_with_a_summary_and_the_biggest_maps() {
+    fn text_leads_with_a_summary_then_suspects_and_sites() {
         let text = sample().render_text(10);
         assert!(text.starts_with(
-            "gomaptrace: pid 42 (/srv/app, go1.24.11): 2.0 s, 1 maps, 3 events, 0 lost"
-        ));
+            "gomaptrace: pid 42 (/srv/app, go1.24.11): 2.0 s, 1 maps (0 released), 3 events, 0 lost"
+        ), "{text}");
+        assert!(text.contains("SUSPECTS: none"));
+        assert!(text.contains("main.newIndex (main.go:17)"));
         assert!(text.contains("0xc0000a0000"));
+    }
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
     }
 }

@@ -1,19 +1,22 @@
 //! One trace from start to finish: open the target, plan and attach probes, feed the model
 //! until told to stop, detach, settle the last counts and build the report.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::seed_from_word;
 
-use crate::inspect::{GoBinary, InspectError};
-use crate::model::{Header, Model};
-use crate::plan::{self, MapImplementation, PlanError};
+use crate::inspect::{self, GoBinary, InspectError};
+use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
+use crate::plan::{self, PlanError};
 use crate::privileges::{self, PrivilegeError};
-use crate::probes::{Outputs, ProbeError, Probes};
-use crate::report::{Report, TargetInfo};
+use crate::probes::{Outputs, ProbeError, Probes, Programs};
+use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
 use crate::target::{Target, TargetError};
+use crate::verdict::{Storage, Thresholds};
 
 /// How often the ring buffer is drained when the BPF side does not wake the reader. Short
 /// enough that the buffer never comes close to full at the fastest event rate of a map loop.
@@ -54,6 +57,9 @@ pub enum SessionError {
     /// The target went away before the probes were in place.
     #[error("pid {0} exited before the probes were attached")]
     ExitedEarly(u32),
+    /// The recording could not be written.
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
     /// Anything else from the operating system.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -68,6 +74,23 @@ pub enum StopReason {
     Signal,
     /// The target exited.
     TargetExited,
+}
+
+/// How to trace.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Stop after this long; `None`: on the stop signal or the target's exit.
+    pub duration: Option<Duration>,
+    /// Follow one key in this many (a power of two) from insert to delete; 0: none.
+    pub sample_one_in: u64,
+    /// Verdict thresholds.
+    pub thresholds: Thresholds,
+    /// Write every input to this recording, for `gomaptrace replay`.
+    pub record: Option<PathBuf>,
+    /// Attach empty programs instead of the real ones (`--floor`, for the benchmark).
+    pub floor: bool,
+    /// How often `on_tick` runs while tracing.
+    pub tick: Duration,
 }
 
 /// What the caller learns once the probes are live.
@@ -90,13 +113,24 @@ pub struct Outcome {
     pub stop: StopReason,
 }
 
+/// The target and what is known about its executable, kept for the whole trace: types are
+/// read from its memory as they appear, stacks symbolized through its binary at the end.
+struct Inspected {
+    target: Target,
+    binary: GoBinary,
+    /// Run-time address − linked address.
+    bias: u64,
+}
+
 /// Traces `pid` until `stop` resolves, the duration passes or the target exits.
-/// `on_attached` runs once the probes are live.
+/// `on_attached` runs once the probes are live, `on_tick` every `options.tick` with the
+/// trace so far (for a live view).
 pub async fn trace(
     pid: u32,
-    duration: Option<Duration>,
+    options: &Options,
     stop: impl Future<Output = ()>,
     on_attached: impl FnOnce(&Attached),
+    mut on_tick: impl FnMut(&Pipeline),
 ) -> Result<Outcome, SessionError> {
     let target = Target::open(pid)?;
     privileges::check()?;
@@ -109,10 +143,23 @@ pub async fn trace(
         exe: exe.clone(),
         source,
     })?;
+    let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
     let go_version = binary.go_version().to_string();
-    drop(binary);
+    let recorder = options
+        .record
+        .as_deref()
+        .map(Recorder::create)
+        .transpose()?;
 
-    let (probes, outputs) = match Probes::attach(&plan, &target.exe_link(), pid) {
+    let programs = if options.floor {
+        Programs::Floor
+    } else {
+        Programs::Tracing {
+            key_sample_mask: key_sample_mask(options.sample_one_in),
+            key_salt: random_salt(),
+        }
+    };
+    let (probes, outputs) = match Probes::attach(&plan, &target.exe_link(), pid, programs) {
         Err(_) if !target.is_alive() => return Err(SessionError::ExitedEarly(pid)),
         attached => attached?,
     };
@@ -123,66 +170,214 @@ pub async fn trace(
         go_version: go_version.clone(),
     });
 
-    let mut model = Model::new();
+    let setup = Setup {
+        target: TargetInfo {
+            pid,
+            exe,
+            go_version,
+            exited: false,
+        },
+        implementation: plan.implementation,
+        start_ns,
+        thresholds: options.thresholds,
+        sample_one_in: if options.floor {
+            0
+        } else {
+            options.sample_one_in
+        },
+    };
+    let mut pipeline = Pipeline::new(setup, recorder);
+    let inspected = Inspected {
+        target,
+        binary,
+        bias,
+    };
     let Outputs { events, lost } = outputs;
     let mut events = watch(events)?;
-    let stop_reason = follow(&mut events, &mut model, &target, duration, stop).await?;
-    let window_end_ns = monotonic_ns();
-
-    model.freeze(window_end_ns);
-    settle_from_events(&mut events, &mut model, &target).await;
+    let mut feed = Feed {
+        pipeline: &mut pipeline,
+        inspected: &inspected,
+        types_resolved: 0,
+    };
+    let stop_reason = feed
+        .follow(&mut events, options, stop, &mut on_tick)
+        .await?;
+    feed.note(Note::Freeze {
+        end_ns: monotonic_ns(),
+    });
+    feed.settle_from_events(&mut events).await;
     probes.detach();
-    drain(events.get_mut(), &mut model);
+    feed.drain(events.get_mut());
     let lost = Outputs {
         events: events.into_inner(),
         lost,
     }
     .lost()?;
-    settle_from_memory(&mut model, &target, plan.implementation);
-
-    let info = TargetInfo {
-        pid,
-        exe,
-        go_version,
-        exited: !target.is_alive(),
+    feed.settle_from_memory();
+    let exited = !inspected.target.is_alive();
+    if exited {
+        feed.note(Note::Exited {
+            at_ns: monotonic_ns(),
+        });
+    }
+    let resolved = Resolved {
+        frames: inspected.frames(pipeline.model().stacks()),
+        types: BTreeMap::new(),
     };
-    let window_s = window_end_ns.saturating_sub(start_ns) as f64 / 1e9;
-    let report = Report::new(info, window_s, &model, lost, start_ns);
+    pipeline.note(Note::Finish { lost, resolved });
+    let report = pipeline.finish()?;
     Ok(Outcome {
         report,
         stop: stop_reason,
     })
 }
 
-/// Feeds the model until one of the stop conditions fires.
-async fn follow(
-    events: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    model: &mut Model,
-    target: &Target,
-    duration: Option<Duration>,
-    stop: impl Future<Output = ()>,
-) -> Result<StopReason, SessionError> {
-    let exited = watch(target.pidfd().try_clone()?)?;
-    let deadline = async {
-        match duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(stop, deadline);
-    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(StopReason::Signal),
-            _ = &mut deadline => return Ok(StopReason::Duration),
-            _ = exited.readable() => return Ok(StopReason::TargetExited),
-            ready = events.readable_mut() => {
-                let mut guard = ready?;
-                drain(guard.get_inner_mut(), model);
-                guard.clear_ready();
+/// The mask the BPF side applies to key hashes (see `tracer_common::globals`).
+fn key_sample_mask(sample_one_in: u64) -> u32 {
+    match sample_one_in {
+        0 => u32::MAX,
+        n => (n.next_power_of_two() - 1).min(u64::from(u32::MAX - 1)) as u32,
+    }
+}
+
+/// A fresh secret per trace, so key hashes cannot be reversed or compared across traces.
+fn random_salt() -> u64 {
+    let mut salt = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into the buffer. If the call fails, the salt stays the
+    // process's own time mixed below, still unknown to anyone reading the report.
+    let filled = unsafe { libc::getrandom(salt.as_mut_ptr().cast(), salt.len(), 0) };
+    let salt = u64::from_ne_bytes(salt);
+    if filled == 8 {
+        salt
+    } else {
+        salt ^ monotonic_ns().rotate_left(29) ^ u64::from(std::process::id())
+    }
+}
+
+impl Inspected {
+    /// Source frames for every address of every creation stack: the first address is the
+    /// probed instruction itself, the others return addresses, looked up one byte earlier so
+    /// that a call at the end of an inlined body is attributed to it.
+    fn frames(&self, stacks: &[Vec<u64>]) -> BTreeMap<u64, Vec<inspect::SourceFrame>> {
+        let mut frames = BTreeMap::new();
+        for stack in stacks {
+            for (index, &address) in stack.iter().enumerate() {
+                frames.entry(address).or_insert_with(|| {
+                    let linked = address.wrapping_sub(self.bias);
+                    let lookup = if index == 0 { linked } else { linked - 1 };
+                    self.binary.frames_at(lookup)
+                });
             }
-            _ = tick.tick() => drain(events.get_mut(), model),
+        }
+        frames
+    }
+
+    /// Name and storage sizes of a map type, read from the target's memory.
+    fn type_facts(&self, map_type: u64) -> Option<TypeFacts> {
+        let info = inspect::map_type_info(&self.target, &self.binary, self.bias, map_type).ok()?;
+        Some(TypeFacts {
+            name: info.name,
+            storage: Storage {
+                bucket_bytes: info.bucket_bytes,
+                slots_per_bucket: info.slots_per_bucket,
+            },
+        })
+    }
+}
+
+/// Moves what the probes and the target say into the pipeline.
+struct Feed<'a> {
+    pipeline: &'a mut Pipeline,
+    inspected: &'a Inspected,
+    /// How many of the model's types have been looked at.
+    types_resolved: usize,
+}
+
+impl Feed<'_> {
+    fn note(&mut self, note: Note) {
+        self.pipeline.note(note);
+    }
+
+    /// Feeds the pipeline until one of the stop conditions fires.
+    async fn follow(
+        &mut self,
+        events: &mut AsyncFd<RingBuf<MapData>>,
+        options: &Options,
+        stop: impl Future<Output = ()>,
+        on_tick: &mut impl FnMut(&Pipeline),
+    ) -> Result<StopReason, SessionError> {
+        let exited = watch(self.inspected.target.pidfd().try_clone()?)?;
+        let duration = options.duration;
+        let deadline = async {
+            match duration {
+                Some(duration) => tokio::time::sleep(duration).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop, deadline);
+        let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut view_tick = tokio::time::interval(options.tick);
+        view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        view_tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(StopReason::Signal),
+                _ = &mut deadline => return Ok(StopReason::Duration),
+                _ = exited.readable() => return Ok(StopReason::TargetExited),
+                ready = events.readable_mut() => {
+                    let mut guard = ready?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                _ = drain_tick.tick() => self.drain(events.get_mut()),
+                _ = view_tick.tick() => on_tick(self.pipeline),
+            }
+        }
+    }
+
+    /// Feeds every waiting record, then reads the types that appeared, while the target is
+    /// still there to read them from.
+    fn drain(&mut self, events: &mut RingBuf<MapData>) {
+        while let Some(record) = events.next() {
+            self.pipeline.record(&record);
+        }
+        let fresh: Vec<u64> = self.pipeline.model().types_seen()[self.types_resolved..].to_vec();
+        self.types_resolved += fresh.len();
+        for map_type in fresh {
+            if let Some(facts) = self.inspected.type_facts(map_type) {
+                self.pipeline.note(Note::Type { map_type, facts });
+            }
+        }
+    }
+
+    /// Keeps draining for a short grace period, until every pending operation is settled by
+    /// its map's next event or the target goes quiet or away.
+    async fn settle_from_events(&mut self, events: &mut AsyncFd<RingBuf<MapData>>) {
+        let deadline = Instant::now() + SETTLE_GRACE;
+        while Instant::now() < deadline
+            && self.inspected.target.is_alive()
+            && self.pipeline.model().pending().next().is_some()
+        {
+            tokio::time::sleep(DRAIN_INTERVAL).await;
+            self.drain(events.get_mut());
+        }
+    }
+
+    /// Settles what is still pending from the headers in the target's memory, now that no
+    /// probe fires any more. A target that is gone takes those counts with it: they stay
+    /// unsettled.
+    fn settle_from_memory(&mut self) {
+        let target = &self.inspected.target;
+        if !target.is_alive() {
+            return;
+        }
+        let mut pending: Vec<u64> = self.pipeline.model().pending().collect();
+        pending.sort_unstable();
+        for addr in pending {
+            if let Ok(words) = target.read_words(addr) {
+                self.pipeline.note(Note::Settle { addr, words });
+            }
         }
     }
 }
@@ -194,41 +389,6 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     Ok(unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }?)
 }
 
-fn drain(events: &mut aya::maps::RingBuf<aya::maps::MapData>, model: &mut Model) {
-    while let Some(record) = events.next() {
-        model.observe_record(&record);
-    }
-}
-
-/// Keeps draining for a short grace period, until every pending operation is settled by its
-/// map's next event or the target goes quiet or away.
-async fn settle_from_events(
-    events: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    model: &mut Model,
-    target: &Target,
-) {
-    let deadline = Instant::now() + SETTLE_GRACE;
-    while Instant::now() < deadline && target.is_alive() && model.pending().next().is_some() {
-        tokio::time::sleep(DRAIN_INTERVAL).await;
-        drain(events.get_mut(), model);
-    }
-}
-
-/// Settles what is still pending from the headers in the target's memory, now that no probe
-/// fires any more. A target that is gone takes those counts with it: they stay unsettled.
-fn settle_from_memory(model: &mut Model, target: &Target, implementation: MapImplementation) {
-    if target.is_alive() {
-        let pending: Vec<u64> = model.pending().collect();
-        for addr in pending {
-            if let Ok([count, seed_word]) = target.read_words(addr) {
-                let seed = seed_from_word(seed_word, implementation.seed_shift());
-                model.settle(addr, Header { count, seed });
-            }
-        }
-    }
-    model.abandon_pending();
-}
-
 fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -238,4 +398,17 @@ fn monotonic_ns() -> u64 {
     // bpf_ktime_get_ns() reads, so event times and this start time compare directly.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_rates_become_masks() {
+        assert_eq!(key_sample_mask(0), u32::MAX);
+        assert_eq!(key_sample_mask(1), 0);
+        assert_eq!(key_sample_mask(64), 63);
+        assert_eq!(key_sample_mask(100), 127);
+    }
 }

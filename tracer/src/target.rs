@@ -9,6 +9,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
+use crate::inspect::ReadMemory;
+
 /// Why a process cannot be traced; each message tells the user what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -106,28 +108,68 @@ impl Target {
     /// Reads the first two 8-byte words at `addr` in the target: a map header's count and the
     /// word holding its hash seed.
     pub fn read_words(&self, addr: u64) -> io::Result<[u64; 2]> {
-        let mut word = [0u8; 16];
+        let bytes = self.read_bytes(addr, 16)?;
+        let half = |at: usize| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_ne_bytes(raw)
+        };
+        Ok([half(0), half(8)])
+    }
+
+    /// Reads `len` bytes at `addr` in the target, without stopping it.
+    pub fn read_bytes(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
         let local = libc::iovec {
-            iov_base: word.as_mut_ptr().cast(),
-            iov_len: word.len(),
+            iov_base: bytes.as_mut_ptr().cast(),
+            iov_len: len,
         };
         let remote = libc::iovec {
             iov_base: addr as *mut libc::c_void,
-            iov_len: word.len(),
+            iov_len: len,
         };
         // SAFETY: both iovecs describe valid buffers of the given length on their side.
         let copied = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
-        let half = |at: usize| {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(&word[at..at + 8]);
-            u64::from_ne_bytes(raw)
-        };
         match copied {
-            16 => Ok([half(0), half(8)]),
             -1 => Err(io::Error::last_os_error()),
+            n if n as usize == len => Ok(bytes),
             _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
         }
     }
+
+    /// How far the executable was moved when loaded: run-time address − linked address (0
+    /// unless it is position independent). Found from the mapping of its executable segment
+    /// in `/proc/PID/maps`; `vaddr_of` turns that mapping's file offset into the linked
+    /// address (`GoBinary::vaddr_of_file_offset`).
+    pub fn load_bias(&self, vaddr_of: impl Fn(u64) -> Option<u64>) -> io::Result<u64> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
+        let exe = self.exe.to_string_lossy();
+        Ok(maps
+            .lines()
+            .filter_map(|line| executable_mapping(line, &exe))
+            .find_map(|(start, offset)| Some(start.wrapping_sub(vaddr_of(offset)?)))
+            .unwrap_or(0))
+    }
+}
+
+impl ReadMemory for Target {
+    fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        self.read_bytes(addr, len).ok()
+    }
+}
+
+/// `(start, file offset)` of an executable mapping of `exe` in a `/proc/PID/maps` line.
+fn executable_mapping(line: &str, exe: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    let range = fields.next()?;
+    let permissions = fields.next()?;
+    let offset = fields.next()?;
+    let path = fields.nth(2)?;
+    if path != exe || !permissions.contains('x') {
+        return None;
+    }
+    let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+    Some((start, u64::from_str_radix(offset, 16).ok()?))
 }
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
@@ -152,6 +194,18 @@ mod tests {
         let words: [u64; 2] = [0x1234_5678_9abc_def0, 7];
         assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
         assert!(target.read_words(8).is_err());
+    }
+
+    #[test]
+    fn finds_the_executable_mapping() {
+        let line = "55d0c2a00000-55d0c2b00000 r-xp 00001000 fd:01 42   /srv/app";
+        assert_eq!(
+            executable_mapping(line, "/srv/app"),
+            Some((0x55d0_c2a0_0000, 0x1000))
+        );
+        let data = "55d0c2b00000-55d0c2c00000 rw-p 00101000 fd:01 42   /srv/app";
+        assert_eq!(executable_mapping(data, "/srv/app"), None);
+        assert_eq!(executable_mapping(line, "/srv/other"), None);
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! What a person watching the trace sees while it runs: on a terminal, a view redrawn in
+//! place (like `top`) with the growing and the busiest maps; otherwise one plain line per
+//! tick, fit for a log.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::model::MapRecord;
+use crate::pipeline::Pipeline;
+
+/// Rows of each table in the terminal view.
+const ROWS: usize = 10;
+
+/// Remembers the previous tick, to show rates.
+#[derive(Debug, Default)]
+pub struct LiveView {
+    /// Per map: (live, operations) at the previous tick.
+    previous: HashMap<u64, (u64, u64)>,
+    previous_events: u64,
+    ticks: u64,
+}
+
+/// One map's change since the previous tick.
+struct Change<'a> {
+    record: &'a MapRecord,
+    growth: i64,
+    operations: u64,
+}
+
+impl LiveView {
+    /// An empty view.
+    pub fn new() -> LiveView {
+        LiveView::default()
+    }
+
+    fn changes<'a>(&mut self, records: &[&'a MapRecord]) -> Vec<Change<'a>> {
+        let mut current = HashMap::with_capacity(records.len());
+        let changes = records
+            .iter()
+            .filter(|record| !record.is_released())
+            .map(|record| {
+                let operations =
+                    record.inserts + record.overwrites + record.deletes + record.clears;
+                let (live, seen) = self
+                    .previous
+                    .get(&record.addr)
+                    .copied()
+                    .unwrap_or((record.first_count, 0));
+                current.insert(record.addr, (record.live, operations));
+                Change {
+                    record,
+                    growth: record.live as i64 - live as i64,
+                    operations: operations.saturating_sub(seen),
+                }
+            })
+            .collect();
+        self.previous = current;
+        changes
+    }
+
+    /// The terminal view: a screen to draw over the previous one.
+    pub fn render_screen(&mut self, pipeline: &Pipeline, tick_s: f64) -> String {
+        let model = pipeline.model();
+        let records = model.maps();
+        let events = model.received();
+        let mut changes = self.changes(&records);
+        let mut text = String::from("\x1b[H\x1b[2J");
+        let _ = writeln!(
+            text,
+            "gomaptrace  pid {}  {} maps  {:.0} events/s  (Ctrl-C for the report)",
+            pipeline.setup().target.pid,
+            records
+                .iter()
+                .filter(|record| !record.is_released())
+                .count(),
+            events.saturating_sub(self.previous_events) as f64 / tick_s,
+        );
+        self.previous_events = events;
+        let name = |record: &MapRecord| {
+            pipeline
+                .resolved()
+                .types
+                .get(&record.map_type)
+                .map_or("?".to_string(), |facts| facts.name.clone())
+        };
+        changes.sort_by_key(|change| std::cmp::Reverse(change.growth));
+        let _ = writeln!(
+            text,
+            "\nGROWING\n{:<16} {:>10} {:>10}  type",
+            "map", "live", "growth/s"
+        );
+        for change in changes.iter().take(ROWS).filter(|change| change.growth > 0) {
+            let _ = writeln!(
+                text,
+                "{:<16} {:>10} {:>10.0}  {}",
+                format!("{:#x}", change.record.addr),
+                change.record.live,
+                change.growth as f64 / tick_s,
+                name(change.record)
+            );
+        }
+        changes.sort_by_key(|change| std::cmp::Reverse(change.operations));
+        let _ = writeln!(
+            text,
+            "\nBUSIEST\n{:<16} {:>10} {:>10}  type",
+            "map", "live", "ops/s"
+        );
+        for change in changes
+            .iter()
+            .take(ROWS)
+            .filter(|change| change.operations > 0)
+        {
+            let _ = writeln!(
+                text,
+                "{:<16} {:>10} {:>10.0}  {}",
+                format!("{:#x}", change.record.addr),
+                change.record.live,
+                change.operations as f64 / tick_s,
+                name(change.record)
+            );
+        }
+        text
+    }
+
+    /// The plain view: one line per tick.
+    pub fn render_line(&mut self, pipeline: &Pipeline, tick_s: f64) -> String {
+        let model = pipeline.model();
+        let records = model.maps();
+        let changes = self.changes(&records);
+        self.ticks += 1;
+        let events = model.received();
+        let rate = events.saturating_sub(self.previous_events) as f64 / tick_s;
+        self.previous_events = events;
+        let live_entries: u64 = changes.iter().map(|change| change.record.live).sum();
+        let top = changes.iter().max_by_key(|change| change.growth);
+        let mut line = format!(
+            "gomaptrace: t={:.0}s maps={} entries={} events/s={:.0}",
+            self.ticks as f64 * tick_s,
+            changes.len(),
+            live_entries,
+            rate
+        );
+        if let Some(top) = top.filter(|top| top.growth > 0) {
+            let _ = write!(
+                line,
+                " fastest-growing={:#x} (+{:.0}/s)",
+                top.record.addr,
+                top.growth as f64 / tick_s
+            );
+        }
+        line
+    }
+}

@@ -1,0 +1,461 @@
+//! Everything a report is built from, in the order it happened, and the recording of it.
+//!
+//! A live trace and `gomaptrace replay` feed the same [`Pipeline`] the same inputs: raw
+//! ring-buffer records and [`Note`]s (the window's start and end, headers read from memory,
+//! the target's exit, resolved symbols, lost counts). The live trace also writes every input
+//! to a recording as it goes; a replay reads them back. Since the model and the report are
+//! pure, the replayed report is byte for byte the live one.
+//!
+//! A recording is `MAGIC`, then frames of `[tag: u8][length: u32 LE][payload]`: tag 1 a raw
+//! ring-buffer record, tag 2 a JSON [`Note`]. Key contents are never in it (the BPF side only
+//! sends salted hashes, and the salt is not recorded).
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Limits, Model};
+use crate::plan::MapImplementation;
+use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::verdict::{Thresholds, Window};
+
+/// First bytes of every recording; the version changes whenever the event format does.
+const MAGIC: &[u8] = b"gomaptrace-recording-v1\n";
+const TAG_RECORD: u8 = 1;
+const TAG_NOTE: u8 = 2;
+/// No input is this large; a bigger length means a corrupt file, not an allocation to make.
+const MAX_FRAME: u32 = 64 << 20;
+
+/// How the trace was set up: what the report needs besides the events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// The traced process.
+    pub target: TargetInfo,
+    /// Its map implementation (how to read seeds; how to estimate memory).
+    pub implementation: MapImplementation,
+    /// When the probes were attached (monotonic ns, the clock of event times).
+    pub start_ns: u64,
+    /// Verdict thresholds.
+    pub thresholds: Thresholds,
+    /// One key in this many sampled; 0 for none.
+    pub sample_one_in: u64,
+}
+
+/// An input to the pipeline other than an event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Note {
+    /// The trace begins.
+    Start(Setup),
+    /// A map type was read from the target.
+    Type {
+        /// The map-type pointer.
+        map_type: u64,
+        /// What it says.
+        facts: TypeFacts,
+    },
+    /// The observation window ended (monotonic ns).
+    Freeze {
+        /// When.
+        end_ns: u64,
+    },
+    /// A quiet map's header, read from memory after the probes were detached.
+    Settle {
+        /// The map.
+        addr: u64,
+        /// Its count and second header word.
+        words: [u64; 2],
+    },
+    /// The target exited at this monotonic time: every map it held is released.
+    Exited {
+        /// When it was noticed.
+        at_ns: u64,
+    },
+    /// The trace is over.
+    Finish {
+        /// Events the BPF side lost.
+        lost: u64,
+        /// Source frames of every creation stack address.
+        resolved: Resolved,
+    },
+}
+
+/// Why a recording could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The recording.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The file is not a recording, or not one this version can read.
+    #[error("{path}: not a gomaptrace recording (or from an incompatible version)")]
+    NotARecording {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file ends early or holds garbage.
+    #[error("{path}: corrupt recording at byte {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Writes every input of a live trace to a file. The file appears under its name only once
+/// the trace finished; a failed trace leaves no partial recording.
+pub struct Recorder {
+    path: PathBuf,
+    temporary: PathBuf,
+    out: BufWriter<File>,
+    failed: Option<io::Error>,
+}
+
+impl Recorder {
+    /// Starts a recording that will be named `path`.
+    pub fn create(path: &Path) -> Result<Recorder, RecordingError> {
+        let io_error = |source| RecordingError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file_name = path.file_name().ok_or_else(|| {
+            io_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path names no file",
+            ))
+        })?;
+        let mut temporary_name = std::ffi::OsString::from(".");
+        temporary_name.push(file_name);
+        temporary_name.push(format!(".tmp{}", std::process::id()));
+        let temporary = path.with_file_name(temporary_name);
+        let mut out = BufWriter::new(File::create(&temporary).map_err(io_error)?);
+        out.write_all(MAGIC).map_err(io_error)?;
+        Ok(Recorder {
+            path: path.to_owned(),
+            temporary,
+            out,
+            failed: None,
+        })
+    }
+
+    fn frame(&mut self, tag: u8, payload: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let written = (|| {
+            self.out.write_all(&[tag])?;
+            self.out.write_all(&(payload.len() as u32).to_le_bytes())?;
+            self.out.write_all(payload)
+        })();
+        if let Err(error) = written {
+            self.failed = Some(error);
+        }
+    }
+
+    /// Flushes and names the file; the first write error, if any, surfaces here.
+    pub fn finish(mut self) -> Result<(), RecordingError> {
+        let path = self.path.clone();
+        let result = match self.failed.take() {
+            Some(error) => Err(error),
+            None => self
+                .out
+                .flush()
+                .and_then(|()| self.out.get_ref().sync_all())
+                .and_then(|()| std::fs::rename(&self.temporary, &self.path)),
+        };
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+        result.map_err(|source| RecordingError::Io { path, source })
+    }
+}
+
+impl Drop for Recorder {
+    /// A recorder dropped without [`Recorder::finish`] belongs to a failed trace.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temporary);
+    }
+}
+
+/// The model plus what the report needs, fed in order.
+pub struct Pipeline {
+    setup: Setup,
+    model: Model,
+    resolved: Resolved,
+    window_end_ns: Option<u64>,
+    lost: u64,
+    recorder: Option<Recorder>,
+}
+
+impl Pipeline {
+    /// Starts a trace; every later input is also written to `recorder` when given.
+    pub fn new(setup: Setup, mut recorder: Option<Recorder>) -> Pipeline {
+        if let Some(recorder) = &mut recorder {
+            write_note(recorder, &Note::Start(setup.clone()));
+        }
+        Pipeline {
+            model: Model::new(setup.implementation, Limits::default()),
+            setup,
+            resolved: Resolved::default(),
+            window_end_ns: None,
+            lost: 0,
+            recorder,
+        }
+    }
+
+    /// One raw ring-buffer record.
+    pub fn record(&mut self, bytes: &[u8]) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.frame(TAG_RECORD, bytes);
+        }
+        self.model.observe_record(bytes);
+    }
+
+    /// One other input.
+    pub fn note(&mut self, note: Note) {
+        if let Some(recorder) = &mut self.recorder {
+            write_note(recorder, &note);
+        }
+        match note {
+            Note::Start(setup) => {
+                self.model = Model::new(setup.implementation, Limits::default());
+                self.setup = setup;
+            }
+            Note::Type { map_type, facts } => {
+                self.resolved.types.insert(map_type, facts);
+            }
+            Note::Freeze { end_ns } => {
+                self.window_end_ns = Some(end_ns);
+                self.model.freeze(end_ns);
+            }
+            Note::Settle { addr, words } => self.model.settle_words(addr, words),
+            Note::Exited { at_ns } => {
+                self.setup.target.exited = true;
+                self.model.abandon_pending();
+                self.model.release_all(at_ns);
+            }
+            Note::Finish { lost, resolved } => {
+                self.model.abandon_pending();
+                self.lost = lost;
+                self.resolved.frames = resolved.frames;
+                self.resolved.types.extend(resolved.types);
+            }
+        }
+    }
+
+    /// The model so far (for the live view and for what to resolve next).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// What has been resolved so far.
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// The setup the trace started with.
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
+    /// Builds the report, and closes the recording.
+    pub fn finish(mut self) -> Result<Report, RecordingError> {
+        let report = self.report();
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish()?;
+        }
+        Ok(report)
+    }
+
+    fn report(&self) -> Report {
+        let window = Window {
+            start_ns: self.setup.start_ns,
+            end_ns: self.window_end_ns.unwrap_or(self.setup.start_ns),
+        };
+        let context = ReportContext {
+            target: self.setup.target.clone(),
+            window,
+            lost: self.lost,
+            implementation: self.setup.implementation,
+            thresholds: self.setup.thresholds,
+            sample_one_in: self.setup.sample_one_in,
+            resolved: &self.resolved,
+        };
+        Report::new(&self.model, &context)
+    }
+}
+
+fn write_note(recorder: &mut Recorder, note: &Note) {
+    match serde_json::to_vec(note) {
+        Ok(json) => recorder.frame(TAG_NOTE, &json),
+        Err(error) => recorder.failed = Some(error.into()),
+    }
+}
+
+/// Rebuilds the report of a recorded trace.
+pub fn replay(path: &Path) -> Result<Report, RecordingError> {
+    let io_error = |source| RecordingError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut input = BufReader::new(File::open(path).map_err(io_error)?);
+    let mut magic = vec![0u8; MAGIC.len()];
+    if input.read_exact(&mut magic).is_err() || magic != MAGIC {
+        return Err(RecordingError::NotARecording {
+            path: path.to_owned(),
+        });
+    }
+    let mut offset = MAGIC.len() as u64;
+    let corrupt = |offset, reason: &str| RecordingError::Corrupt {
+        path: path.to_owned(),
+        offset,
+        reason: reason.to_string(),
+    };
+    let mut pipeline: Option<Pipeline> = None;
+    let mut finished = false;
+    loop {
+        let mut head = [0u8; 5];
+        match input.read_exact(&mut head[..1]) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(error) => return Err(io_error(error)),
+        }
+        input
+            .read_exact(&mut head[1..])
+            .map_err(|_| corrupt(offset, "truncated frame header"))?;
+        let length = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        if length > MAX_FRAME {
+            return Err(corrupt(offset, "frame length out of range"));
+        }
+        let mut payload = vec![0u8; length as usize];
+        input
+            .read_exact(&mut payload)
+            .map_err(|_| corrupt(offset, "truncated frame"))?;
+        match (head[0], pipeline.as_mut()) {
+            (TAG_RECORD, Some(pipeline)) => pipeline.record(&payload),
+            (TAG_NOTE, current) => {
+                let note: Note = serde_json::from_slice(&payload)
+                    .map_err(|error| corrupt(offset, &error.to_string()))?;
+                finished |= matches!(note, Note::Finish { .. });
+                match (note, current) {
+                    (Note::Start(setup), None) => pipeline = Some(Pipeline::new(setup, None)),
+                    (note, Some(pipeline)) => pipeline.note(note),
+                    (_, None) => return Err(corrupt(offset, "no start note")),
+                }
+            }
+            _ => return Err(corrupt(offset, "unknown frame or no start note")),
+        }
+        offset += 5 + u64::from(length);
+    }
+    match pipeline {
+        Some(pipeline) if finished => pipeline.finish(),
+        _ => Err(corrupt(
+            offset,
+            "the recording ends before the trace finished",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{kind, MapEvent};
+
+    fn setup() -> Setup {
+        Setup {
+            target: TargetInfo {
+                pid: 7,
+                exe: "/srv/app".into(),
+                go_version: "go1.22.10".into(),
+                exited: false,
+            },
+            implementation: MapImplementation::Classic,
+            start_ns: 1_000,
+            thresholds: Thresholds::default(),
+            sample_one_in: 64,
+        }
+    }
+
+    fn event_bytes(kind: u8, count: u64, at: u64) -> Vec<u8> {
+        let event = MapEvent {
+            ktime_ns: at,
+            map: 0x00c0_000a_0000,
+            count,
+            header_word: 0x1234_0000_0000,
+            map_type: 0,
+            key_hash: 0,
+            kind,
+            flags: 0,
+            _pad: [0; 2],
+        };
+        // SAFETY: MapEvent is repr(C) plain data, as the ring buffer carries it.
+        let bytes: [u8; MapEvent::SIZE] = unsafe { std::mem::transmute(event) };
+        bytes.to_vec()
+    }
+
+    fn run(recorder: Option<Recorder>) -> Report {
+        let mut pipeline = Pipeline::new(setup(), recorder);
+        for (at, count) in [(2_000, 0), (3_000, 1), (4_000, 2)] {
+            pipeline.record(&event_bytes(kind::ASSIGN, count, at));
+        }
+        pipeline.record(&[1, 2, 3]);
+        pipeline.note(Note::Freeze { end_ns: 5_000 });
+        pipeline.note(Note::Settle {
+            addr: 0x00c0_000a_0000,
+            words: [3, 0x1234_0000_0000],
+        });
+        pipeline.note(Note::Finish {
+            lost: 2,
+            resolved: Resolved::default(),
+        });
+        pipeline.finish().unwrap()
+    }
+
+    #[test]
+    fn a_replay_rebuilds_the_same_report() {
+        let dir = std::env::temp_dir().join(format!("gomaptrace-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trace.gmt");
+        let live = run(Some(Recorder::create(&path).unwrap()));
+        assert_eq!(live.maps[0].inserts, 3);
+        assert_eq!((live.events.lost, live.events.malformed), (2, 1));
+        let replayed = replay(&path).unwrap();
+        assert_eq!(
+            serde_json::to_string(&live).unwrap(),
+            serde_json::to_string(&replayed).unwrap()
+        );
+        assert_eq!(live.render_text(20), replayed.render_text(20));
+
+        // Truncated or foreign files are refused with a reason.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(matches!(replay(&path), Err(RecordingError::Corrupt { .. })));
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(matches!(
+            replay(&path),
+            Err(RecordingError::NotARecording { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unfinished_recording_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("gomaptrace-rec2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trace.gmt");
+        drop(Pipeline::new(
+            setup(),
+            Some(Recorder::create(&path).unwrap()),
+        ));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
