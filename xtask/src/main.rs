@@ -3,6 +3,7 @@
 //! Every command first runs the idempotent set-up, so the README's commands work on a fresh
 //! machine with nothing installed by hand.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -34,6 +35,8 @@ enum Task {
         #[arg(long, default_value = "10s")]
         duration: String,
     },
+    /// Measure what tracing costs a Go program: untraced, empty probes, gomaptrace, bpftrace.
+    Bench(bench::BenchOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build => build_tracer(&root, true).map(|_| ()),
         Task::Test => test::run_all(&root),
         Task::Demo { duration } => demo::run_demo(&root, &duration),
+        Task::Bench(options) => bench::run_bench(&root, &options),
     }
 }
 
