@@ -521,6 +521,9 @@ impl Tracer {
                     .with_context(|| format!("cannot read {}", self.json.display()))?;
                 let report: ReportView = serde_json::from_slice(&bytes)
                     .with_context(|| format!("cannot parse {}", self.json.display()))?;
+                // One entry per map ever seen: hundreds of MB over a bench. The text report
+                // next to it stays.
+                let _ = std::fs::remove_file(&self.json);
                 Outputs {
                     received: report.events.as_ref().map(|events| events.received),
                     lost: report.events.as_ref().map(|events| events.lost),
