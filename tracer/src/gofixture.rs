@@ -82,6 +82,24 @@ pub fn build_for_arch(
     env: &[(&str, &str)],
     goarch: &str,
 ) -> PathBuf {
+    build_with(name, version, flavor.suffix(), flavor.args(), env, goarch)
+}
+
+/// Builds fixture `name` with extra `go build` arguments that [`Flavor`] has no name for
+/// (linker flags, build modes), cached under `target/fixtures/` as
+/// `<name>-go<version>-<goarch>-<variant><env>` until a source file changes. `env` overrides
+/// the defaults (`CGO_ENABLED=0`, the shared caches).
+///
+/// # Panics
+/// As [`build`].
+pub fn build_with(
+    name: &str,
+    version: &str,
+    variant: &str,
+    go_args: &[&str],
+    env: &[(&str, &str)],
+    goarch: &str,
+) -> PathBuf {
     let root = workspace_root();
     let source = root.join("tests/fixtures").join(name);
     let env_tag: String = env
@@ -89,20 +107,17 @@ pub fn build_for_arch(
         .map(|(key, value)| format!("-{key}={value}"))
         .collect();
     let out_dir = root.join("target/fixtures");
-    let output = out_dir.join(format!(
-        "{name}-go{version}-{goarch}-{}{env_tag}",
-        flavor.suffix()
-    ));
+    let output = out_dir.join(format!("{name}-go{version}-{goarch}-{variant}{env_tag}"));
     if is_fresh(&output, &source) {
         return output;
     }
     std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
     let go = go_tool(version);
-    let status = Command::new(&go)
+    let result = Command::new(&go)
         .arg("build")
         .args(["-trimpath", "-o"])
         .arg(&output)
-        .args(flavor.args())
+        .args(go_args)
         .arg(".")
         .current_dir(&source)
         .env("GOTOOLCHAIN", "local")
@@ -112,11 +127,12 @@ pub fn build_for_arch(
         .env("GOCACHE", out_dir.join(format!("gocache-{version}")))
         .env("GOPATH", out_dir.join("gopath"))
         .envs(env.iter().copied())
-        .status()
+        .output()
         .unwrap_or_else(|error| panic!("cannot run {}: {error}", go.display()));
     assert!(
-        status.success(),
-        "go {version} build of fixture {name} failed"
+        result.status.success(),
+        "go {version} build of fixture {name} ({variant} {go_args:?} {env:?}) failed: {}",
+        String::from_utf8_lossy(&result.stderr)
     );
     output
 }

@@ -34,7 +34,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pclntab::{Layout, Located};
+use super::pclntab::{read_u32, read_u64, Layout, Located};
 use super::{GoBinary, GoVersion};
 
 /// One source position of a call stack: the unit stacks are reported in.
@@ -456,18 +456,6 @@ fn c_string(data: &[u8], at: u64) -> Option<String> {
     let rest = data.get(usize::try_from(at).ok()?..)?;
     let len = rest.iter().position(|&byte| byte == 0)?;
     Some(String::from_utf8_lossy(&rest[..len]).into_owned())
-}
-
-fn read_u32(data: &[u8], at: u64) -> Option<u32> {
-    let at = usize::try_from(at).ok()?;
-    let bytes = data.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes(bytes.try_into().ok()?))
-}
-
-fn read_u64(data: &[u8], at: u64) -> Option<u64> {
-    let at = usize::try_from(at).ok()?;
-    let bytes = data.get(at..at.checked_add(8)?)?;
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 #[cfg(test)]

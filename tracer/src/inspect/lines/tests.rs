@@ -47,59 +47,23 @@ impl Build {
     }
 }
 
-/// Builds `tests/fixtures/symbols` as `gofixture` does (same toolchains and caches), cached
-/// under `target/fixtures/` until a source file changes.
+/// Builds `tests/fixtures/symbols` with `build`'s flags (DWARF uncompressed, which the
+/// `object` crate cannot inflate), through the shared fixture builder and its cache.
 pub(in super::super) fn build(
     version: &str,
     build: Build,
     env: &[(&str, &str)],
     goarch: &str,
 ) -> PathBuf {
-    let root = gofixture::workspace_root();
-    let source = root.join("tests/fixtures/symbols");
-    let out_dir = root.join("target/fixtures");
-    let env_tag: String = env
-        .iter()
-        .map(|(key, value)| format!("-{key}={value}"))
-        .collect();
-    let output = out_dir.join(format!("symbols-go{version}-{goarch}-{build:?}{env_tag}"));
     let _one_at_a_time = one_build_at_a_time();
-    if is_newer_than_sources(&output, &source) {
-        return output;
-    }
-    std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
-    let result = Command::new(gofixture::go_tool(version))
-        .args(["build", "-trimpath", "-o"])
-        .arg(&output)
-        .args(build.args())
-        .arg(".")
-        .current_dir(&source)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOARCH", goarch)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", out_dir.join(format!("gocache-{version}")))
-        .env("GOPATH", out_dir.join("gopath"))
-        .envs(env.iter().copied())
-        .output()
-        .expect("run go build");
-    assert!(
-        result.status.success(),
-        "go {version} build {build:?} {env:?}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    output
-}
-
-fn is_newer_than_sources(output: &Path, source: &Path) -> bool {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|meta| meta.modified());
-    let Ok(built) = modified(output) else {
-        return false;
-    };
-    std::fs::read_dir(source)
-        .expect("fixture sources")
-        .flatten()
-        .all(|entry| modified(&entry.path()).is_ok_and(|time| time <= built))
+    gofixture::build_with(
+        "symbols",
+        version,
+        &format!("{build:?}"),
+        build.args(),
+        env,
+        goarch,
+    )
 }
 
 pub(in super::super) fn open(path: &Path) -> GoBinary {

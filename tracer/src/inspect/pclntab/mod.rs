@@ -433,13 +433,15 @@ impl<'a> Pclntab<'a> {
     }
 }
 
-fn read_u32(data: &[u8], at: u64) -> Option<u32> {
+/// The little-endian `u32` at `at`, if it lies within `data`.
+pub(super) fn read_u32(data: &[u8], at: u64) -> Option<u32> {
     let at = usize::try_from(at).ok()?;
     let bytes = data.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
-fn read_u64(data: &[u8], at: u64) -> Option<u64> {
+/// The little-endian `u64` at `at`, if it lies within `data`.
+pub(super) fn read_u64(data: &[u8], at: u64) -> Option<u64> {
     let at = usize::try_from(at).ok()?;
     let bytes = data.get(at..at.checked_add(8)?)?;
     Some(u64::from_le_bytes(bytes.try_into().ok()?))

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use iced_x86::{Code, Decoder, DecoderOptions};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
@@ -55,48 +54,17 @@ impl PieLink {
     }
 }
 
-/// Builds `tests/fixtures/inspect` as `gofixture::build_for_arch` does (same toolchain,
-/// caches and output directory), with `-buildmode=pie` and `link`'s flags.
+/// Builds `tests/fixtures/inspect` with `-buildmode=pie` and `link`'s flags.
 fn build(version: &str, link: PieLink, goarch: &str) -> PathBuf {
-    let root = gofixture::workspace_root();
-    let source = root.join("tests/fixtures/inspect");
-    let out_dir = root.join("target/fixtures");
-    let output = out_dir.join(format!("inspect-go{version}-{goarch}-{}", link.suffix()));
     let _one_at_a_time = one_build_at_a_time();
-    if is_newer_than_sources(&output, &source) {
-        return output;
-    }
-    std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
-    let result = Command::new(gofixture::go_tool(version))
-        .args(["build", "-trimpath", "-buildmode=pie", link.ldflags(), "-o"])
-        .arg(&output)
-        .arg(".")
-        .current_dir(&source)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOARCH", goarch)
-        .env("CGO_ENABLED", link.cgo())
-        .env("GOCACHE", out_dir.join(format!("gocache-{version}")))
-        .env("GOPATH", out_dir.join("gopath"))
-        .output()
-        .expect("run go build");
-    assert!(
-        result.status.success(),
-        "go {version} build {link:?}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    output
-}
-
-fn is_newer_than_sources(output: &Path, source: &Path) -> bool {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|meta| meta.modified());
-    let Ok(built) = modified(output) else {
-        return false;
-    };
-    std::fs::read_dir(source)
-        .expect("fixture sources")
-        .flatten()
-        .all(|entry| modified(&entry.path()).is_ok_and(|time| time <= built))
+    gofixture::build_with(
+        "inspect",
+        version,
+        link.suffix(),
+        &["-buildmode=pie", link.ldflags()],
+        &[("CGO_ENABLED", link.cgo())],
+        goarch,
+    )
 }
 
 fn open(path: &Path) -> GoBinary {

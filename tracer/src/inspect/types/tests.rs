@@ -78,9 +78,11 @@ impl ReadMemory for Loaded<'_> {
     }
 }
 
-/// Every map typedef of the binary's DWARF with a descriptor: name → offset from
-/// `runtime.types`.
-fn dwarf_map_types(path: &Path) -> BTreeMap<String, u64> {
+/// Runs `read` over the binary's DWARF (both DWARF readers below start from it).
+fn with_dwarf<T>(
+    path: &Path,
+    read: impl FnOnce(&gimli::Dwarf<gimli::EndianSlice<'_, gimli::LittleEndian>>) -> T,
+) -> T {
     let bytes = std::fs::read(path).unwrap();
     let file = object::File::parse(bytes.as_slice()).unwrap();
     let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
@@ -90,82 +92,81 @@ fn dwarf_map_types(path: &Path) -> BTreeMap<String, u64> {
             .unwrap_or(&[]);
         Ok(gimli::EndianSlice::new(data, gimli::LittleEndian))
     };
-    let dwarf = gimli::Dwarf::load(load).unwrap();
-    let mut types = BTreeMap::new();
-    let mut units = dwarf.units();
-    while let Some(header) = units.next().unwrap() {
-        let unit = dwarf.unit(header).unwrap();
-        let mut entries = unit.entries();
-        while let Some(entry) = entries.next_dfs().unwrap() {
-            if entry.tag() != gimli::DW_TAG_typedef {
-                continue;
-            }
-            let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
-                continue;
-            };
-            let name = dwarf.attr_string(&unit, name).unwrap().to_string_lossy();
-            // Go writes the offset with the form of an address (`DW_FORM_addr`).
-            let offset = match entry.attr_value(DW_AT_GO_RUNTIME_TYPE) {
-                Some(gimli::AttributeValue::Addr(offset)) => Some(offset),
-                Some(value) => value.udata_value(),
-                None => None,
-            };
-            if let (true, Some(offset)) = (name.starts_with("map["), offset) {
-                types.insert(name.into_owned(), offset);
+    read(&gimli::Dwarf::load(load).unwrap())
+}
+
+/// Every map typedef of the binary's DWARF with a descriptor: name → offset from
+/// `runtime.types`.
+fn dwarf_map_types(path: &Path) -> BTreeMap<String, u64> {
+    with_dwarf(path, |dwarf| {
+        let mut types = BTreeMap::new();
+        let mut units = dwarf.units();
+        while let Some(header) = units.next().unwrap() {
+            let unit = dwarf.unit(header).unwrap();
+            let mut entries = unit.entries();
+            while let Some(entry) = entries.next_dfs().unwrap() {
+                if entry.tag() != gimli::DW_TAG_typedef {
+                    continue;
+                }
+                let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
+                    continue;
+                };
+                let name = dwarf.attr_string(&unit, name).unwrap().to_string_lossy();
+                // Go writes the offset with the form of an address (`DW_FORM_addr`).
+                let offset = match entry.attr_value(DW_AT_GO_RUNTIME_TYPE) {
+                    Some(gimli::AttributeValue::Addr(offset)) => Some(offset),
+                    Some(value) => value.udata_value(),
+                    None => None,
+                };
+                if let (true, Some(offset)) = (name.starts_with("map["), offset) {
+                    types.insert(name.into_owned(), offset);
+                }
             }
         }
-    }
-    types
+        types
+    })
 }
 
 /// Member offsets of the named structs in the binary's DWARF: struct → member → offset.
 fn dwarf_struct_offsets(path: &Path, wanted: &[&str]) -> HashMap<String, HashMap<String, u64>> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = object::File::parse(bytes.as_slice()).unwrap();
-    let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
-        let data = file
-            .section_by_name(id.name())
-            .and_then(|section| section.data().ok())
-            .unwrap_or(&[]);
-        Ok(gimli::EndianSlice::new(data, gimli::LittleEndian))
-    };
-    let dwarf = gimli::Dwarf::load(load).unwrap();
-    let mut structs = HashMap::new();
-    let mut units = dwarf.units();
-    while let Some(header) = units.next().unwrap() {
-        let unit = dwarf.unit(header).unwrap();
-        let mut entries = unit.entries();
-        let mut current: Option<String> = None;
-        while let Some(entry) = entries.next_dfs().unwrap() {
-            let name = entry.attr_value(gimli::DW_AT_name).map(|name| {
-                dwarf
-                    .attr_string(&unit, name)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            });
-            match entry.tag() {
-                gimli::DW_TAG_structure_type => {
-                    current = name.filter(|name| wanted.contains(&name.as_str()));
+    with_dwarf(path, |dwarf| {
+        let mut structs = HashMap::new();
+        let mut units = dwarf.units();
+        while let Some(header) = units.next().unwrap() {
+            let unit = dwarf.unit(header).unwrap();
+            let mut entries = unit.entries();
+            let mut current: Option<String> = None;
+            while let Some(entry) = entries.next_dfs().unwrap() {
+                let name = entry.attr_value(gimli::DW_AT_name).map(|name| {
+                    dwarf
+                        .attr_string(&unit, name)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                });
+                match entry.tag() {
+                    gimli::DW_TAG_structure_type => {
+                        current = name.filter(|name| wanted.contains(&name.as_str()));
+                    }
+                    gimli::DW_TAG_member => {
+                        let (Some(owner), Some(member)) = (&current, name) else {
+                            continue;
+                        };
+                        let offset = entry
+                            .attr_value(gimli::DW_AT_data_member_location)
+                            .and_then(|value| value.udata_value())
+                            .unwrap();
+                        structs
+                            .entry(owner.clone())
+                            .or_insert_with(HashMap::new)
+                            .insert(member, offset);
+                    }
+                    _ => current = None,
                 }
-                gimli::DW_TAG_member => {
-                    let (Some(owner), Some(member)) = (&current, name) else {
-                        continue;
-                    };
-                    let offset = entry
-                        .attr_value(gimli::DW_AT_data_member_location)
-                        .and_then(|value| value.udata_value())
-                        .unwrap();
-                    structs
-                        .entry(owner.clone())
-                        .or_insert_with(HashMap::new)
-                        .insert(member, offset);
-                }
-                _ => current = None,
             }
         }
-    }
-    structs
+        structs
+    })
 }
 
 /// The offsets this module reads, against each release's DWARF for the type descriptor
