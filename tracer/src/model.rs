@@ -302,15 +302,16 @@ struct SampledEntries {
 }
 
 impl SampledEntries {
-    fn forget_map(&mut self, addr: u64) {
+    /// Stops following the keys of the map at `addr`; returns their insert times.
+    fn take_map(&mut self, addr: u64) -> Vec<u64> {
         let keys: Vec<(u64, u32)> = self
             .live
             .range((addr, 0)..=(addr, u32::MAX))
             .map(|(key, _)| *key)
             .collect();
-        for key in keys {
-            self.live.remove(&key);
-        }
+        keys.iter()
+            .filter_map(|key| self.live.remove(key))
+            .collect()
     }
 }
 
@@ -356,9 +357,14 @@ impl Model {
 
     /// The header an event read.
     fn header(&self, event: &MapEvent) -> Header {
+        self.header_from_words([event.count, event.header_word])
+    }
+
+    /// A header's first two words (count, and the word holding the seed) as a [`Header`].
+    fn header_from_words(&self, words: [u64; 2]) -> Header {
         Header {
-            count: event.count,
-            seed: seed_from_word(event.header_word, self.implementation.seed_shift()),
+            count: words[0],
+            seed: seed_from_word(words[1], self.implementation.seed_shift()),
         }
     }
 
@@ -528,13 +534,7 @@ impl Model {
                 }
             }
             KeyChange::Cleared => {
-                let keys: Vec<((u64, u32), u64)> = entries
-                    .live
-                    .range((addr, 0)..=(addr, u32::MAX))
-                    .map(|(key, inserted)| (*key, *inserted))
-                    .collect();
-                for (key, inserted) in keys {
-                    entries.live.remove(&key);
+                for inserted in entries.take_map(addr) {
                     record_us(
                         &mut self.histograms.entry_lifetime_us,
                         now.saturating_sub(inserted),
@@ -599,7 +599,7 @@ impl Model {
     fn release(&mut self, mut gone: MapRecord, now: u64) {
         gone.abandon();
         gone.released_ns = Some(now);
-        self.entries.forget_map(gone.addr);
+        self.entries.take_map(gone.addr);
         if let Some(stack) = gone.stack {
             self.stack_totals.entry(stack).or_default().released += 1;
         }
@@ -646,11 +646,7 @@ impl Model {
 
     /// Settles with a raw header (count and second word) read from the target's memory.
     pub fn settle_words(&mut self, addr: u64, words: [u64; 2]) {
-        let header = Header {
-            count: words[0],
-            seed: seed_from_word(words[1], self.implementation.seed_shift()),
-        };
-        self.settle(addr, header);
+        self.settle(addr, self.header_from_words(words));
     }
 
     /// Gives up on every operation still pending: the target is gone, its counts with it.

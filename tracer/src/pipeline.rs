@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
-use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::report::{temporary_sibling, Report, ReportContext, Resolved, TargetInfo, TypeFacts};
 use crate::verdict::{Thresholds, Window};
 
 /// First bytes of every recording; the version changes whenever the event format does.
@@ -126,16 +126,7 @@ impl Recorder {
             path: path.to_owned(),
             source,
         };
-        let file_name = path.file_name().ok_or_else(|| {
-            io_error(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the path names no file",
-            ))
-        })?;
-        let mut temporary_name = std::ffi::OsString::from(".");
-        temporary_name.push(file_name);
-        temporary_name.push(format!(".tmp{}", std::process::id()));
-        let temporary = path.with_file_name(temporary_name);
+        let temporary = temporary_sibling(path).map_err(io_error)?;
         let mut out = BufWriter::new(File::create(&temporary).map_err(io_error)?);
         out.write_all(MAGIC).map_err(io_error)?;
         Ok(Recorder {
