@@ -5,6 +5,8 @@
 //! happen in this one place.
 #![no_std]
 
+pub mod registers;
+
 /// What the target's runtime was doing when a probe fired.
 ///
 /// Kept as plain `u8` constants rather than an enum: the BPF side writes whatever it is told,
