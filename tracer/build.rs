@@ -12,6 +12,9 @@ use std::process::Command;
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+/// The architectures whose Go registers `tracer_common::registers` describes, spelled as
+/// Rust's `target_arch` (and aya's `bpf_target_arch`).
+const BPF_ARCHITECTURES: [&str; 2] = ["x86_64", "aarch64"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -42,7 +45,32 @@ fn main() {
         }
     }
 
-    let target_dir = root.join("target/bpf");
+    let host_arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("set by cargo");
+    assert!(
+        BPF_ARCHITECTURES.contains(&host_arch.as_str()),
+        "gomaptrace reads Go's registers on {BPF_ARCHITECTURES:?} only, not on {host_arch}"
+    );
+    // Every architecture is built, not only the one embedded: the register table's offsets are
+    // checked against aya's bindings at compile time (`tracer-ebpf/src/go_abi.rs`), and an
+    // arm64 mistake must fail this machine's build too.
+    for arch in BPF_ARCHITECTURES {
+        let object = build_bpf(
+            &ebpf_dir,
+            &linker_dir,
+            &root.join("target/bpf").join(arch),
+            arch,
+        );
+        if arch == host_arch {
+            let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+            std::fs::copy(&object, out_dir.join("gomaptrace.bpf.o"))
+                .unwrap_or_else(|error| panic!("cannot copy {}: {error}", object.display()));
+        }
+    }
+}
+
+/// Builds the BPF object for one architecture's register layout (`bpf_target_arch`, the
+/// name aya uses) and returns its path.
+fn build_bpf(ebpf_dir: &Path, linker_dir: &Path, target_dir: &Path, arch: &str) -> PathBuf {
     let mut build = Command::new(DEBIAN_CARGO);
     build
         .env_clear()
@@ -50,7 +78,8 @@ fn main() {
         .env("PATH", format!("{}:/usr/bin:/bin", linker_dir.display()))
         .env("RUSTC", DEBIAN_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
-        .current_dir(&ebpf_dir)
+        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{arch}\""))
+        .current_dir(ebpf_dir)
         .args([
             "build",
             "--release",
@@ -61,19 +90,15 @@ fn main() {
             "build-std=core",
         ])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir);
     let status = build
         .status()
         .unwrap_or_else(|error| panic!("cannot run {DEBIAN_CARGO}: {error}"));
     assert!(
         status.success(),
-        "building tracer-ebpf failed (see the errors above)"
+        "building tracer-ebpf for {arch} failed (see the errors above)"
     );
-
-    let object = target_dir.join(BPF_TARGET).join("release/gomaptrace-ebpf");
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
-    std::fs::copy(&object, out_dir.join("gomaptrace.bpf.o"))
-        .unwrap_or_else(|error| panic!("cannot copy {}: {error}", object.display()));
+    target_dir.join(BPF_TARGET).join("release/gomaptrace-ebpf")
 }
 
 /// Only what the nested build needs from this environment: the home and registry locations

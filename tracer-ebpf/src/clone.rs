@@ -2,9 +2,9 @@
 //!
 //! A clone fills its map without any assign (and on Go 1.25+ without any create call), so
 //! its result is reported with the count it already holds, and with the call stack that
-//! cloned it (the direct caller's return address is at `[SP]` at a `RET`).
+//! cloned it (at a `RET`, the direct caller is where the instruction returns to).
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
 use crate::{
@@ -19,9 +19,7 @@ pub fn map_clone_ret(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_clone_ret(ctx: &ProbeContext) -> Result<(), EmitError> {
-    let sp = go_abi::stack_pointer(ctx);
-    // SAFETY: a faulting user read returns an error.
-    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let caller = go_abi::return_address(ctx);
     let observation = Observation {
         kind: kind::CLONE,
         map: go_abi::first_result(ctx),

@@ -6,7 +6,7 @@
 //!   slot the cookie names, and its seed is not drawn yet;
 //! - every `RET` otherwise: the header is the first result, but the kernel single-steps the
 //!   `RET`, and the frame-pointer walk no longer sees the direct caller, whose return address
-//!   is at `[SP]`.
+//!   is read instead (at `[SP]` on amd64, in the link register on arm64).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
 use tracer_common::{cookie, kind, FLAG_SEED_PENDING};
@@ -24,16 +24,13 @@ pub fn map_create(ctx: ProbeContext) -> u32 {
 
 fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
     let cookie = go_abi::cookie(ctx);
-    let sp = go_abi::stack_pointer(ctx);
     let (map, caller, flags) = if cookie & cookie::HEADER_IN_SLOT != 0 {
-        let slot = sp + (cookie & 0xffff_ffff);
+        let slot = go_abi::stack_pointer(ctx) + (cookie & 0xffff_ffff);
         // SAFETY: a faulting user read returns an error.
         let map = unsafe { bpf_probe_read_user(slot as *const u64) }.unwrap_or(0);
         (map, 0, FLAG_SEED_PENDING)
     } else {
-        // SAFETY: as above.
-        let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-        (go_abi::first_result(ctx), caller, 0)
+        (go_abi::first_result(ctx), go_abi::return_address(ctx), 0)
     };
     let observation = Observation {
         kind: kind::CREATE,

@@ -8,6 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Every toolchain `cargo xtask setup` installs under `.tools/go`, oldest first: tests that
+/// check a reader against every release iterate over it, and a missing one fails them.
+pub const GO_VERSIONS: [&str; 8] = [
+    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
+
 /// How a fixture binary is linked, mirroring how users ship Go programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Flavor {

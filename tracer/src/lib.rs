@@ -7,6 +7,9 @@
 //! that feed); [`session`] strings everything together for one live trace, [`live`] shows
 //! it while it runs.
 
+pub mod abi;
+#[cfg(test)]
+mod dwarf_oracle;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
 pub mod inspect;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
+use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError};
@@ -42,6 +43,14 @@ pub enum SessionError {
         exe: String,
         /// What is wrong with it.
         source: InspectError,
+    },
+    /// The target is built for an architecture whose registers this build cannot read.
+    #[error("{exe}: {source}")]
+    ForeignArch {
+        /// The target's executable.
+        exe: String,
+        /// Which architectures.
+        source: ForeignArch,
     },
     /// No probe site.
     #[error("{exe}: {source}")]
@@ -136,6 +145,10 @@ pub async fn trace(
     privileges::check()?;
     let exe = target.exe().display().to_string();
     let binary = GoBinary::open(&target.exe_link()).map_err(|source| SessionError::Inspect {
+        exe: exe.clone(),
+        source,
+    })?;
+    abi::check_traceable(binary.arch()).map_err(|source| SessionError::ForeignArch {
         exe: exe.clone(),
         source,
     })?;

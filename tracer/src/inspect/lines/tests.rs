@@ -15,10 +15,7 @@ use super::super::{Arch, Function, GoBinary};
 use super::SourceFrame;
 use crate::gofixture;
 
-/// Every toolchain under `.tools/go`; a missing one fails the tests.
-pub(in super::super) const VERSIONS: [&str; 8] = [
-    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
-];
+pub(in super::super) use gofixture::GO_VERSIONS as VERSIONS;
 
 /// The fixture's main file as `-trimpath` builds record it.
 const MAIN_GO: &str = "symbolsfixture/main.go";

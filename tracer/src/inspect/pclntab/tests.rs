@@ -13,10 +13,7 @@ use super::super::{Arch, GoBinary, GoVersion};
 use super::*;
 use crate::gofixture::{self, Flavor};
 
-/// Every toolchain under `.tools/go` when these tests were written; a missing one fails.
-const VERSIONS: [&str; 8] = [
-    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
-];
+use crate::gofixture::GO_VERSIONS as VERSIONS;
 
 /// Builds [`Flavor`] has no name for: `-ldflags` together with `-buildmode=pie`.
 #[derive(Clone, Copy, Debug)]

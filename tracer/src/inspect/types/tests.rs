@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 
-use object::{Object, ObjectSection};
-
 use super::super::elf::ElfView;
 use super::super::lines::tests::{build, open, Build, VERSIONS};
 use super::super::GoBinary;
 use super::*;
+use crate::dwarf_oracle::with_dwarf;
+use object::Object;
 
 /// `DW_AT_go_runtime_type`: a type DIE's descriptor, as an offset from `runtime.types`.
 const DW_AT_GO_RUNTIME_TYPE: gimli::DwAt = gimli::DwAt(0x2904);
@@ -76,23 +76,6 @@ impl ReadMemory for Loaded<'_> {
         // Reads not aligned to 8 hold no pointer the tests look at.
         Some(bytes)
     }
-}
-
-/// Runs `read` over the binary's DWARF (both DWARF readers below start from it).
-fn with_dwarf<T>(
-    path: &Path,
-    read: impl FnOnce(&gimli::Dwarf<gimli::EndianSlice<'_, gimli::LittleEndian>>) -> T,
-) -> T {
-    let bytes = std::fs::read(path).unwrap();
-    let file = object::File::parse(bytes.as_slice()).unwrap();
-    let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
-        let data = file
-            .section_by_name(id.name())
-            .and_then(|section| section.data().ok())
-            .unwrap_or(&[]);
-        Ok(gimli::EndianSlice::new(data, gimli::LittleEndian))
-    };
-    read(&gimli::Dwarf::load(load).unwrap())
 }
 
 /// Every map typedef of the binary's DWARF with a descriptor: name → offset from
