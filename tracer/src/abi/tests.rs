@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use tracer_common::{arg, cookie, key};
 
 use super::*;
-use crate::dwarf_oracle::{with_dwarf, Dwarf};
+use crate::dwarf_oracle::{
+    each_entry, string_attr, with_dwarf, Dwarf, Entry, Unit, MAP_TYPE_STRUCTS,
+};
 use crate::gofixture::{self, GO_VERSIONS};
 use crate::inspect::GoBinary;
 use crate::plan::{self, ProbeKind};
@@ -107,30 +109,9 @@ fn signature(dwarf: &Dwarf<'_>, types: &TypeNames, function: &str, pc: u64) -> O
     None
 }
 
-type Entry<'a, 'b> = gimli::DebuggingInformationEntry<gimli::EndianSlice<'a, gimli::LittleEndian>>;
-type Unit<'a> = gimli::Unit<gimli::EndianSlice<'a, gimli::LittleEndian>>;
-
-fn string_attr(
-    dwarf: &Dwarf<'_>,
-    unit: &Unit<'_>,
-    entry: &Entry<'_, '_>,
-    at: gimli::DwAt,
-) -> String {
-    entry
-        .attr_value(at)
-        .map(|value| {
-            dwarf
-                .attr_string(unit, value)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .unwrap_or_default()
-}
-
 /// The name of the type an entry's `DW_AT_type` refers to. Go refers to types in other
 /// units (`DW_FORM_ref_addr`), so names are looked up by their offset in `.debug_info`.
-fn type_name(types: &TypeNames, unit: &Unit<'_>, entry: &Entry<'_, '_>) -> String {
+fn type_name(types: &TypeNames, unit: &Unit<'_>, entry: &Entry<'_>) -> String {
     let offset = match entry.attr_value(gimli::DW_AT_type) {
         Some(gimli::AttributeValue::UnitRef(offset)) => offset.to_debug_info_offset(&unit.header),
         Some(gimli::AttributeValue::DebugInfoRef(offset)) => Some(offset),
@@ -148,29 +129,19 @@ type TypeNames = std::collections::HashMap<usize, String>;
 /// Every named type entry of the binary.
 fn type_names(dwarf: &Dwarf<'_>) -> TypeNames {
     let mut names = TypeNames::new();
-    let mut units = dwarf.units();
-    while let Some(header) = units.next().unwrap() {
-        let unit = dwarf.unit(header).unwrap();
-        let mut entries = unit.entries();
-        while let Some(entry) = entries.next_dfs().unwrap() {
-            let is_type = matches!(
-                entry.tag(),
-                gimli::DW_TAG_pointer_type
-                    | gimli::DW_TAG_base_type
-                    | gimli::DW_TAG_typedef
-                    | gimli::DW_TAG_structure_type
-                    | gimli::DW_TAG_unspecified_type
-            );
-            if let (true, Some(offset)) =
-                (is_type, entry.offset().to_debug_info_offset(&unit.header))
-            {
-                names.insert(
-                    offset.0,
-                    string_attr(dwarf, &unit, entry, gimli::DW_AT_name),
-                );
-            }
+    each_entry(dwarf, |unit, entry| {
+        let is_type = matches!(
+            entry.tag(),
+            gimli::DW_TAG_pointer_type
+                | gimli::DW_TAG_base_type
+                | gimli::DW_TAG_typedef
+                | gimli::DW_TAG_structure_type
+                | gimli::DW_TAG_unspecified_type
+        );
+        if let (true, Some(offset)) = (is_type, entry.offset().to_debug_info_offset(&unit.header)) {
+            names.insert(offset.0, string_attr(dwarf, unit, entry, gimli::DW_AT_name));
         }
-    }
+    });
     names
 }
 
@@ -179,7 +150,7 @@ fn type_names(dwarf: &Dwarf<'_>) -> TypeNames {
 fn registers_at(
     dwarf: &Dwarf<'_>,
     unit: &Unit<'_>,
-    entry: &Entry<'_, '_>,
+    entry: &Entry<'_>,
     pc: u64,
 ) -> Option<Vec<u16>> {
     let location = entry.attr_value(gimli::DW_AT_location)?;
@@ -209,14 +180,6 @@ fn registers_at(
 
 /// The map header types of both implementations, as DWARF names pointers to them.
 const MAP_POINTERS: [&str; 2] = ["*runtime.hmap", "*internal/runtime/maps.Map"];
-
-/// What a parameter holding a map type descriptor may be called, across releases.
-const MAP_TYPE_POINTERS: [&str; 4] = [
-    "*runtime.maptype",
-    "*internal/abi.MapType",
-    "*internal/abi.OldMapType",
-    "*internal/abi.SwissMapType",
-];
 
 /// The DWARF type a key access ([`tracer_common::key`]) expects in the third register.
 fn key_types(access: u8) -> &'static [&'static str] {
@@ -278,11 +241,9 @@ fn check_binary(binary_path: &std::path::Path, context: &str) -> usize {
                     role(cookie::map(site.cookie), &MAP_POINTERS, "map");
                     checked += 1;
                     if cookie::map_type(site.cookie) != arg::NONE {
-                        role(
-                            cookie::map_type(site.cookie),
-                            &MAP_TYPE_POINTERS,
-                            "map type",
-                        );
+                        let pointers = MAP_TYPE_STRUCTS.map(|name| format!("*{name}"));
+                        let pointers = pointers.each_ref().map(String::as_str);
+                        role(cookie::map_type(site.cookie), &pointers, "map type");
                         checked += 1;
                     }
                     let access = cookie::key(site.cookie);

@@ -10,7 +10,7 @@ use super::super::elf::ElfView;
 use super::super::lines::tests::{build, open, Build, VERSIONS};
 use super::super::GoBinary;
 use super::*;
-use crate::dwarf_oracle::with_dwarf;
+use crate::dwarf_oracle::{each_entry, string_attr, with_dwarf, MAP_TYPE_STRUCTS};
 use object::Object;
 
 /// `DW_AT_go_runtime_type`: a type DIE's descriptor, as an offset from `runtime.types`.
@@ -83,29 +83,21 @@ impl ReadMemory for Loaded<'_> {
 fn dwarf_map_types(path: &Path) -> BTreeMap<String, u64> {
     with_dwarf(path, |dwarf| {
         let mut types = BTreeMap::new();
-        let mut units = dwarf.units();
-        while let Some(header) = units.next().unwrap() {
-            let unit = dwarf.unit(header).unwrap();
-            let mut entries = unit.entries();
-            while let Some(entry) = entries.next_dfs().unwrap() {
-                if entry.tag() != gimli::DW_TAG_typedef {
-                    continue;
-                }
-                let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
-                    continue;
-                };
-                let name = dwarf.attr_string(&unit, name).unwrap().to_string_lossy();
-                // Go writes the offset with the form of an address (`DW_FORM_addr`).
-                let offset = match entry.attr_value(DW_AT_GO_RUNTIME_TYPE) {
-                    Some(gimli::AttributeValue::Addr(offset)) => Some(offset),
-                    Some(value) => value.udata_value(),
-                    None => None,
-                };
-                if let (true, Some(offset)) = (name.starts_with("map["), offset) {
-                    types.insert(name.into_owned(), offset);
-                }
+        each_entry(dwarf, |unit, entry| {
+            if entry.tag() != gimli::DW_TAG_typedef {
+                return;
             }
-        }
+            let name = string_attr(dwarf, unit, entry, gimli::DW_AT_name);
+            // Go writes the offset with the form of an address (`DW_FORM_addr`).
+            let offset = match entry.attr_value(DW_AT_GO_RUNTIME_TYPE) {
+                Some(gimli::AttributeValue::Addr(offset)) => Some(offset),
+                Some(value) => value.udata_value(),
+                None => None,
+            };
+            if let (true, Some(offset)) = (name.starts_with("map["), offset) {
+                types.insert(name, offset);
+            }
+        });
         types
     })
 }
@@ -114,40 +106,29 @@ fn dwarf_map_types(path: &Path) -> BTreeMap<String, u64> {
 fn dwarf_struct_offsets(path: &Path, wanted: &[&str]) -> HashMap<String, HashMap<String, u64>> {
     with_dwarf(path, |dwarf| {
         let mut structs = HashMap::new();
-        let mut units = dwarf.units();
-        while let Some(header) = units.next().unwrap() {
-            let unit = dwarf.unit(header).unwrap();
-            let mut entries = unit.entries();
-            let mut current: Option<String> = None;
-            while let Some(entry) = entries.next_dfs().unwrap() {
-                let name = entry.attr_value(gimli::DW_AT_name).map(|name| {
-                    dwarf
-                        .attr_string(&unit, name)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned()
-                });
-                match entry.tag() {
-                    gimli::DW_TAG_structure_type => {
-                        current = name.filter(|name| wanted.contains(&name.as_str()));
-                    }
-                    gimli::DW_TAG_member => {
-                        let (Some(owner), Some(member)) = (&current, name) else {
-                            continue;
-                        };
-                        let offset = entry
-                            .attr_value(gimli::DW_AT_data_member_location)
-                            .and_then(|value| value.udata_value())
-                            .unwrap();
-                        structs
-                            .entry(owner.clone())
-                            .or_insert_with(HashMap::new)
-                            .insert(member, offset);
-                    }
-                    _ => current = None,
+        let mut current: Option<String> = None;
+        each_entry(dwarf, |unit, entry| {
+            let name = string_attr(dwarf, unit, entry, gimli::DW_AT_name);
+            match entry.tag() {
+                gimli::DW_TAG_structure_type => {
+                    current = Some(name).filter(|name| wanted.contains(&name.as_str()));
                 }
+                gimli::DW_TAG_member => {
+                    let Some(owner) = &current else {
+                        return;
+                    };
+                    let offset = entry
+                        .attr_value(gimli::DW_AT_data_member_location)
+                        .and_then(|value| value.udata_value())
+                        .unwrap();
+                    structs
+                        .entry(owner.clone())
+                        .or_insert_with(HashMap::new)
+                        .insert(name, offset);
+                }
+                _ => current = None,
             }
-        }
+        });
         structs
     })
 }
@@ -158,12 +139,6 @@ fn dwarf_struct_offsets(path: &Path, wanted: &[&str]) -> HashMap<String, HashMap
 #[test]
 fn descriptor_layouts_match_dwarf() {
     const TYPES: [&str; 2] = ["runtime._type", "internal/abi.Type"];
-    const MAP_TYPES: [&str; 4] = [
-        "runtime.maptype",
-        "internal/abi.MapType",
-        "internal/abi.OldMapType",
-        "internal/abi.SwissMapType",
-    ];
     for (version, build_kind, env) in builds() {
         if build_kind != Build::Plain {
             continue;
@@ -171,7 +146,7 @@ fn descriptor_layouts_match_dwarf() {
         let path = build(version, build_kind, env, "amd64");
         let binary = open(&path);
         let context = format!("go{version} {env:?}");
-        let wanted: Vec<&str> = TYPES.iter().chain(&MAP_TYPES).copied().collect();
+        let wanted: Vec<&str> = TYPES.iter().chain(&MAP_TYPE_STRUCTS).copied().collect();
         let structs = dwarf_struct_offsets(&path, &wanted);
         // Field names are lower case in 1.19, exported from 1.21.
         let field = |owners: &[&str], names: [&str; 2]| {
@@ -195,7 +170,7 @@ fn descriptor_layouts_match_dwarf() {
         assert_eq!(type_field(["str", "Str"]), Some(STR_AT as u64), "{context}");
         // The map type struct this build uses: classic and swiss ones may both be present
         // in 1.24–1.25 DWARF, so pick by the size field that exists.
-        let map_field = |names| field(&MAP_TYPES, names);
+        let map_field = |names| field(&MAP_TYPE_STRUCTS, names);
         assert_eq!(map_field(["key", "Key"]), Some(FIRST_FIELD_AT), "{context}");
         assert_eq!(
             map_field(["elem", "Elem"]),
