@@ -23,9 +23,20 @@ pub mod kind {
     /// A clone (`maps.Clone`) returned this map, already holding `count` entries that no
     /// assign put there.
     pub const CLONE: u8 = 5;
-    /// The map started to grow (classic `hashGrow`; swiss `growToSmall`, `growToTable`,
-    /// `rehash`). It happens inside an assign and changes no count.
+    /// A swiss map's storage grew: its first group (`(*Map).growToSmall`), its first table
+    /// (`(*Map).growToTable`), a table twice as big (`(*table).grow`) or a full table split in
+    /// two (`(*table).split`). It happens inside an assign and changes no count.
     pub const GROW: u8 = 6;
+    /// A classic map started to move to a new bucket array (`runtime.hashGrow`): twice as big
+    /// when the load factor is reached, or the same size when overflow buckets piled up (a
+    /// reorganisation: no more room, the entries packed again). The header's `B` at the map's
+    /// next observation tells which, in userspace. Inside an assign; changes no count.
+    pub const HASH_GROW: u8 = 7;
+    /// A swiss table with no room left is about to clear tombstones in place
+    /// (`(*table).pruneTombstones`, Go 1.25+). When too few can go it does nothing and the
+    /// table grows at once: a [`GROW`] of the same map before its next operation. Inside an
+    /// assign; changes no count.
+    pub const PRUNE: u8 = 8;
 }
 
 /// Which Go integer argument register holds a value, as an index in ABIInternal order
@@ -34,13 +45,14 @@ pub mod kind {
 /// key in different positions.
 pub mod arg {
     /// First argument: the type of `mapassign*`/`mapdelete*`/`mapclear`/`hashGrow`; the
-    /// receiver of `(*Map).Delete`, `(*Map).Clear`, `growToSmall`, `growToTable`.
+    /// receiver of `(*Map).Delete`, `(*Map).Clear`, `growToSmall`, `growToTable`, and of the
+    /// `(*table)` methods.
     pub const FIRST: u8 = 0;
     /// Second argument: the map of `mapassign*`, `mapdelete*`, `mapclear`, `hashGrow`; the
-    /// type of the swiss `(*Map)` methods.
+    /// type of the swiss `(*Map)` and `(*table)` methods.
     pub const SECOND: u8 = 1;
     /// Third argument: the key (or its address) of `mapassign*`/`mapdelete*`; the map of
-    /// `(*table).rehash`.
+    /// `(*table).grow`, `(*table).split` and `(*table).pruneTombstones`.
     pub const THIRD: u8 = 2;
     /// Fourth argument: a string key's length, after its data pointer.
     pub const FOURTH: u8 = 3;
@@ -289,8 +301,13 @@ pub mod programs {
     pub const CLEAR: &str = "map_clear";
     /// Attached to every RET of the clone functions: reads the returned map pointer.
     pub const CLONE_RET: &str = "map_clone_ret";
-    /// Attached after the stack check of the functions that start a map's growth.
+    /// Attached after the stack check of the swiss functions that give a map more room:
+    /// `growToSmall`, `growToTable`, `(*table).grow`, `(*table).split`.
     pub const GROW: &str = "map_grow";
+    /// Attached after the stack check of classic `runtime.hashGrow`.
+    pub const HASH_GROW: &str = "map_hash_grow";
+    /// Attached after the stack check of swiss `(*table).pruneTombstones`.
+    pub const PRUNE: &str = "map_prune";
     /// Does nothing: attached at every site instead of the real programs, it measures the
     /// cost of the uprobe itself (`gomaptrace --floor`, used by `cargo xtask bench`).
     pub const FLOOR: &str = "floor";

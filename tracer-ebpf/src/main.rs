@@ -18,7 +18,9 @@ mod entry;
 mod floor;
 mod go_abi;
 mod grow;
+mod hash_grow;
 mod key_hash;
+mod prune;
 
 #[cfg(not(test))]
 #[panic_handler]

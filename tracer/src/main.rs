@@ -130,10 +130,14 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
     let on_terminal = std::io::stdout().is_terminal();
     let tick_s = options.tick.as_secs_f64();
     let mut view = LiveView::new();
+    let stop = {
+        let _in_runtime = runtime.enter();
+        stop_signal().context("cannot handle Ctrl-C and SIGTERM")?
+    };
     let outcome = runtime.block_on(session::trace(
         pid,
         &options,
-        stop_signal(),
+        stop,
         |attached| {
             eprintln!(
                 "gomaptrace: attached {} probes to pid {} ({}); Ctrl-C to stop",
@@ -174,18 +178,20 @@ fn one_line(error: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn stop_signal() {
+/// Installs the Ctrl-C and SIGTERM handlers now, before any probe is attached, and returns
+/// what resolves on either. Handlers installed only when the trace first waits for them left
+/// a window after "attached" in which a signal took its default action: gomaptrace died
+/// without a report.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        // Without a SIGTERM handler, Ctrl-C still stops the trace.
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.

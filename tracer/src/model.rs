@@ -11,6 +11,15 @@
 //! observation. An assign followed by a count one higher was an insert, by the same count an
 //! overwrite; a delete followed by a count one lower removed a key.
 //!
+//! Growth is settled the same way. A classic `hashGrow` either doubles the buckets or, when
+//! overflow buckets piled up, moves the entries into a new array of the same size: the
+//! header's `B` at the map's next observation is one higher after a doubling only. A swiss
+//! `pruneTombstones` either clears tombstones in place or frees too little and does nothing,
+//! and then the table grows before the assign goes on: a growth event next means nothing was
+//! pruned. So growth splits exactly into capacity growth (`grows`) and reorganisation
+//! without growing (`reorganisations`), with no load-factor constants (they differ between
+//! releases: Go 1.21 doubles at 6 entries per bucket, the others at 6.5).
+//!
 //! The hash seed in each event tells maps at the same address apart: a stack map made by a
 //! later call, or a heap map reusing freed memory, has a new seed. The runtime also picks a
 //! new seed when a map becomes empty through a delete or a clear, which is expected. A map
@@ -54,6 +63,17 @@ enum Pending {
     },
 }
 
+/// A growth whose kind is only known once the map's header is seen again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PendingGrowth {
+    /// Classic `hashGrow` entered with `B` = `log2_buckets`: a doubling if the next header's
+    /// `B` is higher, else a same-size reorganisation.
+    Buckets { log2_buckets: u8 },
+    /// Swiss `pruneTombstones` entered: tombstones were cleared in place unless the map grows
+    /// before its next operation.
+    Prune,
+}
+
 /// What a map header said at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -61,6 +81,9 @@ pub struct Header {
     pub count: u64,
     /// Hash seed (see [`seed_from_word`]).
     pub seed: u32,
+    /// Classic maps' `B`, log2 of the bucket count (see [`classic_log2_buckets`]); 0 for swiss
+    /// maps. It tells a doubling from a same-size growth.
+    pub log2_buckets: u8,
 }
 
 /// Interned creation stack: an index into [`Model::stacks`].
@@ -88,8 +111,12 @@ pub struct MapRecord {
     pub deletes: u64,
     /// `mapclear` calls (`clear(m)`, the range-delete idiom).
     pub clears: u64,
-    /// Times the map started to grow (more buckets, groups or tables).
+    /// Times the map's capacity grew: a classic doubling of the buckets; a swiss map's first
+    /// group, first table, a table doubled, or a table split in two.
     pub grows: u64,
+    /// Times the map was reorganised without growing: a classic same-size growth (too many
+    /// overflow buckets), or swiss tombstones cleared in place (Go 1.25+).
+    pub reorganisations: u64,
     /// Made by a clone (`maps.Clone`): it started with the source's entries.
     pub cloned: bool,
     /// Count changes that no observed operation explains: lost events, or runtime paths
@@ -116,6 +143,7 @@ pub struct MapRecord {
     seed: u32,
     seed_pending: bool,
     pending: Option<Pending>,
+    growth: Option<PendingGrowth>,
 }
 
 impl MapRecord {
@@ -131,6 +159,7 @@ impl MapRecord {
             deletes: 0,
             clears: 0,
             grows: 0,
+            reorganisations: 0,
             cloned: false,
             unexplained: 0,
             unsettled: 0,
@@ -144,6 +173,7 @@ impl MapRecord {
             seed: header.seed,
             seed_pending: false,
             pending: None,
+            growth: None,
         }
     }
 
@@ -175,6 +205,8 @@ impl MapRecord {
     /// Accounts for the pending operation now that the header reads `observed`, and says
     /// what happened to the sampled key it carried (and when the operation ran).
     fn resolve(&mut self, observed: Header) -> Option<(KeyChange, u64)> {
+        self.settle_growth(observed);
+        self.log2_buckets = self.log2_buckets.max(observed.log2_buckets);
         let count = observed.count;
         let mut change = None;
         let explained = match self.pending.take() {
@@ -211,8 +243,53 @@ impl MapRecord {
         change
     }
 
-    /// Gives up on the pending operation: its effect can no longer be observed.
+    /// Counts the pending growth now that the header reads `observed`.
+    fn settle_growth(&mut self, observed: Header) {
+        match self.growth.take() {
+            Some(PendingGrowth::Buckets { log2_buckets })
+                if observed.log2_buckets > log2_buckets =>
+            {
+                self.grows += 1
+            }
+            Some(PendingGrowth::Buckets { .. } | PendingGrowth::Prune) => self.reorganisations += 1,
+            None => {}
+        }
+    }
+
+    /// A growth function was entered (inside an assign, so no count changes yet).
+    fn grow(&mut self, event_kind: u8, header: Header, readable: bool) {
+        if event_kind == kind::GROW {
+            self.cancel_prune();
+            self.grows += 1;
+        } else {
+            // Only a lost event leaves a growth pending here; what the map says now settles it.
+            self.settle_growth(header);
+            self.growth = match event_kind {
+                kind::HASH_GROW if readable => Some(PendingGrowth::Buckets {
+                    log2_buckets: header.log2_buckets,
+                }),
+                kind::HASH_GROW => {
+                    // Doubling or not, there is no `B` to tell.
+                    self.unexplained += 1;
+                    None
+                }
+                _ => Some(PendingGrowth::Prune),
+            };
+        }
+        self.log2_buckets = self.log2_buckets.max(header.log2_buckets);
+    }
+
+    /// The map grew right after a prune: the prune cleared nothing, the table grew instead.
+    fn cancel_prune(&mut self) {
+        if self.growth == Some(PendingGrowth::Prune) {
+            self.growth = None;
+        }
+    }
+
+    /// Gives up on the pending operation, and the growth inside it: their effect can no
+    /// longer be observed.
     fn abandon(&mut self) {
+        self.growth = None;
         if self.pending.take().is_some() {
             self.unsettled += 1;
         }
@@ -365,6 +442,10 @@ impl Model {
         Header {
             count: words[0],
             seed: seed_from_word(words[1], self.implementation.seed_shift()),
+            log2_buckets: match self.implementation {
+                MapImplementation::Classic => classic_log2_buckets(words[1]),
+                MapImplementation::Swiss => 0,
+            },
         }
     }
 
@@ -447,12 +528,12 @@ impl Model {
                 self.clone_filled(event.map, header, now, stack);
                 return Ok(());
             }
-            kind::GROW => {
-                // Inside an assign: the count has not changed yet, so nothing is resolved.
-                let log2_buckets = self.log2_buckets(event);
+            kind::GROW | kind::HASH_GROW | kind::PRUNE => {
+                // Inside an assign: the count has not changed yet, so no operation is
+                // resolved; a growth seen before the assign itself is not the map's.
+                let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
                 if let Some(record) = self.maps.get_mut(&event.map) {
-                    record.grows += 1;
-                    record.log2_buckets = record.log2_buckets.max(log2_buckets);
+                    record.grow(event.kind, header, readable);
                 }
                 self.note_type(event.map, event.map_type);
                 return Ok(());
@@ -465,7 +546,6 @@ impl Model {
         if readable && known.is_some_and(|record| !record.owns(header)) {
             self.begin(MapRecord::new(event.map, false, header, now));
         }
-        let log2_buckets = self.log2_buckets(event);
         let record = self
             .maps
             .entry(event.map)
@@ -476,7 +556,6 @@ impl Model {
             record.unexplained += 1;
             return Ok(());
         }
-        record.log2_buckets = record.log2_buckets.max(log2_buckets);
         let change = record.resolve(header);
         if matches!(operation, Pending::Clear { .. }) {
             record.clears += 1;
@@ -486,15 +565,6 @@ impl Model {
         self.follow_key(addr, change);
         self.note_type(addr, event.map_type);
         Ok(())
-    }
-
-    fn log2_buckets(&self, event: &MapEvent) -> u8 {
-        match self.implementation {
-            MapImplementation::Classic if event.flags & FLAG_COUNT_UNREADABLE == 0 => {
-                classic_log2_buckets(event.header_word)
-            }
-            _ => 0,
-        }
     }
 
     /// Remembers the map's type the first time an operation passes it.
@@ -572,14 +642,23 @@ impl Model {
         }
     }
 
-    /// After the window: an event only settles its map's pending operation.
+    /// After the window: an event only settles its map's pending operation, and a growth
+    /// only says that a prune inside the window cleared nothing (the growth itself is not
+    /// counted).
     fn settle_from(&mut self, event: &MapEvent) -> Result<(), ModelError> {
-        let is_operation = !matches!(event.kind, kind::CREATE | kind::CLONE | kind::GROW);
-        if is_operation {
-            operation(event)?;
-        }
-        if event.flags & FLAG_COUNT_UNREADABLE == 0 && is_operation {
-            self.settle(event.map, self.header(event));
+        match event.kind {
+            kind::CREATE | kind::CLONE | kind::HASH_GROW | kind::PRUNE => {}
+            kind::GROW => {
+                if let Some(record) = self.maps.get_mut(&event.map) {
+                    record.cancel_prune();
+                }
+            }
+            _ => {
+                operation(event)?;
+                if event.flags & FLAG_COUNT_UNREADABLE == 0 {
+                    self.settle(event.map, self.header(event));
+                }
+            }
         }
         Ok(())
     }
@@ -795,7 +874,11 @@ mod tests {
     }
 
     fn header(count: u64) -> Header {
-        Header { count, seed: SEED }
+        Header {
+            count,
+            seed: SEED,
+            log2_buckets: 0,
+        }
     }
 
     fn only(model: &Model) -> &MapRecord {
@@ -873,7 +956,13 @@ mod tests {
             (kind::CLEAR, 1, 2),
             (kind::ASSIGN, 0, 3), // and again after the clear
         ]);
-        model.settle(M, Header { count: 1, seed: 3 });
+        model.settle(
+            M,
+            Header {
+                seed: 3,
+                ..header(1)
+            },
+        );
         let map = only(&model);
         assert_eq!(
             (map.inserts, map.deletes, map.clears, map.live),
@@ -905,8 +994,8 @@ mod tests {
         model.settle(
             M,
             Header {
-                count: 4,
                 seed: SEED + 1,
+                ..header(4)
             },
         );
         let map = only(&model);
@@ -976,6 +1065,124 @@ mod tests {
         let map = only(&model);
         assert!(map.created && map.cloned);
         assert_eq!(map.live, 3);
+    }
+
+    /// Feeds `(kind, count, B)` events for a classic map `M`, as the runtime emits them: the
+    /// header's second word holds `B` at offset 9 and the seed in its upper half.
+    fn replay_classic(events: &[(u8, u64, u8)]) -> Model {
+        let mut model = Model::new(MapImplementation::Classic, Limits::default());
+        for (time, &(kind, count, log2_buckets)) in events.iter().enumerate() {
+            let mut event = event(kind, count, 0, time as u64);
+            event.header_word = classic_word(log2_buckets);
+            model.observe(&event).unwrap();
+        }
+        model
+    }
+
+    fn classic_word(log2_buckets: u8) -> u64 {
+        u64::from(SEED) << 32 | u64::from(log2_buckets) << 8
+    }
+
+    #[test]
+    fn a_classic_growth_doubles_when_the_next_header_has_more_buckets() {
+        // The 9th insert into an empty map doubles 1 bucket to 2, the 14th 2 to 4.
+        let mut events = vec![(kind::CREATE, 0, 0)];
+        for count in 0..14 {
+            let log2_buckets = if count < 9 { 0 } else { 1 };
+            events.push((kind::ASSIGN, count, log2_buckets));
+            if count == 8 || count == 13 {
+                events.push((kind::HASH_GROW, count, log2_buckets));
+            }
+        }
+        let mut model = replay_classic(&events);
+        // The map went quiet: the header read after the window settles the last growth.
+        model.freeze(100);
+        model.settle_words(M, [14, classic_word(2)]);
+        let map = only(&model);
+        assert_eq!(
+            (map.grows, map.reorganisations, map.log2_buckets),
+            (2, 0, 2)
+        );
+        assert_eq!(
+            (map.inserts, map.live, map.unexplained, map.unsettled),
+            (14, 14, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_classic_growth_to_the_same_size_is_a_reorganisation() {
+        // Too many overflow buckets at 90 entries in 16 buckets: B stays 4.
+        let model = replay_classic(&[
+            (kind::ASSIGN, 90, 4),
+            (kind::HASH_GROW, 90, 4),
+            (kind::DELETE, 91, 4),
+            (kind::ASSIGN, 90, 4),
+        ]);
+        let map = only(&model);
+        assert_eq!((map.grows, map.reorganisations), (0, 1));
+        assert_eq!((map.inserts, map.deletes, map.unexplained), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_growth_whose_map_is_never_seen_again_is_not_guessed() {
+        let mut model = replay_classic(&[(kind::ASSIGN, 8, 0), (kind::HASH_GROW, 8, 0)]);
+        model.abandon_pending();
+        let map = only(&model);
+        assert_eq!((map.grows, map.reorganisations, map.unsettled), (0, 0, 1));
+
+        // A growth with no readable `B` cannot be told either.
+        let mut model = Model::new(MapImplementation::Classic, Limits::default());
+        model.observe(&event(kind::ASSIGN, 8, 0, 1)).unwrap();
+        let mut unreadable = event(kind::HASH_GROW, 0, 0, 2);
+        unreadable.flags = FLAG_COUNT_UNREADABLE;
+        model.observe(&unreadable).unwrap();
+        model.observe(&event(kind::ASSIGN, 9, 0, 3)).unwrap();
+        let map = only(&model);
+        assert_eq!((map.grows, map.reorganisations, map.unexplained), (0, 0, 1));
+    }
+
+    #[test]
+    fn swiss_growth_counts_at_once_and_a_prune_only_when_no_growth_follows() {
+        let mut events = vec![(kind::CREATE, 0)];
+        for count in 0..15 {
+            events.push((kind::ASSIGN, count));
+            match count {
+                0 => events.push((kind::GROW, count)), // growToSmall: the first group
+                8 => events.push((kind::GROW, count)), // growToTable: 16 slots
+                14 => {
+                    // The table is full: the prune finds nothing to clear, the table doubles.
+                    events.extend([(kind::PRUNE, count), (kind::GROW, count)]);
+                }
+                _ => {}
+            }
+        }
+        events.extend([
+            (kind::DELETE, 15),
+            // Deletes left tombstones: the prune clears them, and no growth follows.
+            (kind::ASSIGN, 14),
+            (kind::PRUNE, 14),
+            (kind::ASSIGN, 15), // an overwrite
+            (kind::ASSIGN, 15),
+            (kind::PRUNE, 15),
+        ]);
+        let mut model = replay(&events);
+        // The last prune is settled by the header read after the window.
+        model.settle(M, header(16));
+        let map = only(&model);
+        assert_eq!((map.grows, map.reorganisations), (3, 2));
+        assert_eq!((map.inserts, map.overwrites, map.deletes), (17, 1, 1));
+        assert_eq!((map.unexplained, map.unsettled), (0, 0));
+    }
+
+    #[test]
+    fn a_growth_after_the_window_undoes_a_prune_inside_it() {
+        let mut model = replay(&[(kind::ASSIGN, 14), (kind::PRUNE, 14)]);
+        model.freeze(5);
+        for (time, kind, count) in [(6, kind::GROW, 14), (7, kind::ASSIGN, 15)] {
+            model.observe(&event(kind, count, SEED, time)).unwrap();
+        }
+        let map = only(&model);
+        assert_eq!((map.grows, map.reorganisations, map.inserts), (0, 0, 1));
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::report::{temporary_sibling, Report, ReportContext, Resolved, TargetIn
 use crate::verdict::{Thresholds, Window};
 
 /// First bytes of every recording; the version changes whenever the event format does.
-const MAGIC: &[u8] = b"gomaptrace-recording-v1\n";
+/// v2: growth split into kinds (`tracer_common::kind::HASH_GROW`, `PRUNE`); a v1 recording
+/// has no tombstone pruning in it and counts classic same-size growths as growth.
+const MAGIC: &[u8] = b"gomaptrace-recording-v2\n";
 const TAG_RECORD: u8 = 1;
 const TAG_NOTE: u8 = 2;
 /// No input is this large; a bigger length means a corrupt file, not an allocation to make.
@@ -429,11 +431,13 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(matches!(replay(&path), Err(RecordingError::Corrupt { .. })));
-        std::fs::write(&path, b"hello").unwrap();
-        assert!(matches!(
-            replay(&path),
-            Err(RecordingError::NotARecording { .. })
-        ));
+        for foreign in [&b"hello"[..], b"gomaptrace-recording-v1\n"] {
+            std::fs::write(&path, foreign).unwrap();
+            assert!(matches!(
+                replay(&path),
+                Err(RecordingError::NotARecording { .. })
+            ));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,8 +21,12 @@ pub enum ProbeKind {
     Clear,
     /// A RET instruction of a clone function: the clone is the first result.
     CloneReturn,
-    /// After the stack check of a function that starts a map's growth.
+    /// After the stack check of a swiss function that gives a map more room.
     Grow,
+    /// After the stack check of classic `hashGrow`: a doubling or a same-size reorganisation.
+    HashGrow,
+    /// After the stack check of swiss `(*table).pruneTombstones`: maybe a reorganisation.
+    Prune,
 }
 
 impl ProbeKind {
@@ -36,17 +40,21 @@ impl ProbeKind {
             ProbeKind::Clear => programs::CLEAR,
             ProbeKind::CloneReturn => programs::CLONE_RET,
             ProbeKind::Grow => programs::GROW,
+            ProbeKind::HashGrow => programs::HASH_GROW,
+            ProbeKind::Prune => programs::PRUNE,
         }
     }
 
     /// Every kind, in the order programs are loaded.
-    pub const ALL: [ProbeKind; 6] = [
+    pub const ALL: [ProbeKind; 8] = [
         ProbeKind::Create,
         ProbeKind::Assign,
         ProbeKind::Delete,
         ProbeKind::Clear,
         ProbeKind::CloneReturn,
         ProbeKind::Grow,
+        ProbeKind::HashGrow,
+        ProbeKind::Prune,
     ];
 }
 
@@ -155,11 +163,15 @@ const SEED_FUNCTIONS: [&str; 3] = [
 /// functions are skipped (the linker drops what a program does not use).
 ///
 /// - Classic maps: `makemap` creates; `mapdelete*` deletes; `mapclone2` (Go 1.21+) clones;
-///   `hashGrow` starts a growth.
+///   `hashGrow` starts a growth, bigger or the same size.
 /// - Swiss maps: `makemap` calls `NewMap`, and so do reflect and `mapclone2`, so creation is
 ///   probed in `NewMap` (and in `makemap_small`, which does not call it). Every delete, runtime
 ///   or reflect, goes through `(*Map).Delete`, and every clear through `(*Map).Clear` (reflect
 ///   calls it without `runtime.mapclear`). Go 1.25+ clones with `(*Map).Clone`.
+/// - Swiss growth is probed where the room is made, not in `(*table).rehash`, which only
+///   chooses between `(*table).grow` and `(*table).split` (and may one day rehash in place,
+///   as its comments plan). `(*table).pruneTombstones` (Go 1.25+) is called by the fast
+///   assigns before they rehash; it may clear tombstones, or do nothing.
 ///
 /// `_fast32ptr` exists only on 32-bit targets and there is no `mapdelete_*ptr`: pointer keys
 /// use `mapdelete_fast64`.
@@ -186,6 +198,8 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
     let swiss = |name: &str| format!("internal/runtime/maps.{name}");
     // Swiss methods take (receiver map, type, ...).
     let swiss_method = cookie::entry(arg::FIRST, arg::SECOND, key::NONE);
+    // Table methods take (receiver table, type, map, ...).
+    let table_method = cookie::entry(arg::THIRD, arg::SECOND, key::NONE);
     let mut table: Vec<_> = runtime_variants(ProbeKind::Assign, "runtime.mapassign").collect();
     match implementation {
         MapImplementation::Classic => {
@@ -208,7 +222,7 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
                     names(&["runtime.mapclone2"]),
                 ),
                 (
-                    ProbeKind::Grow,
+                    ProbeKind::HashGrow,
                     Placement::Entry(type_and_map),
                     names(&["runtime.hashGrow"]),
                 ),
@@ -242,9 +256,13 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
             ),
             (
                 ProbeKind::Grow,
-                // (table, type, map)
-                Placement::Entry(cookie::entry(arg::THIRD, arg::SECOND, key::NONE)),
-                vec![swiss("(*table).rehash")],
+                Placement::Entry(table_method),
+                vec![swiss("(*table).grow"), swiss("(*table).split")],
+            ),
+            (
+                ProbeKind::Prune,
+                Placement::Entry(table_method),
+                vec![swiss("(*table).pruneTombstones")],
             ),
         ]),
     }
@@ -343,5 +361,84 @@ impl Placer<'_> {
                 cookie,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gofixture::{self, Flavor};
+
+    /// The growth probes planned for the maps fixture built by Go `version` with `env`: the
+    /// implementation, and (kind, function, cookie) of each growth site.
+    fn growth_sites(
+        version: &str,
+        env: &[(&str, &str)],
+    ) -> (MapImplementation, Vec<(ProbeKind, String, u64)>) {
+        let path = gofixture::build("maps", version, Flavor::Plain, env);
+        let binary =
+            GoBinary::open(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let plan = plan(&binary).unwrap();
+        let sites = plan
+            .sites
+            .into_iter()
+            .filter(|site| {
+                matches!(
+                    site.kind,
+                    ProbeKind::Grow | ProbeKind::HashGrow | ProbeKind::Prune
+                )
+            })
+            .map(|site| (site.kind, site.function, site.cookie))
+            .collect();
+        (plan.implementation, sites)
+    }
+
+    /// Every release links the growth functions as real functions (none is inlined into its
+    /// callers), so each is probed once; the arguments holding the map and its type were
+    /// checked against each release's DWARF.
+    #[test]
+    fn growth_is_probed_where_each_release_makes_room() {
+        let noswiss = [("GOEXPERIMENT", "noswissmap")];
+        let hash_grow = vec![(
+            ProbeKind::HashGrow,
+            "runtime.hashGrow".to_string(),
+            cookie::entry(arg::SECOND, arg::FIRST, key::NONE),
+        )];
+        for (version, env) in [
+            ("1.19", &[][..]),
+            ("1.21.13", &[]),
+            ("1.22.10", &[]),
+            ("1.23.9", &[]),
+            ("1.24.11", &noswiss),
+            ("1.25.5", &noswiss),
+        ] {
+            assert_eq!(
+                growth_sites(version, env),
+                (MapImplementation::Classic, hash_grow.clone()),
+                "Go {version} {env:?}"
+            );
+        }
+
+        let method = cookie::entry(arg::FIRST, arg::SECOND, key::NONE);
+        let table = cookie::entry(arg::THIRD, arg::SECOND, key::NONE);
+        let swiss =
+            |kind, name: &str, cookie| (kind, format!("internal/runtime/maps.{name}"), cookie);
+        for version in ["1.24.11", "1.25.5", "1.26.6", "1.27.3"] {
+            let mut expected = vec![
+                swiss(ProbeKind::Grow, "(*Map).growToSmall", method),
+                swiss(ProbeKind::Grow, "(*Map).growToTable", method),
+                swiss(ProbeKind::Grow, "(*table).grow", table),
+                swiss(ProbeKind::Grow, "(*table).split", table),
+            ];
+            // Tombstone pruning came with Go 1.25.
+            if version != "1.24.11" {
+                expected.push(swiss(ProbeKind::Prune, "(*table).pruneTombstones", table));
+            }
+            assert_eq!(
+                growth_sites(version, &[]),
+                (MapImplementation::Swiss, expected),
+                "Go {version}"
+            );
+        }
     }
 }

@@ -120,8 +120,12 @@ pub struct MapReport {
     pub deletes: u64,
     /// `clear(m)` / range-delete calls.
     pub clears: u64,
-    /// Times the map started to grow.
+    /// Times the map's capacity grew: classic doublings of the buckets; swiss maps' first
+    /// group, first table, table doublings and table splits.
     pub grows: u64,
+    /// Times the map was reorganised without growing: classic same-size growths (overflow
+    /// buckets piled up), swiss tombstones cleared in place (Go 1.25+).
+    pub reorganisations: u64,
     /// Made by `maps.Clone`, starting with the source's entries.
     pub cloned: bool,
     /// Estimated bytes a map holding only its live entries would need.
@@ -331,6 +335,7 @@ impl ReportContext<'_> {
             deletes: record.deletes,
             clears: record.clears,
             grows: record.grows,
+            reorganisations: record.reorganisations,
             cloned: record.cloned,
             est_bytes: estimate(record.live),
             peak_est_bytes: estimate(record.peak),
@@ -732,6 +737,8 @@ mod tests {
             })
             .unwrap();
         model.observe(&event(kind::ASSIGN, 0, 1)).unwrap();
+        // The first insert gives the map its first group.
+        model.observe(&event(kind::GROW, 0, 1)).unwrap();
         model.observe(&event(kind::ASSIGN, 1, 2)).unwrap();
         model.settle_words(MAP, [2, 7]);
         let resolved = resolved();
@@ -765,6 +772,10 @@ mod tests {
             (Some(2), Some(2))
         );
         assert_eq!(map["last_seen_s"].as_f64(), Some(1.0));
+        assert_eq!(
+            (map["grows"].as_u64(), map["reorganisations"].as_u64()),
+            (Some(1), Some(0))
+        );
         assert_eq!(map["created"], true);
         assert_eq!(map["type"], "map[string]int");
         // The probed runtime frame is skipped; the inlined caller comes first.
@@ -775,7 +786,7 @@ mod tests {
         assert_eq!(map["lifetime_s"].as_f64(), Some(2.0));
         assert!(map["verdicts"].as_array().unwrap().is_empty());
         assert_eq!(json["target"]["go_version"], "go1.24.11");
-        assert_eq!(json["events"]["received"], 3);
+        assert_eq!(json["events"]["received"], 4);
         assert_eq!(json["sites"][0]["maps_created"], 1);
         assert_eq!(json["sites"][0]["live_entries"], 2);
         assert_eq!(json["histograms"]["map_peak_entries"]["max"], 2.0);
@@ -803,7 +814,7 @@ mod tests {
     fn text_leads_with_a_summary_then_suspects_and_sites() {
         let text = sample().render_text(10);
         assert!(text.starts_with(
-            "gomaptrace: pid 42 (/srv/app, go1.24.11): 2.0 s, 1 maps (0 released), 3 events, 0 lost"
+            "gomaptrace: pid 42 (/srv/app, go1.24.11): 2.0 s, 1 maps (0 released), 4 events, 0 lost"
         ), "{text}");
         assert!(text.contains("SUSPECTS: none"));
         assert!(text.contains("main.newIndex (main.go:17)"));
