@@ -214,7 +214,12 @@ fn check_binary(binary_path: &std::path::Path, context: &str) -> usize {
                     assert!(MAP_POINTERS.contains(&result), "{at}: returns {result}");
                     checked += 1;
                 }
-                ProbeKind::Assign | ProbeKind::Delete | ProbeKind::Clear | ProbeKind::Grow => {
+                ProbeKind::Assign
+                | ProbeKind::Delete
+                | ProbeKind::Clear
+                | ProbeKind::Grow
+                | ProbeKind::HashGrow
+                | ProbeKind::Prune => {
                     let sequence = signature.register_sequence().unwrap_or_else(|| {
                         panic!("{at}: inputs not in registers: {:?}", signature.inputs)
                     });
