@@ -24,6 +24,8 @@ mod version;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod released_tests;
 
 use std::fmt;
 use std::path::Path;
