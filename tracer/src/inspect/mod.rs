@@ -23,9 +23,9 @@ mod types;
 mod version;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod released_tests;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::Path;
