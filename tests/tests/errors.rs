@@ -4,6 +4,7 @@
 use std::process::{Command, Stdio};
 
 use integration_tests::{build, read_report, report_path, tracer_bin, Fixture, Flavor, Tracer};
+use tracer::gofixture::released_go_program;
 
 /// Runs gomaptrace to completion and returns (exit code, stderr lines).
 fn run_tracer(command: &mut Command) -> (Option<i32>, Vec<String>) {
@@ -43,6 +44,25 @@ fn against_a_sleeper(tracer: impl FnOnce(&str) -> Command) -> (Option<i32>, Vec<
     sleeper.kill().expect("stop sleep");
     let _ = sleeper.wait();
     result
+}
+
+/// A real Go 1.16 program (esbuild 0.11.23, go1.16.3, waiting on its stdin): its functions
+/// take arguments on the stack, where no probe of gomaptrace looks.
+#[test]
+fn a_go_release_before_the_register_abi_is_refused() {
+    let esbuild = released_go_program("0.11.23", "amd64");
+    let mut target = Command::new(&esbuild)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start esbuild");
+    let (code, stderr) =
+        run_tracer(Command::new(tracer_bin()).args(["--pid", &target.id().to_string()]));
+    drop(target.stdin.take());
+    let status = target.wait().expect("esbuild exits once its stdin closes");
+    assert_one_line_error(code, &stderr, "go1.16.3 uses the stack-based ABI");
+    assert!(stderr[0].contains("needs Go 1.17 or newer"), "{stderr:#?}");
+    assert!(status.success(), "esbuild was disturbed: {status}");
 }
 
 #[test]

@@ -72,8 +72,8 @@ pub fn go_tool(version: &str) -> PathBuf {
 
 /// A released Go program for Go releases no toolchain here can build: esbuild `version`
 /// built for `goarch`, as `cargo xtask setup` fetches it from npm into
-/// `.tools/esbuild/<version>-<goarch>/esbuild` (0.13.15 was built by go1.17.2, 0.14.30 by
-/// go1.18; stripped, so only the pclntab names their functions).
+/// `.tools/esbuild/<version>-<goarch>/esbuild` (0.11.23 was built by go1.16.3, 0.13.15 by
+/// go1.17.2, 0.14.30 by go1.18; stripped, so only the pclntab names their functions).
 ///
 /// # Panics
 /// When it is missing: as with toolchains, a test that cannot have its binary fails.

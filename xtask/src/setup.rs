@@ -53,9 +53,15 @@ struct Released {
     arch: &'static str,
 }
 
-/// go1.17.2 (esbuild 0.13.15) and go1.18 (0.14.30), on amd64 and on arm64. Keep in step with
-/// the tests that use them (`tracer::gofixture::released_go_program`).
+/// go1.17.2 (esbuild 0.13.15) and go1.18 (0.14.30), on amd64 and on arm64, and go1.16.3
+/// (0.11.23), the stack-based ABI that must be refused. Keep in step with the tests that use
+/// them (`tracer::gofixture::released_go_program`).
 const ESBUILD_RELEASES: &[Released] = &[
+    Released {
+        package: "esbuild-linux-64",
+        version: "0.11.23",
+        arch: "amd64",
+    },
     Released {
         package: "esbuild-linux-64",
         version: "0.13.15",
