@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use tracer_common::registers::ReturnAddress;
 use tracer_common::{arg, cookie, key};
 
 use super::*;
@@ -192,11 +193,40 @@ fn key_types(access: u8) -> &'static [&'static str] {
     }
 }
 
+/// Whether the arm64 code just before a `RET` (the end of `code`) reloads the link register
+/// `link` from the frame, with no call in between: then, at the `RET`, the register holds the
+/// address the function returns to, which is what the creation probes read as the caller.
+/// Go's epilogues are `MOVD.P n(RSP), R30` (`LDR` post-index) or `LDP -8(RSP), (R29, R30)`
+/// followed by `ADD $n, RSP, RSP`.
+fn restores_before_return(code: &[u8], link: u16) -> bool {
+    const WINDOW: usize = 4;
+    let link = u32::from(link);
+    let words: Vec<u32> = code
+        .rchunks_exact(4)
+        .take(WINDOW)
+        .map(|bytes| u32::from_le_bytes(bytes.try_into().unwrap()))
+        .collect();
+    for word in words {
+        let is_call = word & 0xfc00_0000 == 0x9400_0000 || word & 0xffff_fc1f == 0xd63f_0000;
+        if is_call {
+            return false;
+        }
+        let ldr_post_index = word & 0xffe0_0c00 == 0xf840_0400 && word & 0x1f == link;
+        let ldp =
+            matches!(word & 0xffc0_0000, 0xa940_0000 | 0xa8c0_0000) && (word >> 10) & 0x1f == link;
+        if ldr_post_index || ldp {
+            return true;
+        }
+    }
+    false
+}
+
 /// Checks one binary; returns how many (site, role) pairs were checked.
 fn check_binary(binary_path: &std::path::Path, context: &str) -> usize {
     let binary = GoBinary::open(binary_path).unwrap();
     let table = registers(binary.arch());
     let plan = plan::plan(&binary).unwrap_or_else(|error| panic!("{context}: {error}"));
+    let file = std::fs::read(binary_path).unwrap();
     let mut checked = 0;
     with_dwarf(binary_path, |dwarf| {
         let types = type_names(dwarf);
@@ -213,6 +243,13 @@ fn check_binary(binary_path: &std::path::Path, context: &str) -> usize {
                     let result = signature.first_result_type.as_deref().unwrap_or_default();
                     assert!(MAP_POINTERS.contains(&result), "{at}: returns {result}");
                     checked += 1;
+                    let at_ret = site.cookie & cookie::HEADER_IN_SLOT == 0;
+                    if let (true, ReturnAddress::InRegister(link)) = (at_ret, table.return_address)
+                    {
+                        let code = &file[..usize::try_from(site.file_offset).unwrap()];
+                        assert!(restores_before_return(code, link.dwarf), "{at}");
+                        checked += 1;
+                    }
                 }
                 ProbeKind::Assign
                 | ProbeKind::Delete
