@@ -199,7 +199,7 @@ fn kind_of(name: &str) -> ProbeKind {
     match name.trim_start_matches("runtime.") {
         "makemap" | "makemap_small" => ProbeKind::Create,
         "mapclear" => ProbeKind::Clear,
-        "hashGrow" => ProbeKind::Grow,
+        "hashGrow" => ProbeKind::HashGrow,
         other if other.starts_with("mapassign") => ProbeKind::Assign,
         _ => ProbeKind::Delete,
     }
@@ -229,7 +229,7 @@ fn plans_every_map_function_the_binary_has() {
             ProbeKind::Create,
             ProbeKind::Assign,
             ProbeKind::Delete,
-            ProbeKind::Grow,
+            ProbeKind::HashGrow,
         ] {
             assert!(
                 planned.values().any(|&k| k == kind),
@@ -247,7 +247,12 @@ fn entry_probes_follow_the_stack_check() {
         let entries = plan.sites.iter().filter(|site| {
             matches!(
                 site.kind,
-                ProbeKind::Assign | ProbeKind::Delete | ProbeKind::Clear | ProbeKind::Grow
+                ProbeKind::Assign
+                    | ProbeKind::Delete
+                    | ProbeKind::Clear
+                    | ProbeKind::Grow
+                    | ProbeKind::HashGrow
+                    | ProbeKind::Prune
             )
         });
         let mut checked = 0;
