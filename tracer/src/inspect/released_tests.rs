@@ -5,14 +5,14 @@
 //! library's `debug/gosym` and the toolchain's `go tool addr2line`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use object::Object;
 use tracer_common::cookie;
 
+use super::lines::tests::frames_match_addr2line;
 use super::tests::one_build_at_a_time;
 use super::*;
 use crate::gofixture::{self, Flavor};
@@ -121,34 +121,6 @@ fn lists_the_functions_debug_gosym_lists() {
     }
 }
 
-/// `go tool addr2line` of Go 1.27, which reads these pclntabs too: for each address, the
-/// function it lies in and the innermost inlined call's file and line (`?`, 0 when unknown).
-fn addr2line(path: &Path, addresses: &[u64]) -> Vec<(String, String, u32)> {
-    let input: String = addresses.iter().map(|a| format!("{a:#x}\n")).collect();
-    let mut child = Command::new(gofixture::go_tool("1.27.3"))
-        .args(["tool", "addr2line"])
-        .arg(path)
-        .env("GOTOOLCHAIN", "local")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run go tool addr2line");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let output = child.wait_with_output().expect("addr2line output");
-    writer.join().unwrap().expect("write addresses");
-    assert!(output.status.success(), "addr2line {}", path.display());
-    let text = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    lines
-        .chunks_exact(2)
-        .map(|pair| match pair[1].rsplit_once(':').unwrap() {
-            ("", "-1") => (pair[0].to_owned(), "?".to_owned(), 0),
-            (file, line) => (pair[0].to_owned(), file.to_owned(), line.parse().unwrap()),
-        })
-        .collect()
-}
-
 /// Creation sites are symbolized through the pclntab's line tables and inline trees, whose
 /// Go 1.17 form (absolute funcdata pointers) no toolchain here emits.
 #[test]
@@ -161,21 +133,10 @@ fn source_lines_match_go_tool_addr2line() {
             .step_by(3)
             .map(|f| f.vaddr + f.size / 3)
             .collect();
-        let reference = addr2line(&released.path(), &addresses);
-        assert_eq!(reference.len(), addresses.len(), "{released:?}");
-        let mut inlined = 0;
-        for (address, (function, file, line)) in addresses.iter().zip(&reference) {
-            let frames = binary.frames_at(*address);
-            let context = format!("{released:?} {address:#x}");
-            let (innermost, physical) = (frames.first().unwrap(), frames.last().unwrap());
-            assert_eq!(&physical.function, function, "{context}");
-            assert_eq!(
-                (&innermost.file, innermost.line),
-                (file, *line),
-                "{context}"
-            );
-            inlined += usize::from(frames.len() > 1);
-        }
+        // Go 1.27's addr2line reads these older pclntabs too.
+        let context = format!("{released:?}");
+        let inlined =
+            frames_match_addr2line(&binary, "1.27.3", &released.path(), &addresses, &context);
         assert!(
             inlined > 100,
             "{released:?}: only {inlined} inlined samples"

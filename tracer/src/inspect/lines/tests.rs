@@ -200,6 +200,34 @@ fn addresses_outside_go_code_have_no_frames() {
     }
 }
 
+/// Checks [`GoBinary::frames_at`] against `go tool addr2line` of toolchain `tool` at every
+/// address: the physical function, and the innermost inlined call's file and line. Returns how
+/// many addresses lay inside inlined code, so callers can insist the inline tree was used.
+pub(in super::super) fn frames_match_addr2line(
+    binary: &GoBinary,
+    tool: &str,
+    path: &Path,
+    addresses: &[u64],
+    context: &str,
+) -> usize {
+    let reference = addr2line(tool, path, addresses);
+    assert_eq!(reference.len(), addresses.len(), "{context}");
+    let mut inlined = 0;
+    for (address, (function, file, line)) in addresses.iter().zip(&reference) {
+        let frames = binary.frames_at(*address);
+        let context = format!("{context} {address:#x}");
+        let (innermost, physical) = (frames.first().unwrap(), frames.last().unwrap());
+        assert_eq!(&physical.function, function, "{context}");
+        assert_eq!(
+            (&innermost.file, innermost.line),
+            (file, *line),
+            "{context}"
+        );
+        inlined += usize::from(frames.len() > 1);
+    }
+    inlined
+}
+
 /// What `go tool addr2line` says for each address: (function, file, line). It knows no
 /// inlining: the function is the physical one, file and line those of the innermost call.
 /// Where the tables have no position (some assembly functions), it prints `:-1`, which
@@ -263,21 +291,8 @@ fn agrees_with_go_tool_addr2line() {
                 ("1.19", Build::Pie) => "1.21.13",
                 _ => version,
             };
-            let reference = addr2line(tool, &path, &addresses);
-            assert_eq!(reference.len(), addresses.len());
-            let mut inlined = 0;
-            for (address, (function, file, line)) in addresses.iter().zip(&reference) {
-                let frames = binary.frames_at(*address);
-                let context = format!("go{version} {build:?} {address:#x}");
-                let (innermost, physical) = (frames.first().unwrap(), frames.last().unwrap());
-                assert_eq!(&physical.function, function, "{context}");
-                assert_eq!(
-                    (&innermost.file, innermost.line),
-                    (file, *line),
-                    "{context}"
-                );
-                inlined += usize::from(frames.len() > 1);
-            }
+            let context = format!("go{version} {build:?}");
+            let inlined = frames_match_addr2line(&binary, tool, &path, &addresses, &context);
             assert!(
                 addresses.len() > 300,
                 "go{version}: {} samples",
