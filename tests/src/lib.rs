@@ -238,6 +238,41 @@ impl Truth {
     }
 }
 
+/// A ground-truth fixture traced through its map operations.
+pub struct GroundTruthRun {
+    /// What the fixture printed about its maps.
+    pub truths: Vec<Truth>,
+    /// gomaptrace's JSON report.
+    pub report: serde_json::Value,
+    /// How the fixture exited once its stdin closed.
+    pub fixture_exit: ExitStatus,
+}
+
+/// Starts the fixture `binary`, attaches gomaptrace writing its report to `json` (with
+/// `extra_args`), lets the fixture run its operations, stops the trace with Ctrl-C and lets
+/// the fixture exit: the run every ground-truth test starts with.
+///
+/// # Panics
+/// When gomaptrace fails.
+pub fn trace_ground_truth(binary: &Path, json: &Path, extra_args: &[&str]) -> GroundTruthRun {
+    let mut fixture = Fixture::start(binary);
+    let pid = fixture.pid().to_string();
+    let mut args = vec!["--pid", &pid, "--json", json.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra_args);
+    let tracer = Tracer::attach(&args);
+    let truths = Truth::parse(&fixture.run_operations());
+    let (status, stderr) = tracer.interrupt();
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
+    GroundTruthRun {
+        truths,
+        fixture_exit: fixture.finish(),
+        report: read_report(json),
+    }
+}
+
 /// Reads a JSON report.
 pub fn read_report(path: &Path) -> serde_json::Value {
     let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));

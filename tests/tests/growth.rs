@@ -4,7 +4,7 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
-use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
+use integration_tests::{build, map_at, report_path, trace_ground_truth, Flavor, GroundTruthRun};
 
 /// The map implementation a build uses, and what that implies for growth.
 #[derive(Clone, Copy, Debug)]
@@ -40,19 +40,13 @@ fn swiss_growths(entries: u64) -> u64 {
 
 fn growth_matches_the_runtime(version: &str, env: &[(&str, &str)], runtime: Runtime, test: &str) {
     let binary = build("growth", version, Flavor::Plain, env);
-    let mut fixture = Fixture::start(&binary);
-    let json = report_path(test);
-    let pid = fixture.pid().to_string();
-    let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
-    let truths = Truth::parse(&fixture.run_operations());
-    let (status, stderr) = tracer.interrupt();
-    assert!(
-        status.success(),
-        "gomaptrace failed ({status}): {stderr:#?}"
-    );
-    assert!(fixture.finish().success());
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+    } = trace_ground_truth(&binary, &report_path(test), &[]);
+    assert!(fixture_exit.success());
 
-    let report = read_report(&json);
     assert_eq!(report["events"]["lost"], 0);
     assert_eq!(report["events"]["malformed"], 0);
     let names: Vec<&str> = truths.iter().map(|truth| truth.text("name")).collect();

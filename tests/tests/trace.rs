@@ -3,22 +3,21 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
-use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
+use integration_tests::{
+    build, map_at, report_path, trace_ground_truth, Fixture, Flavor, GroundTruthRun, Tracer,
+};
 
 /// Traces the maps fixture built with Go `version` (and `env`, e.g. a `GOEXPERIMENT`) and
 /// compares every map with the fixture's own ground truth.
 fn counts_match_ground_truth(version: &str, flavor: Flavor, env: &[(&str, &str)], test: &str) {
     let binary = build("maps", version, flavor, env);
-    let mut fixture = Fixture::start(&binary);
-    let json = report_path(test);
-    let pid = fixture.pid().to_string();
-    let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
-    let truths = Truth::parse(&fixture.run_operations());
-    let (status, stderr) = tracer.interrupt();
-    assert!(status.success(), "gomaptrace failed: {stderr:#?}");
-    assert_eq!(fixture.finish().code(), Some(3));
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+    } = trace_ground_truth(&binary, &report_path(test), &[]);
+    assert_eq!(fixture_exit.code(), Some(3));
 
-    let report = read_report(&json);
     assert_eq!(report["events"]["lost"], 0);
     assert_eq!(report["events"]["malformed"], 0);
     let go_version = report["target"]["go_version"].as_str().unwrap_or_default();

@@ -8,29 +8,20 @@
 use std::process::Command;
 
 use integration_tests::{
-    build, map_at, read_report, report_path, tracer_bin, Fixture, Flavor, Tracer, Truth,
+    build, map_at, report_path, trace_ground_truth, tracer_bin, Flavor, GroundTruthRun,
 };
 
 fn verdicts_match_life_stories(version: &str, env: &[(&str, &str)], test: &str) {
     let binary = build("lifecycle", version, Flavor::Plain, env);
-    let mut fixture = Fixture::start(&binary);
     let json = report_path(test);
     let recording = json.with_extension("gmt");
-    let pid = fixture.pid().to_string();
-    let tracer = Tracer::attach(&[
-        "--pid",
-        &pid,
-        "--json",
-        json.to_str().unwrap(),
-        "--record",
-        recording.to_str().unwrap(),
-    ]);
-    let truths = Truth::parse(&fixture.run_operations());
-    let (status, stderr) = tracer.interrupt();
-    assert!(status.success(), "gomaptrace failed: {stderr:#?}");
-    assert!(fixture.finish().success());
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+    } = trace_ground_truth(&binary, &json, &["--record", recording.to_str().unwrap()]);
+    assert!(fixture_exit.success());
 
-    let report = read_report(&json);
     assert_eq!(report["events"]["lost"], 0);
     let expected = [
         ("before", Some("never-released"), "map[int64]int64"),
