@@ -27,6 +27,9 @@ struct Change<'a> {
     operations: u64,
 }
 
+/// What a screen section ranks maps by, per tick.
+type Rate = fn(&Change) -> i64;
+
 impl LiveView {
     /// An empty view.
     pub fn new() -> LiveView {
@@ -83,41 +86,29 @@ impl LiveView {
                 .get(&record.map_type)
                 .map_or("?".to_string(), |facts| facts.name.clone())
         };
-        changes.sort_by_key(|change| std::cmp::Reverse(change.growth));
-        let _ = writeln!(
-            text,
-            "\nGROWING\n{:<16} {:>10} {:>10}  type",
-            "map", "live", "growth/s"
-        );
-        for change in changes.iter().take(ROWS).filter(|change| change.growth > 0) {
+        let sections: [(&str, &str, Rate); 2] = [
+            ("GROWING", "growth/s", |change| change.growth),
+            ("BUSIEST", "ops/s", |change| {
+                i64::try_from(change.operations).unwrap_or(i64::MAX)
+            }),
+        ];
+        for (title, per_second, rate) in sections {
+            changes.sort_by_key(|change| std::cmp::Reverse(rate(change)));
             let _ = writeln!(
                 text,
-                "{:<16} {:>10} {:>10.0}  {}",
-                format!("{:#x}", change.record.addr),
-                change.record.live,
-                change.growth as f64 / tick_s,
-                name(change.record)
+                "\n{title}\n{:<16} {:>10} {:>10}  type",
+                "map", "live", per_second
             );
-        }
-        changes.sort_by_key(|change| std::cmp::Reverse(change.operations));
-        let _ = writeln!(
-            text,
-            "\nBUSIEST\n{:<16} {:>10} {:>10}  type",
-            "map", "live", "ops/s"
-        );
-        for change in changes
-            .iter()
-            .take(ROWS)
-            .filter(|change| change.operations > 0)
-        {
-            let _ = writeln!(
-                text,
-                "{:<16} {:>10} {:>10.0}  {}",
-                format!("{:#x}", change.record.addr),
-                change.record.live,
-                change.operations as f64 / tick_s,
-                name(change.record)
-            );
+            for change in changes.iter().take(ROWS).filter(|change| rate(change) > 0) {
+                let _ = writeln!(
+                    text,
+                    "{:<16} {:>10} {:>10.0}  {}",
+                    format!("{:#x}", change.record.addr),
+                    change.record.live,
+                    rate(change) as f64 / tick_s,
+                    name(change.record)
+                );
+            }
         }
         text
     }
