@@ -112,6 +112,24 @@ pub mod cookie {
     }
 }
 
+/// The Go runtime's type descriptors as both sides read them (64-bit targets, every
+/// supported release): the BPF side sizes and classifies sampled keys, userspace names map
+/// types and sizes their buckets.
+pub mod go_type {
+    /// `abi.Type.Size_` (`runtime._type.size` before Go 1.21): the type's size in bytes.
+    pub const SIZE_AT: usize = 0;
+    /// `abi.Type.Kind_`, whose low bits ([`KIND_MASK`]) are the `abi.Kind`.
+    pub const KIND_AT: usize = 23;
+    /// The kind bits of `Kind_` (Go 1.26 dropped the flag bits above them; masking is
+    /// harmless).
+    pub const KIND_MASK: u8 = 0x1f;
+    /// `abi.Kind` of `string`.
+    pub const KIND_STRING: u8 = 24;
+    /// Bytes of `abi.Type`: where the kind-specific fields start, such as a map type's key
+    /// type pointer.
+    pub const HEADER_BYTES: usize = 48;
+}
+
 /// `MapEvent::flags` bit: the map header could not be read, `count` is meaningless.
 pub const FLAG_COUNT_UNREADABLE: u8 = 1;
 /// `MapEvent::flags` bit: the key was chosen for entry-lifetime sampling and `key_hash` holds

@@ -8,7 +8,7 @@
 //! recorded: a hash of a small integer key cannot be reversed by trying every integer.
 
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
-use tracer_common::{key, KEY_HASH_PREFIX};
+use tracer_common::{go_type, key, KEY_HASH_PREFIX};
 
 use crate::go_abi::Arguments;
 
@@ -21,14 +21,9 @@ static KEY_SALT: u64 = 0;
 #[no_mangle]
 static KEY_SAMPLE_MASK: u32 = u32::MAX;
 
-/// `abi.Type.Size_`: first word of every type descriptor.
-const TYPE_SIZE_OFFSET: u64 = 0;
-/// `abi.Type.Kind_`, whose low five bits are the kind in every supported release.
-const TYPE_KIND_OFFSET: u64 = 23;
-/// `abi.Kind` of `string`.
-const KIND_STRING: u8 = 24;
-/// The key type pointer inside every map type descriptor (classic and swiss).
-const MAP_TYPE_KEY_OFFSET: u64 = 48;
+/// The key type pointer inside every map type descriptor (classic and swiss): the first
+/// field after the common `abi.Type`.
+const MAP_TYPE_KEY_OFFSET: u64 = go_type::HEADER_BYTES as u64;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -64,9 +59,11 @@ fn hash_by_address(salt: u64, key: u64, map_type: u64) -> Option<u32> {
     unsafe {
         let key_type: u64 =
             bpf_probe_read_user((map_type + MAP_TYPE_KEY_OFFSET) as *const u64).ok()?;
-        let size: u64 = bpf_probe_read_user((key_type + TYPE_SIZE_OFFSET) as *const u64).ok()?;
-        let kind: u8 = bpf_probe_read_user((key_type + TYPE_KIND_OFFSET) as *const u8).ok()?;
-        if kind & 0x1f == KIND_STRING {
+        let size: u64 =
+            bpf_probe_read_user((key_type + go_type::SIZE_AT as u64) as *const u64).ok()?;
+        let kind: u8 =
+            bpf_probe_read_user((key_type + go_type::KIND_AT as u64) as *const u8).ok()?;
+        if kind & go_type::KIND_MASK == go_type::KIND_STRING {
             let header: [u64; 2] = bpf_probe_read_user(key as *const [u64; 2]).ok()?;
             return hash_string(salt, header[0], header[1]);
         }

@@ -21,6 +21,7 @@
 //! built from their structure instead (only kinds `reflect` can make unnamed are built).
 
 use serde::{Deserialize, Serialize};
+use tracer_common::go_type::{self, KIND_AT, KIND_MASK};
 
 use super::elf::ElfView;
 use super::pclntab::Located;
@@ -57,15 +58,12 @@ mod kind {
     pub(super) const SLICE: u8 = 23;
 }
 
-/// The kind bits of `Kind_` (Go 1.26 dropped the flag bits above them; masking is harmless).
-const KIND_MASK: u8 = 0x1f;
 /// `TFlagExtraStar`: the stored name carries a `*` that is not part of it.
 const TFLAG_EXTRA_STAR: u8 = 2;
 /// Bytes of `abi.Type`; the kind-specific fields follow.
-const TYPE_SIZE: u64 = 48;
+const TYPE_SIZE: u64 = go_type::HEADER_BYTES as u64;
 /// Offsets of the common fields read.
 const TFLAG_AT: usize = 20;
-const KIND_AT: usize = 23;
 const STR_AT: usize = 40;
 /// Offsets of kind-specific fields: `Key` (maps) or `Elem` (arrays, channels, pointers,
 /// slices) at 48, then `Elem` (maps), `ChanDir` (channels) at 56, `Len` (arrays) at 64.
