@@ -408,6 +408,8 @@ pub struct Model {
     histograms: Histograms,
     received: u64,
     malformed: u64,
+    before_arming: u64,
+    armed_ns: u64,
     window_end_ns: Option<u64>,
 }
 
@@ -428,8 +430,19 @@ impl Model {
             histograms: Histograms::new(),
             received: 0,
             malformed: 0,
+            before_arming: 0,
+            armed_ns: 0,
             window_end_ns: None,
         }
+    }
+
+    /// Counts only events from `at_ns` on: the monotonic time by which every probe was
+    /// attached. Probes go on one after another while a busy program keeps calling map
+    /// functions; before the last one is live, some operations go unseen (deletes while only
+    /// assigns are probed), and a count they changed would read as unexplained. Each map's
+    /// first event after arming is its baseline, so counts are exact from that instant.
+    pub fn arm(&mut self, at_ns: u64) {
+        self.armed_ns = at_ns;
     }
 
     /// The header an event read.
@@ -475,6 +488,10 @@ impl Model {
         stack: Option<StackId>,
     ) -> Result<(), ModelError> {
         self.received += 1;
+        if event.ktime_ns < self.armed_ns {
+            self.before_arming += 1;
+            return Ok(());
+        }
         let after_window = self.window_end_ns.is_some_and(|end| event.ktime_ns > end);
         let result = if after_window {
             self.settle_from(event)
@@ -794,6 +811,12 @@ impl Model {
     /// Events rejected as malformed.
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+
+    /// Events that fired while the probes were still being attached, and were not counted
+    /// (see [`Model::arm`]).
+    pub fn before_arming(&self) -> u64 {
+        self.before_arming
     }
 }
 

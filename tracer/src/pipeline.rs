@@ -195,7 +195,7 @@ impl Pipeline {
             write_note(recorder, &Note::Start(setup.clone()));
         }
         Pipeline {
-            model: Model::new(setup.implementation, Limits::default()),
+            model: armed_model(&setup),
             setup,
             resolved: Resolved::default(),
             window_end_ns: None,
@@ -219,7 +219,7 @@ impl Pipeline {
         }
         match note {
             Note::Start(setup) => {
-                self.model = Model::new(setup.implementation, Limits::default());
+                self.model = armed_model(&setup);
                 self.setup = setup;
             }
             Note::Type { map_type, facts } => {
@@ -284,6 +284,13 @@ impl Pipeline {
         };
         Report::new(&self.model, &context)
     }
+}
+
+/// A model that counts events from the moment the probes were all attached.
+fn armed_model(setup: &Setup) -> Model {
+    let mut model = Model::new(setup.implementation, Limits::default());
+    model.arm(setup.start_ns);
+    model
 }
 
 fn write_note(recorder: &mut Recorder, note: &Note) {

@@ -64,6 +64,9 @@ pub struct EventStats {
     pub lost: u64,
     /// Events received but not understood (a BPF/userspace version mismatch).
     pub malformed: u64,
+    /// Events received that fired while the probes were still being attached: not counted,
+    /// so that every count is exact from the instant all probes were live.
+    pub before_arming: u64,
 }
 
 /// A source position, as Go's own tools print it.
@@ -422,6 +425,7 @@ impl Report {
                 received: model.received(),
                 lost: context.lost,
                 malformed: model.malformed(),
+                before_arming: model.before_arming(),
             },
             verdicts,
             sites: sites(model, &records, &maps),
