@@ -25,7 +25,10 @@ fn counts_match_ground_truth(version: &str, flavor: Flavor, env: &[(&str, &str)]
         go_version.starts_with(&format!("go{version}")),
         "{go_version}"
     );
-    let expected_maps = if version == "1.19" { 10 } else { 13 };
+    let expected_maps = if version == "1.19" { 13 } else { 16 };
+    let peak_rss = report["target"]["peak_rss_bytes"]
+        .as_u64()
+        .expect("the target's peak resident memory was read");
     assert_eq!(truths.len(), expected_maps, "{truths:#?}");
     for truth in &truths {
         let map = map_at(&report, truth.text("addr"));
@@ -33,6 +36,13 @@ fn counts_match_ground_truth(version: &str, flavor: Flavor, env: &[(&str, &str)]
         assert_eq!(map["live"], truth.number("len"), "live of {name}: {map}");
         assert_eq!(map["unexplained"], 0, "{name}: {map}");
         assert_eq!(map["unsettled"], 0, "{name}: {map}");
+        for estimate in ["est_bytes", "peak_est_bytes"] {
+            let bytes = map[estimate].as_u64();
+            assert!(
+                bytes.is_some_and(|bytes| bytes >= 48 && bytes <= peak_rss),
+                "{estimate} of {name} within what the target had resident: {map}"
+            );
+        }
         if truth.text("created") == "after" {
             assert_eq!(map["created"], true, "{name}: {map}");
             assert_eq!(

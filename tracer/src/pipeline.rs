@@ -69,6 +69,12 @@ pub enum Note {
         /// Its count and second header word.
         words: [u64; 2],
     },
+    /// The most memory the target had resident, read while it ran: the ceiling on every
+    /// estimate of what its maps hold.
+    Resident {
+        /// `VmHWM`, in bytes.
+        peak_bytes: u64,
+    },
     /// The target exited at this monotonic time: every map it held is released.
     Exited {
         /// When it was noticed.
@@ -230,6 +236,7 @@ impl Pipeline {
                 self.model.freeze(end_ns);
             }
             Note::Settle { addr, words } => self.model.settle_words(addr, words),
+            Note::Resident { peak_bytes } => self.setup.target.peak_rss_bytes = Some(peak_bytes),
             Note::Exited { at_ns } => {
                 self.setup.target.exited = true;
                 self.model.abandon_pending();
@@ -376,6 +383,7 @@ mod tests {
                 exe: "/srv/app".into(),
                 go_version: "go1.22.10".into(),
                 exited: false,
+                peak_rss_bytes: None,
             },
             implementation: MapImplementation::Classic,
             start_ns: 1_000,

@@ -53,6 +53,10 @@ pub struct TargetInfo {
     pub go_version: String,
     /// It exited before the trace ended.
     pub exited: bool,
+    /// The most memory it had resident (`VmHWM`), as last read while it ran: no estimate of
+    /// what its maps hold can be larger, so a larger one is reported as unknown.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Event delivery counters.
@@ -187,8 +191,9 @@ pub struct SiteReport {
     pub live_maps: u64,
     /// Their entries at the end.
     pub live_entries: u64,
-    /// Their estimated bytes.
-    pub est_bytes: u64,
+    /// Their estimated bytes; `null` when their sum exceeds what the target ever had
+    /// resident (the model counts as live some maps that are gone).
+    pub est_bytes: Option<u64>,
     /// How many of them earned a verdict.
     pub suspects: u64,
 }
@@ -309,6 +314,16 @@ impl ReportContext<'_> {
             .collect()
     }
 
+    /// `bytes`, unless the target never had that much memory resident: then the estimate
+    /// rests on something other than a real map (a torn read, a foreign header) and is
+    /// unknown.
+    fn within_resident(&self, bytes: u64) -> Option<u64> {
+        match self.target.peak_rss_bytes {
+            Some(resident) if bytes > resident => None,
+            _ => Some(bytes),
+        }
+    }
+
     fn type_facts(&self, record: &MapRecord) -> Option<&TypeFacts> {
         self.resolved.types.get(&record.map_type)
     }
@@ -317,14 +332,16 @@ impl ReportContext<'_> {
         let stack = self.stack(model, record.stack);
         let facts = self.type_facts(record);
         let estimate = |entries| {
-            facts.map(|facts| {
-                verdict::estimate_bytes(
-                    self.implementation,
-                    facts.storage,
-                    entries,
-                    record.log2_buckets,
-                )
-            })
+            facts
+                .and_then(|facts| {
+                    verdict::estimate_bytes(
+                        self.implementation,
+                        facts.storage,
+                        entries,
+                        record.log2_buckets,
+                    )
+                })
+                .and_then(|bytes| self.within_resident(bytes))
         };
         let start = self.window.start_ns;
         MapReport {
@@ -428,7 +445,7 @@ impl Report {
                 before_arming: model.before_arming(),
             },
             verdicts,
-            sites: sites(model, &records, &maps),
+            sites: sites(model, context, &records, &maps),
             histograms: HistogramReports {
                 map_peak_entries: Percentiles::of(&histograms.map_peak_entries, 1.0),
                 map_lifetime_s: Percentiles::of(&histograms.map_lifetime_us, 1e-6),
@@ -538,7 +555,7 @@ impl Report {
                 site.maps_created,
                 site.live_maps,
                 site.live_entries,
-                human_bytes(site.est_bytes),
+                site.est_bytes.map_or("?".to_string(), human_bytes),
                 site.suspects
             );
         }
@@ -597,7 +614,12 @@ impl Report {
 
 /// Aggregates maps by creation site: live maps and entries from the listed maps, created
 /// counts from the model's per-stack totals (which include unlisted released maps).
-fn sites(model: &Model, records: &[&MapRecord], maps: &[MapReport]) -> Vec<SiteReport> {
+fn sites(
+    model: &Model,
+    context: &ReportContext<'_>,
+    records: &[&MapRecord],
+    maps: &[MapReport],
+) -> Vec<SiteReport> {
     let mut by_site: HashMap<Option<Location>, SiteReport> = HashMap::new();
     let mut counted_stacks: HashMap<Option<Location>, Vec<StackId>> = HashMap::new();
     for (record, map) in records.iter().zip(maps) {
@@ -606,13 +628,15 @@ fn sites(model: &Model, records: &[&MapRecord], maps: &[MapReport]) -> Vec<SiteR
             maps_created: 0,
             live_maps: 0,
             live_entries: 0,
-            est_bytes: 0,
+            est_bytes: Some(0),
             suspects: 0,
         });
         if !map.released {
             entry.live_maps += 1;
             entry.live_entries += map.live;
-            entry.est_bytes += map.peak_est_bytes.unwrap_or(0);
+            entry.est_bytes = entry
+                .est_bytes
+                .map(|sum| sum.saturating_add(map.peak_est_bytes.unwrap_or(0)));
         }
         entry.suspects += map.verdicts.len() as u64;
         if let Some(stack) = record.stack {
@@ -624,6 +648,11 @@ fn sites(model: &Model, records: &[&MapRecord], maps: &[MapReport]) -> Vec<SiteR
         }
     }
     let mut sites: Vec<SiteReport> = by_site.into_values().collect();
+    for site in &mut sites {
+        site.est_bytes = site
+            .est_bytes
+            .and_then(|bytes| context.within_resident(bytes));
+    }
     sites.sort_by(|a, b| {
         (b.suspects, b.live_entries, b.maps_created)
             .cmp(&(a.suspects, a.live_entries, a.maps_created))
@@ -752,6 +781,7 @@ mod tests {
                 exe: "/srv/app".into(),
                 go_version: "go1.24.11".into(),
                 exited: false,
+                peak_rss_bytes: None,
             },
             window: Window {
                 start_ns: 1_000_000_000,

@@ -189,6 +189,7 @@ pub async fn trace(
             exe,
             go_version,
             exited: false,
+            peak_rss_bytes: None,
         },
         implementation: plan.implementation,
         start_ns,
@@ -211,7 +212,9 @@ pub async fn trace(
         pipeline: &mut pipeline,
         inspected: &inspected,
         types_resolved: 0,
+        peak_resident: None,
     };
+    feed.read_resident();
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
         .await?;
@@ -227,6 +230,10 @@ pub async fn trace(
     }
     .lost()?;
     feed.settle_from_memory();
+    feed.read_resident();
+    if let Some(peak_bytes) = feed.peak_resident {
+        feed.note(Note::Resident { peak_bytes });
+    }
     let exited = !inspected.target.is_alive();
     if exited {
         feed.note(Note::Exited {
@@ -249,7 +256,10 @@ pub async fn trace(
 fn key_sample_mask(sample_one_in: u64) -> u32 {
     match sample_one_in {
         0 => u32::MAX,
-        n => (n.next_power_of_two() - 1).min(u64::from(u32::MAX - 1)) as u32,
+        n => n
+            .checked_next_power_of_two()
+            .map_or(u64::MAX, |power| power - 1)
+            .min(u64::from(u32::MAX - 1)) as u32,
     }
 }
 
@@ -277,7 +287,11 @@ impl Inspected {
             for (index, &address) in stack.iter().enumerate() {
                 frames.entry(address).or_insert_with(|| {
                     let linked = address.wrapping_sub(self.bias);
-                    let lookup = if index == 0 { linked } else { linked - 1 };
+                    let lookup = if index == 0 {
+                        linked
+                    } else {
+                        linked.saturating_sub(1)
+                    };
                     self.binary.frames_at(lookup)
                 });
             }
@@ -304,6 +318,9 @@ struct Feed<'a> {
     inspected: &'a Inspected,
     /// How many of the model's types have been looked at.
     types_resolved: usize,
+    /// The target's peak resident memory at the last reading: read while it runs, since an
+    /// exited target has no status left to read.
+    peak_resident: Option<u64>,
 }
 
 impl Feed<'_> {
@@ -344,7 +361,10 @@ impl Feed<'_> {
                     guard.clear_ready();
                 }
                 _ = drain_tick.tick() => self.drain(events.get_mut()),
-                _ = view_tick.tick() => on_tick(self.pipeline),
+                _ = view_tick.tick() => {
+                    self.read_resident();
+                    on_tick(self.pipeline);
+                }
             }
         }
     }
@@ -361,6 +381,13 @@ impl Feed<'_> {
             if let Some(facts) = self.inspected.type_facts(map_type) {
                 self.pipeline.note(Note::Type { map_type, facts });
             }
+        }
+    }
+
+    /// Takes a fresh reading of the target's peak resident memory, while it is there.
+    fn read_resident(&mut self) {
+        if let Ok(peak) = self.inspected.target.peak_resident_bytes() {
+            self.peak_resident = Some(peak);
         }
     }
 
@@ -423,5 +450,7 @@ mod tests {
         assert_eq!(key_sample_mask(1), 0);
         assert_eq!(key_sample_mask(64), 63);
         assert_eq!(key_sample_mask(100), 127);
+        assert_eq!(key_sample_mask(u64::MAX), u32::MAX - 1);
+        assert_eq!(key_sample_mask(1 << 40), u32::MAX - 1);
     }
 }

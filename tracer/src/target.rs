@@ -137,6 +137,14 @@ impl Target {
         }
     }
 
+    /// The most memory the process has had resident so far (`VmHWM` in
+    /// `/proc/PID/status`), in bytes.
+    pub fn peak_resident_bytes(&self) -> io::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        peak_resident_from_status(&status)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmHWM in status"))
+    }
+
     /// How far the executable was moved when loaded: run-time address − linked address (0
     /// unless it is position independent). Found from the mapping of its executable segment
     /// in `/proc/PID/maps`; `vaddr_of` turns that mapping's file offset into the linked
@@ -172,6 +180,15 @@ fn executable_mapping(line: &str, exe: &str) -> Option<(u64, u64)> {
     Some((start, u64::from_str_radix(offset, 16).ok()?))
 }
 
+/// `VmHWM` of a `/proc/PID/status` text, in bytes (the kernel prints kB).
+fn peak_resident_from_status(status: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -194,6 +211,21 @@ mod tests {
         let words: [u64; 2] = [0x1234_5678_9abc_def0, 7];
         assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
         assert!(target.read_words(8).is_err());
+    }
+
+    #[test]
+    fn reads_its_own_peak_resident_memory() {
+        let me = Target::open(std::process::id()).unwrap();
+        let peak = me.peak_resident_bytes().unwrap();
+        assert!(peak > 1 << 20, "{peak}");
+        assert_eq!(
+            peak_resident_from_status("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t 1 kB\n"),
+            Some(2 << 20)
+        );
+        assert_eq!(
+            peak_resident_from_status("VmHWM:\t999999999999999999999 kB"),
+            None
+        );
     }
 
     #[test]

@@ -126,41 +126,62 @@ const CLASSIC_LOAD: f64 = 6.5;
 const SWISS_LOAD: f64 = 7.0 / 8.0;
 /// A swiss table holds at most 1024 slots; bigger maps split into more tables.
 const SWISS_TABLE_SLOTS: u64 = 1024;
+/// The largest bucket or group any release builds: keys and elements over 128 bytes are
+/// stored through pointers, so a bucket holds at most 8 × (128 + 128) bytes of slots plus
+/// its control words. A bigger size read from a type descriptor is not a map's.
+const MAX_BUCKET_BYTES: u64 = 8 + 8 * 256 + 8;
+/// Go refuses any single allocation above 2^48 bytes on 64-bit Linux (`maxAlloc`), so no
+/// map's storage can be larger; a bigger estimate comes from a header or count that is not
+/// a real map's.
+const MAX_ALLOC_BYTES: u64 = 1 << 48;
 
 /// Estimated bytes a map of `implementation` holds once it has held `entries` entries (maps
 /// never shrink, so pass the peak for what it holds now, the live count for what it would
 /// need if rebuilt). For classic maps a bucket count `2^log2_buckets` read from the header
 /// wins when larger (a size hint, or growth before the trace). Overflow buckets and the old
 /// array of a map in mid-growth are not counted.
+///
+/// Every input comes from the target's memory, which the target controls: `None` (unknown)
+/// when they describe storage no Go map can have, instead of an absurd or overflowing number.
 pub fn estimate_bytes(
     implementation: MapImplementation,
     storage: Storage,
     entries: u64,
     log2_buckets: u8,
-) -> u64 {
+) -> Option<u64> {
+    if storage.bucket_bytes == 0 || storage.bucket_bytes > MAX_BUCKET_BYTES {
+        return None;
+    }
     let slots = storage.slots_per_bucket.max(1);
     let buckets = match implementation {
         MapImplementation::Classic => {
             let mut log2 = 0u32;
-            while entries > slots && entries as f64 > CLASSIC_LOAD * (1u64 << log2) as f64 {
+            while entries > slots && entries as f64 > CLASSIC_LOAD * 2f64.powi(log2 as i32) {
                 log2 += 1;
             }
-            1u64 << log2.max(u32::from(log2_buckets)).min(62)
+            1u64.checked_shl(log2.max(u32::from(log2_buckets)))
+                .filter(|&buckets| buckets < MAX_ALLOC_BYTES)?
         }
         MapImplementation::Swiss if entries == 0 => 0,
         MapImplementation::Swiss if entries <= slots => 1,
         MapImplementation::Swiss => {
-            let needed = (entries as f64 / SWISS_LOAD).ceil() as u64;
+            let needed = (entries as f64 / SWISS_LOAD).ceil();
             let table_entries = (SWISS_TABLE_SLOTS as f64 * SWISS_LOAD) as u64;
-            let total_slots = if needed <= SWISS_TABLE_SLOTS {
-                needed.next_power_of_two()
+            let total_slots = if needed <= SWISS_TABLE_SLOTS as f64 {
+                (needed as u64).next_power_of_two()
             } else {
-                entries.div_ceil(table_entries).next_power_of_two() * SWISS_TABLE_SLOTS
+                entries
+                    .div_ceil(table_entries)
+                    .checked_next_power_of_two()?
+                    .checked_mul(SWISS_TABLE_SLOTS)?
             };
             total_slots / slots
         }
     };
-    HEADER_BYTES + buckets.saturating_mul(storage.bucket_bytes)
+    buckets
+        .checked_mul(storage.bucket_bytes)?
+        .checked_add(HEADER_BYTES)
+        .filter(|&bytes| bytes <= MAX_ALLOC_BYTES)
 }
 
 #[cfg(test)]
@@ -271,23 +292,57 @@ mod tests {
             slots_per_bucket: 8,
         };
         use MapImplementation::{Classic, Swiss};
-        assert_eq!(estimate_bytes(Classic, classic, 0, 0), 48 + 272);
-        assert_eq!(estimate_bytes(Classic, classic, 8, 0), 48 + 272);
+        assert_eq!(estimate_bytes(Classic, classic, 0, 0), Some(48 + 272));
+        assert_eq!(estimate_bytes(Classic, classic, 8, 0), Some(48 + 272));
         // 100k entries: 2^14 buckets (6.5 × 16384 = 106496).
         assert_eq!(
             estimate_bytes(Classic, classic, 100_000, 0),
-            48 + 16_384 * 272
+            Some(48 + 16_384 * 272)
         );
         // A header that says B = 5 beats the count.
-        assert_eq!(estimate_bytes(Classic, classic, 3, 5), 48 + 32 * 272);
-        assert_eq!(estimate_bytes(Swiss, swiss, 0, 0), 48);
-        assert_eq!(estimate_bytes(Swiss, swiss, 8, 0), 48 + 136);
+        assert_eq!(estimate_bytes(Classic, classic, 3, 5), Some(48 + 32 * 272));
+        assert_eq!(estimate_bytes(Swiss, swiss, 0, 0), Some(48));
+        assert_eq!(estimate_bytes(Swiss, swiss, 8, 0), Some(48 + 136));
         // 9 entries need 11 slots at 7/8 load: 16 slots, 2 groups.
-        assert_eq!(estimate_bytes(Swiss, swiss, 9, 0), 48 + 2 * 136);
+        assert_eq!(estimate_bytes(Swiss, swiss, 9, 0), Some(48 + 2 * 136));
         // 100k entries: 112 tables of 896 → 128 tables × 1024 slots / 8.
         assert_eq!(
             estimate_bytes(Swiss, swiss, 100_000, 0),
-            48 + 128 * 128 * 136
+            Some(48 + 128 * 128 * 136)
         );
+    }
+
+    #[test]
+    fn storage_no_go_map_can_have_is_unknown_not_huge() {
+        use MapImplementation::{Classic, Swiss};
+        let classic = Storage {
+            bucket_bytes: 144,
+            slots_per_bucket: 8,
+        };
+        // A header whose `B` no real map reaches (a torn or foreign read).
+        assert_eq!(estimate_bytes(Classic, classic, 3, 62), None);
+        assert_eq!(estimate_bytes(Classic, classic, 3, 255), None);
+        // A count no real map reaches.
+        assert_eq!(estimate_bytes(Classic, classic, u64::MAX, 0), None);
+        assert_eq!(estimate_bytes(Swiss, classic, u64::MAX, 0), None);
+        assert_eq!(estimate_bytes(Swiss, classic, u64::MAX / 2, 0), None);
+        // A bucket size no type descriptor of a map holds.
+        let foreign = Storage {
+            bucket_bytes: u64::MAX,
+            slots_per_bucket: 8,
+        };
+        assert_eq!(estimate_bytes(Classic, foreign, 1, 0), None);
+        assert_eq!(estimate_bytes(Swiss, foreign, 1, 0), None);
+        let empty = Storage {
+            bucket_bytes: 0,
+            slots_per_bucket: 0,
+        };
+        assert_eq!(estimate_bytes(Swiss, empty, 1_000, 0), None);
+        // Zero-size keys and elements: buckets of control words only, still counted.
+        let zero_sized = Storage {
+            bucket_bytes: 16,
+            slots_per_bucket: 8,
+        };
+        assert_eq!(estimate_bytes(Classic, zero_sized, 8, 0), Some(48 + 16));
     }
 }
