@@ -90,6 +90,12 @@ pub struct MapRoot {
 }
 
 impl MapRoot {
+    /// How a person would rather see the map named: fewest dereferences, then shortest,
+    /// then alphabetical.
+    fn rank(&self) -> (usize, usize, &str) {
+        (self.offsets.len(), self.path.len(), &self.path)
+    }
+
     /// The map pointer this path leads to in the target's memory now, or `None` when a
     /// pointer on the way (or the map itself) is nil or unreadable.
     fn locate(&self, bias: u64, mut read: impl FnMut(u64) -> Option<u64>) -> Option<u64> {
@@ -167,10 +173,9 @@ impl Roots {
             if !wanted(map) {
                 continue;
             }
-            let rank = |root: &MapRoot| (root.offsets.len(), root.path.len(), root.path.clone());
             best.entry(map)
                 .and_modify(|held| {
-                    if rank(root) < rank(held) {
+                    if root.rank() < held.rank() {
                         *held = root;
                     }
                 })
@@ -636,6 +641,123 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn variable(ty: u64) -> Vec<Variable> {
+        vec![Variable {
+            name: "pkg.v".into(),
+            address: 0x1000,
+            ty,
+        }]
+    }
+
+    #[test]
+    fn the_walk_is_bounded_in_depth_and_in_paths() {
+        const MAP: u64 = 1;
+        const NODE: u64 = 2;
+        const NEXT: u64 = 3;
+        let array = |element, count, element_size| TypeNode::Array {
+            element,
+            count: Some(count),
+            byte_size: element_size * count,
+        };
+        let mut types = HashMap::from([
+            (MAP, TypeNode::Map),
+            (
+                NODE,
+                TypeNode::Struct(vec![
+                    Member {
+                        name: "m".into(),
+                        offset: 8,
+                        ty: MAP,
+                    },
+                    Member {
+                        name: "next".into(),
+                        offset: 16,
+                        ty: NEXT,
+                    },
+                ]),
+            ),
+            (NEXT, TypeNode::Pointer(NODE)),
+            (10, array(MAP, 64, 8)),
+            (11, array(10, 64, 8 * 64)),
+            (12, array(11, 64, 8 * 64 * 64)),
+            (13, array(MAP, MAX_ARRAY_LEN + 1, 8)),
+        ]);
+        // A linked list stops at the depth bound.
+        let list = walk(&types, variable(NODE));
+        let paths: Vec<(&str, &[u64])> = list
+            .paths()
+            .iter()
+            .map(|root| (root.path.as_str(), root.offsets.as_slice()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("pkg.v.m", &[8][..]),
+                ("pkg.v.next.m", &[16, 8][..]),
+                ("pkg.v.next.next.m", &[16, 16, 8][..]),
+            ]
+        );
+        // 64³ paths are cut at the bound, and say so.
+        let cube = walk(&types, variable(12));
+        assert_eq!(cube.paths().len(), MAX_PATHS);
+        assert!(cube.truncated());
+        assert_eq!(cube.paths()[65].path, "pkg.v[0][1][1]");
+        assert_eq!(cube.paths()[65].offsets, [8 * 64 + 8]);
+        // Big arrays are tables, not holders.
+        assert!(walk(&types, variable(13)).paths().is_empty());
+        // A typedef cycle reaches nothing and ends.
+        types.insert(20, TypeNode::Alias(21));
+        types.insert(21, TypeNode::Alias(20));
+        assert!(walk(&types, variable(20)).paths().is_empty());
+    }
+
+    struct Words(HashMap<u64, u64>);
+
+    impl ReadMemory for Words {
+        fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+            assert_eq!(len, POINTER_SIZE);
+            Some(self.0.get(&addr)?.to_le_bytes().to_vec())
+        }
+    }
+
+    #[test]
+    fn nil_or_unreadable_pointers_reach_nothing() {
+        let root = |path: &str, offsets: Vec<u64>| MapRoot {
+            path: path.into(),
+            address: 0x1000,
+            offsets,
+        };
+        let roots = Roots {
+            roots: vec![
+                root("pkg.p.m", vec![0, 8]),
+                root("pkg.direct", vec![16]),
+                root("pkg.nil.m", vec![24, 0]),
+                root("pkg.gone.m", vec![32, 0]),
+                root("pkg.alias", vec![40]),
+            ],
+            truncated: false,
+        };
+        let bias = 0x10_0000;
+        let memory = Words(HashMap::from([
+            (0x10_1000, 0xc000_0000),
+            (0xc000_0008, 0xc000_1000),
+            (0x10_1010, 0xc000_2000),
+            (0x10_1018, 0),
+            (0x10_1020, 0xdead_0000),
+            (0x10_1028, 0xc000_1000),
+        ]));
+        let held = roots.resolve(&memory, bias, |_| true);
+        assert_eq!(
+            held,
+            BTreeMap::from([
+                (0xc000_1000, "pkg.alias".to_string()),
+                (0xc000_2000, "pkg.direct".to_string()),
+            ])
+        );
+        let held = roots.resolve(&memory, bias, |map| map == 0xc000_2000);
+        assert_eq!(held.len(), 1);
     }
 
     #[test]
