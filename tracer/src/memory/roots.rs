@@ -802,14 +802,16 @@ mod tests {
 
     #[test]
     fn resolves_the_live_fixture_to_its_own_holders() {
+        let classic: &[(&str, &str)] = &[("GOEXPERIMENT", "noswissmap")];
         let builds = [
-            ("1.19", Flavor::Plain),
-            ("1.24.11", Flavor::Plain),
-            ("1.24.11", Flavor::Pie),
-            ("1.27.3", Flavor::Plain),
+            ("1.19", Flavor::Plain, &[][..]),
+            ("1.24.11", Flavor::Plain, &[]),
+            ("1.24.11", Flavor::Plain, classic),
+            ("1.24.11", Flavor::Pie, &[]),
+            ("1.27.3", Flavor::Plain, &[]),
         ];
-        for (version, flavor) in builds {
-            let binary = gofixture::build("roots", version, flavor, &[]);
+        for (version, flavor, env) in builds {
+            let binary = gofixture::build("roots", version, flavor, env);
             let roots = Roots::from_file(&binary).unwrap();
             let (mut child, expected) = run_fixture(&binary);
             let target = Target::open(child.id()).unwrap();
@@ -828,7 +830,7 @@ mod tests {
                     (*addr, name)
                 })
                 .collect();
-            assert_eq!(named, expected, "go{version} {flavor:?}");
+            assert_eq!(named, expected, "go{version} {flavor:?} {env:?}");
             let distinct: BTreeSet<&String> = expected.values().collect();
             assert_eq!(distinct.len(), 11, "every holder is different");
         }
