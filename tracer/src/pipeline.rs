@@ -247,6 +247,7 @@ impl Pipeline {
                 self.lost = lost;
                 self.resolved.frames = resolved.frames;
                 self.resolved.types.extend(resolved.types);
+                self.resolved.held_by = resolved.held_by;
             }
         }
     }
@@ -420,10 +421,11 @@ mod tests {
             addr: 0x00c0_000a_0000,
             words: [3, 0x1234_0000_0000],
         });
-        pipeline.note(Note::Finish {
-            lost: 2,
-            resolved: Resolved::default(),
-        });
+        let mut resolved = Resolved::default();
+        resolved
+            .held_by
+            .insert(0x00c0_000a_0000, "main.sessions".into());
+        pipeline.note(Note::Finish { lost: 2, resolved });
         pipeline.finish().unwrap()
     }
 
@@ -434,6 +436,7 @@ mod tests {
         let path = dir.join("trace.gmt");
         let live = run(Some(Recorder::create(&path).unwrap()));
         assert_eq!(live.maps[0].inserts, 3);
+        assert_eq!(live.maps[0].held_by, "main.sessions");
         assert_eq!((live.events.lost, live.events.malformed), (2, 1));
         let replayed = replay(&path).unwrap();
         assert_eq!(
@@ -454,6 +457,17 @@ mod tests {
             ));
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_finish_note_recorded_before_held_by_existed_still_reads() {
+        let note: Note =
+            serde_json::from_str(r#"{"Finish":{"lost":0,"resolved":{"frames":{},"types":{}}}}"#)
+                .unwrap();
+        let Note::Finish { resolved, .. } = note else {
+            panic!("not a finish note: {note:?}");
+        };
+        assert!(resolved.held_by.is_empty());
     }
 
     #[test]

@@ -147,6 +147,10 @@ pub struct MapReport {
     pub lifetime_s: f64,
     /// Seen being created (false: it existed before, or was made without a create call).
     pub created: bool,
+    /// The package-level variable path that holds the map at the end of the trace (e.g.
+    /// `main.sessionCache.byID`), read from the binary's DWARF and the target's memory;
+    /// `unknown` when none reaches it, the binary has no DWARF, or the map is gone.
+    pub held_by: String,
     /// Verdicts on the map's behaviour; empty when nothing stands out.
     pub verdicts: Vec<Verdict>,
     /// Known to be freed: a later map was created at its address, or its process exited.
@@ -170,6 +174,8 @@ pub struct Suspect {
     pub map_type: Option<String>,
     /// Where it was created.
     pub site: Option<Location>,
+    /// What holds it (see [`MapReport::held_by`]).
+    pub held_by: String,
     /// Entries at the end.
     pub live: u64,
     /// Most entries at once.
@@ -277,6 +283,10 @@ pub struct Resolved {
     pub frames: BTreeMap<u64, Vec<SourceFrame>>,
     /// Facts for each map-type pointer.
     pub types: BTreeMap<u64, TypeFacts>,
+    /// The variable path holding each map address still alive at the end (absent in
+    /// recordings made before it existed).
+    #[serde(default)]
+    pub held_by: BTreeMap<u64, String>,
 }
 
 /// Everything besides the model that the report is built from.
@@ -302,6 +312,9 @@ pub struct ReportContext<'a> {
 /// site is the first frame outside them.
 const RUNTIME_PREFIXES: [&str; 4] = ["runtime.", "internal/runtime/", "reflect.", "maps."];
 
+/// `held_by` of a map no package-level variable is known to reach.
+pub const UNKNOWN_HOLDER: &str = "unknown";
+
 impl ReportContext<'_> {
     fn stack(&self, model: &Model, id: Option<StackId>) -> Vec<Location> {
         let Some(addresses) = id.and_then(|id| model.stacks().get(id as usize)) else {
@@ -326,6 +339,15 @@ impl ReportContext<'_> {
 
     fn type_facts(&self, record: &MapRecord) -> Option<&TypeFacts> {
         self.resolved.types.get(&record.map_type)
+    }
+
+    /// What holds a map: only a map still alive can be the one now at its address.
+    fn held_by(&self, record: &MapRecord) -> String {
+        self.resolved
+            .held_by
+            .get(&record.addr)
+            .filter(|_| !record.is_released())
+            .map_or_else(|| UNKNOWN_HOLDER.to_string(), Clone::clone)
     }
 
     fn map(&self, model: &Model, record: &MapRecord) -> MapReport {
@@ -363,6 +385,7 @@ impl ReportContext<'_> {
             last_seen_s: seconds_since(start, record.last_seen_ns),
             lifetime_s: record.lifetime_ns(self.window.end_ns) as f64 / 1e9,
             created: record.created,
+            held_by: self.held_by(record),
             verdicts: verdict::judge(record, self.window, &self.thresholds)
                 .into_iter()
                 .collect(),
@@ -408,6 +431,7 @@ impl Report {
                     addr: map.addr.clone(),
                     map_type: map.map_type.clone(),
                     site: map.site.clone(),
+                    held_by: map.held_by.clone(),
                     live: map.live,
                     peak: map.peak,
                     growth_per_s: if window_s > 0.0 {
@@ -533,6 +557,9 @@ impl Report {
                 suspect.growth_per_s,
                 suspect.est_bytes.map_or("?".to_string(), human_bytes),
             );
+            if suspect.held_by != UNKNOWN_HOLDER {
+                let _ = writeln!(text, "  {:<17} held by {}", "", suspect.held_by);
+            }
         }
     }
 
@@ -757,6 +784,10 @@ mod tests {
     }
 
     fn sample() -> Report {
+        sample_with(resolved())
+    }
+
+    fn sample_with(resolved: Resolved) -> Report {
         let mut model = Model::new(MapImplementation::Swiss, Limits::default());
         let mut stack = [0u64; STACK_DEPTH];
         stack[0] = 0x40_1000;
@@ -774,7 +805,6 @@ mod tests {
         model.observe(&event(kind::GROW, 0, 1)).unwrap();
         model.observe(&event(kind::ASSIGN, 1, 2)).unwrap();
         model.settle_words(MAP, [2, 7]);
-        let resolved = resolved();
         let context = ReportContext {
             target: TargetInfo {
                 pid: 42,
@@ -825,6 +855,39 @@ mod tests {
         assert_eq!(json["sites"][0]["live_entries"], 2);
         assert_eq!(json["histograms"]["map_peak_entries"]["max"], 2.0);
         assert_eq!(json["histograms"]["map_lifetime_s"]["count"], 1);
+    }
+
+    #[test]
+    fn held_by_names_the_variable_or_says_unknown() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["maps"][0]["held_by"], "unknown");
+
+        let mut named = resolved();
+        named.held_by.insert(MAP, "main.cache.byID".into());
+        let mut report = sample_with(named);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["maps"][0]["held_by"], "main.cache.byID");
+
+        // Under a suspect, the text names the holder; an unknown one is not printed.
+        let suspect = |held_by: &str| Suspect {
+            verdict: Verdict::NeverReleased,
+            addr: "0xc0000a0000".into(),
+            map_type: None,
+            site: None,
+            held_by: held_by.into(),
+            live: 2,
+            peak: 2,
+            growth_per_s: 1.0,
+            est_bytes: None,
+        };
+        report.verdicts = vec![suspect("main.cache.byID")];
+        let text = report.render_text(10);
+        assert!(
+            text.contains("\n                    held by main.cache.byID\n"),
+            "{text}"
+        );
+        report.verdicts = vec![suspect(UNKNOWN_HOLDER)];
+        assert!(!report.render_text(10).contains("held by"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
+use crate::memory::roots::Roots;
+use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError};
 use crate::privileges::{self, PrivilegeError};
@@ -182,6 +184,11 @@ pub async fn trace(
         pid,
         go_version: go_version.clone(),
     });
+    // The roots are read from DWARF while the trace runs; they are needed only at the end.
+    let roots = std::thread::spawn({
+        let exe = target.exe_link();
+        move || Roots::from_file(&exe)
+    });
 
     let setup = Setup {
         target: TargetInfo {
@@ -240,9 +247,14 @@ pub async fn trace(
             at_ns: monotonic_ns(),
         });
     }
+    let held_by = match (exited, roots.join()) {
+        (false, Ok(Ok(roots))) => inspected.held_by(&roots, pipeline.model()),
+        _ => BTreeMap::new(),
+    };
     let resolved = Resolved {
         frames: inspected.frames(pipeline.model().stacks()),
         types: BTreeMap::new(),
+        held_by,
     };
     pipeline.note(Note::Finish { lost, resolved });
     let report = pipeline.finish()?;
@@ -297,6 +309,18 @@ impl Inspected {
             }
         }
         frames
+    }
+
+    /// The variable path holding each map still alive, read from the target's memory now.
+    /// A binary without DWARF, or a map no path reaches, gets no entry ("unknown").
+    fn held_by(&self, roots: &Roots, model: &Model) -> BTreeMap<u64, String> {
+        let alive: std::collections::HashSet<u64> = model
+            .maps()
+            .iter()
+            .filter(|record| !record.is_released())
+            .map(|record| record.addr)
+            .collect();
+        roots.resolve(&self.target, self.bias, |addr| alive.contains(&addr))
     }
 
     /// Name and storage sizes of a map type, read from the target's memory.
