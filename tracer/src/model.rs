@@ -295,6 +295,21 @@ impl MapRecord {
         }
     }
 
+    /// Whether `header` is a possible outcome of the pending operation: an assign adds one
+    /// entry or none, a delete removes one or none, a clear leaves none.
+    fn could_follow(&self, header: Header) -> bool {
+        match self.pending {
+            Some(Pending::Assign { before, .. }) => {
+                header.count == before || Some(header.count) == before.checked_add(1)
+            }
+            Some(Pending::Delete { before, .. }) => {
+                header.count == before || Some(header.count) == before.checked_sub(1)
+            }
+            Some(Pending::Clear { .. }) => header.count == 0,
+            None => header.count == self.live,
+        }
+    }
+
     /// Whether the last operation still waits for a count.
     pub fn is_pending(&self) -> bool {
         self.pending.is_some()
@@ -741,8 +756,18 @@ impl Model {
     }
 
     /// Settles with a raw header (count and second word) read from the target's memory.
+    ///
+    /// Memory is read after the probes are gone, so it proves nothing by itself: the map may
+    /// have been freed and its memory reused by another object (whose first words can even
+    /// keep the old seed), or it may have gone on changing unseen. Such a header settles the
+    /// pending operation only when it is one of that operation's possible outcomes; anything
+    /// else leaves it unsettled rather than taking a count that no observed operation made.
     pub fn settle_words(&mut self, addr: u64, words: [u64; 2]) {
-        self.settle(addr, self.header_from_words(words));
+        let header = self.header_from_words(words);
+        match self.maps.get_mut(&addr) {
+            Some(record) if record.is_pending() && !record.could_follow(header) => record.abandon(),
+            _ => self.settle(addr, header),
+        }
     }
 
     /// Gives up on every operation still pending: the target is gone, its counts with it.
@@ -1023,6 +1048,21 @@ mod tests {
         );
         let map = only(&model);
         assert_eq!((map.inserts, map.live, map.unsettled), (0, 3, 1));
+    }
+
+    #[test]
+    fn memory_that_no_pending_operation_explains_does_not_settle() {
+        // Freed, and its first word reused by another object; the seed word survived.
+        let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+        model.settle_words(M, [0xc0_0000_0000, u64::from(SEED)]);
+        let map = only(&model);
+        assert_eq!((map.live, map.peak, map.inserts), (0, 0, 0));
+        assert_eq!((map.unsettled, map.unexplained), (1, 0));
+        // A header the pending insert explains settles it.
+        let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+        model.settle_words(M, [1, u64::from(SEED)]);
+        let map = only(&model);
+        assert_eq!((map.live, map.inserts, map.unsettled), (1, 1, 0));
     }
 
     #[test]
