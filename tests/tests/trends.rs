@@ -49,7 +49,10 @@ fn trends_are_judged(version: &str, env: &[(&str, &str)], test: &str) {
             "{name}: {growth}/s, written at {rate}/s: {map}"
         );
         let projected = map["projected_growth_1h"].as_f64().unwrap();
-        assert!((projected - growth * 3600.0).abs() < 1e-6 * projected, "{map}");
+        assert!(
+            (projected - growth * 3600.0).abs() < 1e-6 * projected,
+            "{map}"
+        );
         let confidence = &map["confidence"];
         assert_eq!(confidence["intervals"], 10, "{name}: {map}");
         assert!(confidence["rising"].as_u64() >= Some(8), "{name}: {map}");

@@ -146,7 +146,6 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
         leak_min_window_s: args.leak_min_window,
         retain_min_peak: args.retain_min_peak,
         retain_max_ratio: args.retain_max_ratio,
-        ..Thresholds::default()
     };
     let options = Options {
         duration: args.duration,

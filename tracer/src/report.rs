@@ -899,7 +899,8 @@ mod tests {
         assert_eq!(map["confidence"], suspect["confidence"]);
         let text = report.render_text(10);
         assert!(
-            text.contains("+50/s (+180000 in 1 h)  holds ~") && text.contains("rising in 10/10 of 2.0 s"),
+            text.contains("+50/s (+180000 in 1 h)  holds ~")
+                && text.contains("rising in 10/10 of 2.0 s"),
             "{text}"
         );
     }
