@@ -202,7 +202,7 @@ pub fn assess(
             losses += change.unsigned_abs();
         }
     }
-    let recent_from = to_ns - (span as f64 * recent_fraction.clamp(0.0, 1.0)) as u64;
+    let recent_from = to_ns.saturating_sub((span as f64 * recent_fraction.clamp(0.0, 1.0)) as u64);
     let end = i64::from(series.last());
     Some(Assessment {
         confidence: Confidence {
@@ -289,6 +289,19 @@ mod tests {
         assert!(trend.recent_growth > 0);
         assert!((trend.growth_per_s() - 20.0).abs() < 1e-9);
         assert!((trend.projected_growth_1h() - 72_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn extreme_times_neither_panic_nor_loop() {
+        let mut series = Series::new(u64::MAX - 5, 1);
+        series.record(u64::MAX, 2);
+        series.record(0, 3);
+        let mut late = Series::new(0, 1);
+        late.record(u64::MAX, 2);
+        assert_eq!(late.last(), 2);
+        let trend = assess(&late, 0, u64::MAX, 16, 1.0).unwrap();
+        assert_eq!(trend.net_growth, 1);
+        assert!(assess(&series, 0, u64::MAX, 0, f64::NAN).is_some());
     }
 
     #[test]
