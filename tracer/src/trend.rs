@@ -22,19 +22,27 @@ pub const BUCKETS: usize = 32;
 /// Width of a bucket at a map's first sighting; it doubles as the map lives on.
 const FIRST_WIDTH_NS: u64 = 1_000_000;
 
-/// The entry count of one map over its life, at a resolution that coarsens as it lives.
+/// The entry count of one map over its active life, at a resolution that coarsens as it
+/// lives.
+///
+/// The series starts at the map's first change of count, not at its creation: an empty map
+/// made ahead of its first use (at start-up, or before a phase of the program) has no trend
+/// until it is used, exactly like a map first seen already in use, whose series starts at
+/// its first operation. So an idle stretch before first use neither dilutes the trend nor
+/// costs resolution.
 ///
 /// Counts are kept as `u32`, saturating: a Go map holding four billion entries would need
 /// hundreds of GiB, and the exact counts live in [`crate::model::MapRecord`] anyway.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Series {
-    /// Monotonic time of the first sighting: the start of bucket 0.
+    /// Monotonic time of the first sighting, then of the first change: the start of bucket 0.
     origin_ns: u64,
     /// Width of every bucket.
     width_ns: u64,
     /// Count at the first sighting.
     first: u32,
     /// Buckets written so far; those before the last one written carry the count forward.
+    /// 0 until the count first changes.
     used: u8,
     /// Count at the end of each bucket (the last one seen in it).
     buckets: [u32; BUCKETS],
@@ -53,8 +61,15 @@ impl Series {
     }
 
     /// The map held `count` entries from `at_ns` on. Times are expected in order; an
-    /// earlier one counts in the latest bucket.
+    /// earlier one counts in the latest bucket. The first change of count restarts the
+    /// series there.
     pub fn record(&mut self, at_ns: u64, count: u64) {
+        if self.used == 0 {
+            if clamp(count) == self.first {
+                return;
+            }
+            self.origin_ns = at_ns;
+        }
         let mut index = self.index(at_ns);
         while index >= BUCKETS as u64 {
             self.coarsen();
@@ -88,7 +103,7 @@ impl Series {
         }
     }
 
-    /// When the map was first seen.
+    /// When the map's count first changed (when it was first seen, until then).
     pub fn origin_ns(&self) -> u64 {
         self.origin_ns
     }
@@ -127,7 +142,8 @@ fn clamp(count: u64) -> u32 {
 /// it was cut into, and how many of them grew.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Confidence {
-    /// Seconds of the map's life inside the trace window.
+    /// Seconds of the map's active life inside the trace window: from its first change of
+    /// count (or its first sighting, if it never changed) to the end or its release.
     pub window_s: f64,
     /// Equal sub-intervals the window was cut into.
     pub intervals: u32,
@@ -171,8 +187,8 @@ impl Assessment {
 
 /// Reads the trend of `series` between `from_ns` and `to_ns`, cut into `intervals` equal
 /// sub-intervals (at least one, at most `BUCKETS / 2`), with "recent" meaning the last
-/// `recent_fraction` of the window. The window starts no earlier than the map's first
-/// sighting. `None` when the window is empty.
+/// `recent_fraction` of the window. The window starts no earlier than the series (the map's
+/// first change of count). `None` when the window is empty.
 pub fn assess(
     series: &Series,
     from_ns: u64,
@@ -225,10 +241,10 @@ mod tests {
     const MS: u64 = 1_000_000;
     const SECOND: u64 = 1_000 * MS;
 
-    /// A series fed `count(t)` every `step_ns` from 0 to `end_ns`.
+    /// A series of an empty map fed `count(t)` every `step_ns` from 0 until `end_ns`.
     fn sampled(end_ns: u64, step_ns: u64, count: impl Fn(u64) -> u64) -> Series {
-        let mut series = Series::new(0, count(0));
-        for at in (step_ns..=end_ns).step_by(step_ns as usize) {
+        let mut series = Series::new(0, 0);
+        for at in (0..end_ns).step_by(step_ns as usize) {
             series.record(at, count(at));
         }
         series
@@ -238,20 +254,20 @@ mod tests {
     fn memory_per_map_is_constant() {
         assert_eq!(std::mem::size_of::<Series>(), 152);
         // An hour of one change per millisecond still fits the same buckets.
-        let series = sampled(3_600 * SECOND, MS, |at| at / MS);
+        let series = sampled(3_600 * SECOND, MS, |at| at / MS + 1);
         assert!(series.width_ns() >= 3_600 * SECOND / BUCKETS as u64);
         assert_eq!(series.last(), 3_600_000);
     }
 
     #[test]
     fn coarsening_keeps_the_count_at_every_remaining_boundary() {
-        let series = sampled(10 * SECOND, 10 * MS, |at| at / (10 * MS));
+        let series = sampled(10 * SECOND, 10 * MS, |at| at / (10 * MS) + 1);
         let width = series.width_ns();
         assert_eq!(width, 512 * MS);
         for boundary in 1..=19 {
             assert_eq!(
                 series.count_at(boundary * width),
-                ((boundary * width - 1) / (10 * MS)) as u32,
+                ((boundary * width - 1) / (10 * MS) + 1) as u32,
                 "boundary {boundary}"
             );
         }
@@ -273,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn the_series_starts_at_the_first_change() {
+        let mut series = Series::new(0, 5);
+        series.record(SECOND, 5); // an overwrite: no change yet
+        series.record(4 * SECOND, 6);
+        series.record(4 * SECOND + 100 * MS, 7);
+        assert_eq!(series.origin_ns(), 4 * SECOND);
+        assert_eq!(series.width_ns(), 4 * MS);
+        assert_eq!(series.count_at(3 * SECOND), 5);
+        assert_eq!(series.count_at(4 * SECOND + 50 * MS), 6);
+        let trend = assess(&series, 0, 5 * SECOND, 10, 0.25).unwrap();
+        assert_eq!(trend.confidence.window_s, 1.0);
+        assert_eq!(trend.net_growth, 2);
+    }
+
+    #[test]
     fn huge_counts_saturate() {
         let series = sampled(SECOND, MS, |_| u64::MAX);
         assert_eq!(series.last(), u32::MAX);
@@ -280,7 +311,7 @@ mod tests {
 
     #[test]
     fn a_steady_leak_rises_in_every_interval() {
-        let series = sampled(5 * SECOND, 50 * MS, |at| at / (50 * MS));
+        let series = sampled(5 * SECOND, 50 * MS, |at| at / (50 * MS) + 1);
         let trend = assess(&series, 0, 5 * SECOND, 10, 0.25).unwrap();
         assert_eq!(trend.confidence.intervals, 10);
         assert_eq!(trend.confidence.rising, 10);
@@ -297,11 +328,13 @@ mod tests {
         series.record(u64::MAX, 2);
         series.record(0, 3);
         let mut late = Series::new(0, 1);
-        late.record(u64::MAX, 2);
-        assert_eq!(late.last(), 2);
+        late.record(1, 2);
+        late.record(u64::MAX, 3);
+        assert_eq!(late.last(), 3);
         let trend = assess(&late, 0, u64::MAX, 16, 1.0).unwrap();
-        assert_eq!(trend.net_growth, 1);
-        assert!(assess(&series, 0, u64::MAX, 0, f64::NAN).is_some());
+        assert_eq!(trend.net_growth, 2);
+        assert_eq!(assess(&series, 0, u64::MAX, 10, 0.25), None);
+        assert!(assess(&late, 0, u64::MAX, 0, f64::NAN).is_some());
     }
 
     #[test]

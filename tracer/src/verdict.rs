@@ -330,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn a_map_idle_until_its_first_use_is_judged_from_there() {
+        // Made at start-up, first used after 4 s, then leaking until the end.
+        let mut idle = Script::starting_with(0);
+        idle.operations.push((kind::CREATE, 0, 0));
+        idle.insert_every(50 * MS, 4 * SECOND, WINDOW.end_ns);
+        let map = map_after(&idle.operations, idle.count);
+        assert_eq!(map.first_seen_ns, 0);
+        assert_eq!(
+            judge(&map, WINDOW, &Thresholds::default()),
+            Some(Verdict::NeverReleased)
+        );
+        let trend = trend(&map, WINDOW, &Thresholds::default()).unwrap();
+        assert_eq!(trend.confidence.window_s, 6.0);
+        assert!((trend.growth_per_s() - 20.0).abs() < 1e-9, "{trend:?}");
+    }
+
+    #[test]
     fn deletes_that_do_not_keep_up_are_still_a_leak() {
         // Three in, two out, every 50 ms.
         let mut evicting = Script::starting_with(0);
