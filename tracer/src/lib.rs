@@ -23,4 +23,5 @@ pub mod probes;
 pub mod report;
 pub mod session;
 pub mod target;
+pub mod trend;
 pub mod verdict;

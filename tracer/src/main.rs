@@ -57,9 +57,36 @@ struct TraceArgs {
     /// a salted hash of its bytes on the BPF side, for entry lifetimes; 0 turns it off.
     #[arg(long, default_value_t = 64, value_name = "N")]
     sample_keys: u64,
-    /// `never-released` needs at least this many entries gained during the trace.
+    /// `never-released` needs at least this many more entries at the end of the trace than
+    /// at its start (or at the map's first sighting).
     #[arg(long, default_value_t = Thresholds::default().leak_min_growth, value_name = "ENTRIES")]
     leak_min_growth: u64,
+    /// The trend behind `never-released` is read over this many equal sub-intervals.
+    #[arg(long, default_value_t = Thresholds::default().leak_intervals, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=(tracer::trend::BUCKETS / 2) as i64))]
+    leak_intervals: u32,
+    /// `never-released` needs growth in at least this fraction of the sub-intervals.
+    #[arg(long, default_value_t = Thresholds::default().leak_min_rising, value_name = "FRACTION",
+          value_parser = parse_fraction)]
+    leak_min_rising: f64,
+    /// `never-released` needs each sub-interval's gain to be at most this fraction of the
+    /// net growth (more is a one-off fill, not a trend).
+    #[arg(long, default_value_t = Thresholds::default().leak_max_share, value_name = "FRACTION",
+          value_parser = parse_fraction)]
+    leak_max_share: f64,
+    /// `never-released` needs the sub-intervals that shrank to give back at most this
+    /// fraction of what the others gained.
+    #[arg(long, default_value_t = Thresholds::default().leak_max_giveback, value_name = "FRACTION",
+          value_parser = parse_fraction)]
+    leak_max_giveback: f64,
+    /// `never-released` needs growth within this last fraction of the trace.
+    #[arg(long, default_value_t = Thresholds::default().leak_recent_fraction, value_name = "FRACTION",
+          value_parser = parse_fraction)]
+    leak_recent_fraction: f64,
+    /// `never-released` needs the map to be seen for at least this long (e.g. 1s, 500ms).
+    #[arg(long, default_value_t = Thresholds::default().leak_min_window_s, value_name = "DURATION",
+          value_parser = parse_seconds)]
+    leak_min_window: f64,
     /// `retains-capacity` needs a peak of at least this many entries.
     #[arg(long, default_value_t = Thresholds::default().retain_min_peak, value_name = "ENTRIES")]
     retain_min_peak: u64,
@@ -111,9 +138,14 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
     let pid = args.pid.context("--pid is required")?;
     let thresholds = Thresholds {
         leak_min_growth: args.leak_min_growth,
+        leak_intervals: args.leak_intervals,
+        leak_min_rising: args.leak_min_rising,
+        leak_max_share: args.leak_max_share,
+        leak_max_giveback: args.leak_max_giveback,
+        leak_recent_fraction: args.leak_recent_fraction,
+        leak_min_window_s: args.leak_min_window,
         retain_min_peak: args.retain_min_peak,
         retain_max_ratio: args.retain_max_ratio,
-        ..Thresholds::default()
     };
     let options = Options {
         duration: args.duration,
@@ -217,9 +249,32 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|error| format!("`{text}`: {error}"))
 }
 
+/// Parses a fraction between 0 and 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|value| (0.0..=1.0).contains(value))
+        .ok_or_else(|| format!("`{text}` is not a fraction between 0 and 1"))
+}
+
+/// Parses a duration (see [`parse_duration`]) into seconds.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    parse_duration(text).map(|duration| duration.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractions_stay_between_zero_and_one() {
+        assert_eq!(parse_fraction("0.8"), Ok(0.8));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("-0.1").is_err());
+        assert!(parse_fraction("NaN").is_err());
+        assert_eq!(parse_seconds("500ms"), Ok(0.5));
+    }
 
     #[test]
     fn causes_already_quoted_are_not_repeated() {

@@ -44,6 +44,7 @@ use tracer_common::{
 };
 
 use crate::plan::MapImplementation;
+use crate::trend::Series;
 
 /// An operation whose effect is only known once the map's count is seen again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +141,8 @@ pub struct MapRecord {
     pub stack: Option<StackId>,
     /// Largest classic `B` (log2 of the bucket count) seen in its header; 0 for swiss maps.
     pub log2_buckets: u8,
+    /// Its entry count over time, for the leak verdict's trend (constant size per map).
+    pub series: Series,
     seed: u32,
     seed_pending: bool,
     pending: Option<Pending>,
@@ -170,6 +173,7 @@ impl MapRecord {
             map_type: 0,
             stack: None,
             log2_buckets: 0,
+            series: Series::new(now_ns, header.count),
             seed: header.seed,
             seed_pending: false,
             pending: None,
@@ -209,6 +213,11 @@ impl MapRecord {
         self.log2_buckets = self.log2_buckets.max(observed.log2_buckets);
         let count = observed.count;
         let mut change = None;
+        let at_ns = match self.pending {
+            Some(Pending::Assign { at_ns, .. } | Pending::Delete { at_ns, .. })
+            | Some(Pending::Clear { at_ns }) => at_ns,
+            None => self.last_seen_ns,
+        };
         let explained = match self.pending.take() {
             Some(Pending::Assign { before, key, at_ns }) if count == before + 1 => {
                 self.inserts += 1;
@@ -237,6 +246,7 @@ impl MapRecord {
             self.unexplained += 1;
         }
         self.live = count;
+        self.series.record(at_ns, count);
         self.seed = observed.seed;
         self.seed_pending = false;
         self.peak = self.peak.max(count);
@@ -660,6 +670,7 @@ impl Model {
         if let Some(record) = self.maps.get_mut(&addr) {
             record.cloned = true;
             record.live = header.count;
+            record.series.record(now, header.count);
             record.seed = header.seed;
             record.seed_pending = false;
             record.peak = record.peak.max(header.count);

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::inspect::SourceFrame;
 use crate::model::{MapRecord, Model, StackId};
 use crate::plan::MapImplementation;
+use crate::trend::Confidence;
 use crate::verdict::{self, Storage, Thresholds, Verdict, Window};
 
 /// The whole report of one trace.
@@ -153,6 +154,13 @@ pub struct MapReport {
     pub held_by: String,
     /// Verdicts on the map's behaviour; empty when nothing stands out.
     pub verdicts: Vec<Verdict>,
+    /// Net entries gained per second over its life in the window (negative: it shrank).
+    pub growth_per_s: f64,
+    /// Entries it would gain in an hour at that rate.
+    pub projected_growth_1h: f64,
+    /// What the trend behind `never-released` rests on; `null` for a map with no time in
+    /// the window.
+    pub confidence: Option<Confidence>,
     /// Known to be freed: a later map was created at its address, or its process exited.
     /// Otherwise it may be alive or merely idle and not yet collected.
     pub released: bool,
@@ -180,8 +188,12 @@ pub struct Suspect {
     pub live: u64,
     /// Most entries at once.
     pub peak: u64,
-    /// Entries gained per second of observation.
+    /// Net entries gained per second over the map's life in the window (negative: it shrank).
     pub growth_per_s: f64,
+    /// Entries it would gain in an hour at that rate.
+    pub projected_growth_1h: f64,
+    /// What the trend rests on: the window, its sub-intervals, how many of them grew.
+    pub confidence: Option<Confidence>,
     /// Estimated bytes it holds.
     pub est_bytes: Option<u64>,
 }
@@ -366,6 +378,7 @@ impl ReportContext<'_> {
                 .and_then(|bytes| self.within_resident(bytes))
         };
         let start = self.window.start_ns;
+        let trend = verdict::trend(record, self.window, &self.thresholds);
         MapReport {
             addr: format!("{:#x}", record.addr),
             map_type: facts.map(|facts| facts.name.clone()),
@@ -389,6 +402,9 @@ impl ReportContext<'_> {
             verdicts: verdict::judge(record, self.window, &self.thresholds)
                 .into_iter()
                 .collect(),
+            growth_per_s: trend.map_or(0.0, |trend| trend.growth_per_s()),
+            projected_growth_1h: trend.map_or(0.0, |trend| trend.projected_growth_1h()),
+            confidence: trend.map(|trend| trend.confidence),
             released: record.is_released(),
             unexplained: record.unexplained,
             unsettled: record.unsettled,
@@ -409,6 +425,15 @@ fn site(stack: &[Location]) -> Option<Location> {
         .cloned()
 }
 
+/// A rate as a signed whole number, with a decimal only when it is small (`+0.4`, `+20`).
+fn signed_rate(rate: f64) -> String {
+    if rate.abs() < 10.0 && rate != 0.0 {
+        format!("{rate:+.1}")
+    } else {
+        format!("{rate:+.0}")
+    }
+}
+
 fn seconds_since(start_ns: u64, at_ns: u64) -> f64 {
     at_ns.saturating_sub(start_ns) as f64 / 1e9
 }
@@ -422,10 +447,9 @@ impl Report {
             .map(|record| context.map(model, record))
             .collect();
         let window_s = context.window.seconds();
-        let mut verdicts: Vec<Suspect> = records
+        let mut verdicts: Vec<Suspect> = maps
             .iter()
-            .zip(&maps)
-            .flat_map(|(record, map)| {
+            .flat_map(|map| {
                 map.verdicts.iter().map(move |&verdict| Suspect {
                     verdict,
                     addr: map.addr.clone(),
@@ -434,11 +458,9 @@ impl Report {
                     held_by: map.held_by.clone(),
                     live: map.live,
                     peak: map.peak,
-                    growth_per_s: if window_s > 0.0 {
-                        record.live.saturating_sub(record.first_count) as f64 / window_s
-                    } else {
-                        0.0
-                    },
+                    growth_per_s: map.growth_per_s,
+                    projected_growth_1h: map.projected_growth_1h,
+                    confidence: map.confidence,
                     est_bytes: map.peak_est_bytes,
                 })
             })
@@ -549,13 +571,21 @@ impl Report {
             );
             let _ = writeln!(
                 text,
-                "  {:<17} {}  live {}  peak {}  {:+.0}/s  holds ~{}",
+                "  {:<17} {}  live {}  peak {}  {}/s ({} in 1 h)  holds ~{}{}",
                 "",
                 suspect.addr,
                 suspect.live,
                 suspect.peak,
-                suspect.growth_per_s,
+                signed_rate(suspect.growth_per_s),
+                signed_rate(suspect.projected_growth_1h),
                 suspect.est_bytes.map_or("?".to_string(), human_bytes),
+                suspect
+                    .confidence
+                    .filter(|_| suspect.verdict == Verdict::NeverReleased)
+                    .map_or(String::new(), |confidence| format!(
+                        "  rising in {}/{} of {:.1} s",
+                        confidence.rising, confidence.intervals, confidence.window_s
+                    )),
             );
             if suspect.held_by != UNKNOWN_HOLDER {
                 let _ = writeln!(text, "  {:<17} held by {}", "", suspect.held_by);
@@ -916,6 +946,60 @@ mod tests {
         assert!(text.contains("SUSPECTS: none"));
         assert!(text.contains("main.newIndex (main.go:17)"));
         assert!(text.contains("0xc0000a0000"));
+    }
+
+    #[test]
+    fn a_leak_reports_its_rate_projection_and_confidence() {
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        // One insert every 20 ms for the whole 2 s window: 50 entries a second.
+        for count in 0..100 {
+            model
+                .observe(&MapEvent {
+                    ktime_ns: 1_000_000_000 + count * 20_000_000,
+                    ..event(kind::ASSIGN, count, 0)
+                })
+                .unwrap();
+        }
+        model.freeze(3_000_000_000);
+        model.settle_words(MAP, [100, 7]);
+        let resolved = resolved();
+        let context = ReportContext {
+            target: TargetInfo {
+                pid: 42,
+                exe: "/srv/app".into(),
+                go_version: "go1.24.11".into(),
+                exited: false,
+            },
+            window: Window {
+                start_ns: 1_000_000_000,
+                end_ns: 3_000_000_000,
+            },
+            lost: 0,
+            implementation: MapImplementation::Swiss,
+            thresholds: Thresholds::default(),
+            sample_one_in: 0,
+            resolved: &resolved,
+        };
+        let report = Report::new(&model, &context);
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let suspect = &json["verdicts"][0];
+        assert_eq!(suspect["verdict"], "never-released");
+        assert_eq!(suspect["growth_per_s"], 50.0);
+        assert_eq!(suspect["projected_growth_1h"], 180_000.0);
+        assert_eq!(
+            suspect["confidence"],
+            serde_json::json!({"window_s": 2.0, "intervals": 10, "rising": 10})
+        );
+        let map = &json["maps"][0];
+        assert_eq!(map["verdicts"], serde_json::json!(["never-released"]));
+        assert_eq!(map["growth_per_s"], 50.0);
+        assert_eq!(map["confidence"], suspect["confidence"]);
+        let text = report.render_text(10);
+        assert!(
+            text.contains("+50/s (+180000 in 1 h)  holds ~")
+                && text.contains("rising in 10/10 of 2.0 s"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! Pure judgement over a finished [`MapRecord`]: the thresholds are the user's, the facts are
 //! the model's, and nothing here reads the target. The two verdicts answer the two questions
 //! a capacity review asks of a map:
-//! - `never-released`: does it only ever grow? Entries went in for the whole window, none came
-//!   out (no delete, no clear) and the map itself was not freed: a cache without eviction.
+//! - `never-released`: does it keep growing? Its net entry count rose steadily across the
+//!   window (in most sub-intervals, not in one burst, giving little back, and still at the
+//!   end) and the map itself was not freed: a cache without eviction, or with an eviction
+//!   that cannot keep up (see [`crate::trend`]).
 //! - `retains-capacity`: did it shrink far below its peak? Go never shrinks a map's buckets
 //!   (classic) or tables (swiss) on delete, so it still holds the memory of its peak.
 //!
-//! Maps whose inserts and deletes balance, maps that are cleared, and maps that stop being
-//! used get no verdict.
+//! Maps whose inserts and deletes balance, maps that are cleared, maps that filled once and
+//! then only overwrite, and maps that stopped growing get no verdict.
 
 use std::fmt;
 
@@ -17,16 +19,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::MapRecord;
 use crate::plan::MapImplementation;
+use crate::trend::{self, Assessment};
 
-/// When a map earns a verdict; every field is a command-line flag.
+/// When a map earns a verdict; every field is a command-line flag. Recordings made before a
+/// field existed replay with its default.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Thresholds {
-    /// `never-released` needs at least this many more entries at the end than at first
-    /// sight: small maps that grow a little are not worth a reader's attention.
+    /// `never-released` needs at least this many more entries at the end of the window than
+    /// at its start. The default, two per sub-interval, keeps a trend from resting on single
+    /// entries, which the series' bucket resolution can shift into a neighbouring interval.
     pub leak_min_growth: u64,
-    /// `never-released` needs an insert within this last fraction of the window: a map that
+    /// `never-released` needs growth within this last fraction of the window: a map that
     /// grew early and then stopped is not growing any more.
     pub leak_recent_fraction: f64,
+    /// The window is cut into this many equal sub-intervals to read the trend (1 to
+    /// [`crate::trend::BUCKETS`] / 2).
+    pub leak_intervals: u32,
+    /// `never-released` needs growth in at least this fraction of the sub-intervals. At the
+    /// default, 8 of 10: a count that moves up or down at random does that in 5.5 % of
+    /// windows; a steady leak does it every time.
+    pub leak_min_rising: f64,
+    /// `never-released` needs every sub-interval's gain to be at most this fraction of the
+    /// net growth: above one half, a single sub-interval carries most of the growth, which is
+    /// a one-off fill (a warm-up, a bulk load), not a trend.
+    pub leak_max_share: f64,
+    /// `never-released` needs the sub-intervals that shrank to give back at most this
+    /// fraction of what the others gained: a map that is cleared or drained as often as it
+    /// fills gives most of it back (at one half and above, more went out than stayed).
+    pub leak_max_giveback: f64,
+    /// `never-released` needs the map to be seen for at least this many seconds of the
+    /// window: a map filled by one request or batch just as the trace ends grows steadily
+    /// for a moment, which says nothing about a leak.
+    pub leak_min_window_s: f64,
     /// `retains-capacity` needs a peak of at least this many entries.
     pub retain_min_peak: u64,
     /// `retains-capacity` needs the live count at or below this fraction of the peak.
@@ -36,8 +61,13 @@ pub struct Thresholds {
 impl Default for Thresholds {
     fn default() -> Thresholds {
         Thresholds {
-            leak_min_growth: 1_000,
+            leak_min_growth: 20,
             leak_recent_fraction: 0.25,
+            leak_intervals: 10,
+            leak_min_rising: 0.8,
+            leak_max_share: 0.5,
+            leak_max_giveback: 0.5,
+            leak_min_window_s: 1.0,
             retain_min_peak: 1_000,
             retain_max_ratio: 0.25,
         }
@@ -48,7 +78,7 @@ impl Default for Thresholds {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
-    /// Grew through the window and never gave an entry back: the leak flag.
+    /// Grew steadily through the window, giving back less than it gained: the leak flag.
     NeverReleased,
     /// Shrank far below its peak but still holds the peak's memory.
     RetainsCapacity,
@@ -86,20 +116,42 @@ impl Window {
     }
 }
 
+/// The trend of a map's entry count over its life inside the window (up to its release),
+/// cut as `thresholds` say; `None` when it has no time in the window.
+pub fn trend(record: &MapRecord, window: Window, thresholds: &Thresholds) -> Option<Assessment> {
+    let to_ns = record
+        .released_ns
+        .map_or(window.end_ns, |released| released.min(window.end_ns));
+    trend::assess(
+        &record.series,
+        window.start_ns,
+        to_ns,
+        thresholds.leak_intervals,
+        thresholds.leak_recent_fraction,
+    )
+}
+
+/// Whether a trend is a leak: enough net growth, over a long enough window, rising in most
+/// sub-intervals, not carried by one of them, not given back, and still rising at the end.
+pub fn is_leak(trend: &Assessment, thresholds: &Thresholds) -> bool {
+    let confidence = trend.confidence;
+    let net = trend.net_growth.max(0) as f64;
+    trend.net_growth > 0
+        && trend.net_growth.unsigned_abs() >= thresholds.leak_min_growth
+        && confidence.window_s >= thresholds.leak_min_window_s
+        && f64::from(confidence.rising)
+            >= (thresholds.leak_min_rising * f64::from(confidence.intervals)).ceil()
+        && trend.largest_gain as f64 <= thresholds.leak_max_share * net
+        && trend.losses as f64 <= thresholds.leak_max_giveback * trend.gains as f64
+        && trend.recent_growth > 0
+}
+
 /// The verdict on one map, if any.
 pub fn judge(record: &MapRecord, window: Window, thresholds: &Thresholds) -> Option<Verdict> {
-    if record.is_released() || record.clears > 0 {
+    if record.is_released() {
         return None;
     }
-    let growth = record.live.saturating_sub(record.first_count);
-    let recent_from = window.end_ns.saturating_sub(
-        (window.end_ns.saturating_sub(window.start_ns) as f64 * thresholds.leak_recent_fraction)
-            as u64,
-    );
-    let still_growing = record
-        .last_insert_ns
-        .is_some_and(|inserted| inserted >= recent_from);
-    if record.deletes == 0 && growth >= thresholds.leak_min_growth && still_growing {
+    if trend(record, window, thresholds).is_some_and(|trend| is_leak(&trend, thresholds)) {
         return Some(Verdict::NeverReleased);
     }
     let shrunk = (record.live as f64) <= record.peak as f64 * thresholds.retain_max_ratio;
@@ -219,61 +271,206 @@ mod tests {
         model.maps()[0].clone()
     }
 
-    /// `n` inserts spread evenly over the window, starting from `first`.
-    fn growing(first: u64, n: u64) -> Vec<(u8, u64, u64)> {
-        (0..n)
-            .map(|i| (kind::ASSIGN, first + i, i * WINDOW.end_ns / n))
-            .collect()
+    /// A map's operations, written as a script: each call adds one operation at a time,
+    /// keeping the count the runtime would pass.
+    struct Script {
+        count: u64,
+        operations: Vec<(u8, u64, u64)>,
     }
 
+    impl Script {
+        fn starting_with(count: u64) -> Script {
+            Script {
+                count,
+                operations: Vec::new(),
+            }
+        }
+
+        fn insert(&mut self, at: u64) {
+            self.operations.push((kind::ASSIGN, self.count, at));
+            self.count += 1;
+        }
+
+        fn overwrite(&mut self, at: u64) {
+            self.operations.push((kind::ASSIGN, self.count, at));
+        }
+
+        fn delete(&mut self, at: u64) {
+            self.operations.push((kind::DELETE, self.count, at));
+            self.count -= 1;
+        }
+
+        fn clear(&mut self, at: u64) {
+            self.operations.push((kind::CLEAR, self.count, at));
+            self.count = 0;
+        }
+
+        /// Inserts every `step` ns from `from` up to (not including) `to`.
+        fn insert_every(&mut self, step: u64, from: u64, to: u64) {
+            for at in (from..to).step_by(step as usize) {
+                self.insert(at);
+            }
+        }
+
+        fn verdict(&self) -> Option<Verdict> {
+            let map = map_after(&self.operations, self.count);
+            judge(&map, WINDOW, &Thresholds::default())
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
     #[test]
-    fn a_cache_that_only_grows_is_never_released() {
-        let map = map_after(&growing(0, 2_000), 2_000);
+    fn a_slow_steady_leak_is_never_released() {
+        // One entry every 50 ms for the whole window: 200 entries, far below the old 1000.
+        let mut slow = Script::starting_with(0);
+        slow.insert_every(50 * MS, 0, WINDOW.end_ns);
+        assert_eq!(slow.verdict(), Some(Verdict::NeverReleased));
+        // About 10 entries a second over 5 s is enough.
+        let mut ten = Script::starting_with(0);
+        ten.insert_every(100 * MS, 0, 5 * SECOND);
+        let map = map_after(&ten.operations, ten.count);
+        let window = Window {
+            start_ns: 0,
+            end_ns: 5 * SECOND,
+        };
         assert_eq!(
-            judge(&map, WINDOW, &Thresholds::default()),
+            judge(&map, window, &Thresholds::default()),
             Some(Verdict::NeverReleased)
         );
+        let trend = trend(&map, window, &Thresholds::default()).unwrap();
+        assert_eq!(
+            (trend.confidence.intervals, trend.confidence.rising),
+            (10, 10)
+        );
+        assert!((trend.growth_per_s() - 10.0).abs() < 0.5, "{trend:?}");
         // Already big when tracing began: only the growth seen counts.
-        let map = map_after(&growing(50_000, 2_000), 52_000);
+        let mut big = Script::starting_with(50_000);
+        big.insert_every(50 * MS, 0, WINDOW.end_ns);
+        assert_eq!(big.verdict(), Some(Verdict::NeverReleased));
+    }
+
+    #[test]
+    fn a_map_idle_until_its_first_use_is_judged_from_there() {
+        // Made at start-up, first used after 4 s, then leaking until the end.
+        let mut idle = Script::starting_with(0);
+        idle.operations.push((kind::CREATE, 0, 0));
+        idle.insert_every(50 * MS, 4 * SECOND, WINDOW.end_ns);
+        let map = map_after(&idle.operations, idle.count);
+        assert_eq!(map.first_seen_ns, 0);
         assert_eq!(
             judge(&map, WINDOW, &Thresholds::default()),
             Some(Verdict::NeverReleased)
         );
+        let trend = trend(&map, WINDOW, &Thresholds::default()).unwrap();
+        assert_eq!(trend.confidence.window_s, 6.0);
+        assert!((trend.growth_per_s() - 20.0).abs() < 1e-9, "{trend:?}");
     }
 
     #[test]
-    fn growth_that_stopped_or_is_small_or_balanced_is_fine() {
-        let thresholds = Thresholds::default();
-        // Grew in the first half only.
-        let early: Vec<_> = growing(0, 2_000)
-            .into_iter()
-            .map(|(k, c, t)| (k, c, t / 2))
-            .collect();
-        assert_eq!(judge(&map_after(&early, 2_000), WINDOW, &thresholds), None);
-        // Too little growth.
+    fn deletes_that_do_not_keep_up_are_still_a_leak() {
+        // Three in, two out, every 50 ms.
+        let mut evicting = Script::starting_with(0);
+        for step in 0..200 {
+            let at = step * 50 * MS;
+            for _ in 0..3 {
+                evicting.insert(at);
+            }
+            evicting.delete(at + MS);
+            evicting.delete(at + MS);
+        }
+        assert_eq!(evicting.verdict(), Some(Verdict::NeverReleased));
+    }
+
+    #[test]
+    fn a_warm_up_then_overwrites_is_not_a_leak() {
+        let mut warm = Script::starting_with(0);
+        warm.insert_every(MS / 10, 0, 200 * MS);
+        for step in 0..1_000 {
+            warm.overwrite(200 * MS + step * 9 * MS);
+        }
+        assert_eq!(warm.count, 2_000);
+        assert_eq!(warm.verdict(), None);
+    }
+
+    #[test]
+    fn a_one_off_bulk_fill_is_not_a_trend() {
+        // A slow trickle that alone would count, plus one bulk load of 1000 in the middle.
+        let mut bulk = Script::starting_with(0);
+        bulk.insert_every(50 * MS, 0, 5 * SECOND);
+        bulk.insert_every(MS / 100, 5 * SECOND, 5 * SECOND + 10 * MS);
+        bulk.insert_every(50 * MS, 5 * SECOND + 10 * MS, WINDOW.end_ns);
+        assert_eq!(bulk.verdict(), None);
+    }
+
+    #[test]
+    fn growth_that_stopped_is_not_a_leak() {
+        let mut stopped = Script::starting_with(0);
+        stopped.insert_every(10 * MS, 0, WINDOW.end_ns / 2);
+        assert_eq!(stopped.verdict(), None);
+        // Grew in 7 of 10 sub-intervals, none of them in the last quarter of the window.
+        let mut late = Script::starting_with(0);
+        late.insert_every(10 * MS, 0, 7 * SECOND);
+        assert_eq!(late.verdict(), None);
+    }
+
+    #[test]
+    fn balanced_cleared_and_small_maps_are_not_leaks() {
+        // Balanced: every insert is matched by a delete.
+        let mut balanced = Script::starting_with(100);
+        for step in 0..1_000 {
+            balanced.insert(step * 10 * MS);
+            balanced.delete(step * 10 * MS + MS);
+        }
+        assert_eq!(balanced.verdict(), None);
+        // Cleared every 1.3 s, growing in between.
+        let mut cleared = Script::starting_with(0);
+        let mut at = 0;
+        while at < WINDOW.end_ns {
+            if at % (1_300 * MS) == 0 && at > 0 {
+                cleared.clear(at);
+            }
+            cleared.insert(at);
+            at += 10 * MS;
+        }
+        assert_eq!(cleared.verdict(), None);
+        // Cleared once, at the end.
+        let mut emptied = Script::starting_with(0);
+        emptied.insert_every(10 * MS, 0, WINDOW.end_ns - 2 * MS);
+        emptied.clear(WINDOW.end_ns - 2 * MS);
+        emptied.insert(WINDOW.end_ns - MS);
+        assert_eq!(emptied.verdict(), None);
+        // Steady but tiny: ten entries in ten seconds.
+        let mut tiny = Script::starting_with(0);
+        tiny.insert_every(SECOND, 0, WINDOW.end_ns);
+        assert_eq!(tiny.verdict(), None);
+    }
+
+    #[test]
+    fn a_map_filled_just_before_the_end_has_too_short_a_window() {
+        let mut late = Script::starting_with(0);
+        late.insert_every(MS, WINDOW.end_ns - 500 * MS, WINDOW.end_ns);
+        let map = map_after(&late.operations, late.count);
+        assert_eq!(map.first_seen_ns, WINDOW.end_ns - 500 * MS);
+        assert_eq!(judge(&map, WINDOW, &Thresholds::default()), None);
+        let thresholds = Thresholds {
+            leak_min_window_s: 0.1,
+            ..Thresholds::default()
+        };
         assert_eq!(
-            judge(&map_after(&growing(0, 10), 10), WINDOW, &thresholds),
-            None
+            judge(&map, WINDOW, &thresholds),
+            Some(Verdict::NeverReleased)
         );
-        // Balanced: one delete is enough to show entries are released.
-        let mut balanced = growing(0, 2_000);
-        balanced.push((kind::DELETE, 2_000, WINDOW.end_ns - 1));
-        assert_eq!(
-            judge(&map_after(&balanced, 1_999), WINDOW, &thresholds),
-            None
-        );
-        // Cleared maps get no verdict.
-        let mut cleared = growing(0, 2_000);
-        cleared.push((kind::CLEAR, 2_000, WINDOW.end_ns - 2));
-        cleared.push((kind::ASSIGN, 0, WINDOW.end_ns - 1));
-        assert_eq!(judge(&map_after(&cleared, 1), WINDOW, &thresholds), None);
     }
 
     #[test]
     fn a_map_emptied_by_deletes_retains_its_capacity() {
-        let mut operations = growing(0, 2_000);
-        operations.extend((0..1_995).map(|i| (kind::DELETE, 2_000 - i, WINDOW.end_ns - 1)));
-        let map = map_after(&operations, 5);
+        let mut drained = Script::starting_with(0);
+        drained.insert_every(WINDOW.end_ns / 2_000, 0, WINDOW.end_ns);
+        for _ in 0..1_995 {
+            drained.delete(WINDOW.end_ns - 1);
+        }
+        let map = map_after(&drained.operations, drained.count);
         assert_eq!((map.peak, map.live), (2_000, 5));
         assert_eq!(
             judge(&map, WINDOW, &Thresholds::default()),
