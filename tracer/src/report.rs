@@ -908,6 +908,8 @@ mod tests {
             live: 2,
             peak: 2,
             growth_per_s: 1.0,
+            projected_growth_1h: 3600.0,
+            confidence: None,
             est_bytes: None,
         };
         report.verdicts = vec![suspect("main.cache.byID")];
@@ -969,6 +971,7 @@ mod tests {
                 exe: "/srv/app".into(),
                 go_version: "go1.24.11".into(),
                 exited: false,
+                peak_rss_bytes: None,
             },
             window: Window {
                 start_ns: 1_000_000_000,
