@@ -23,3 +23,4 @@ pub mod report;
 pub mod session;
 pub mod target;
 pub mod verdict;
+pub mod writers;
