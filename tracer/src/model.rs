@@ -1305,13 +1305,23 @@ mod tests {
     #[test]
     fn writer_stacks_are_interned_and_credited_when_their_operation_resolves() {
         let mut model = swiss();
-        model.observe_create(&written(kind::ASSIGN, 10, 1, 0x2000)).unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, 10, 1, 0x2000))
+            .unwrap();
         model.observe(&event(kind::ASSIGN, 11, SEED, 2)).unwrap();
-        model.observe_create(&written(kind::ASSIGN, 12, 3, 0x2000)).unwrap();
-        model.observe_create(&written(kind::DELETE, 12, 4, 0x3000)).unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, 12, 3, 0x2000))
+            .unwrap();
+        model
+            .observe_create(&written(kind::DELETE, 12, 4, 0x3000))
+            .unwrap();
         // Deleting a missing key: listed, but credited nothing.
-        model.observe_create(&written(kind::DELETE, 11, 5, 0x3000)).unwrap();
-        model.observe_create(&written(kind::ASSIGN, 11, 6, 0x2000)).unwrap();
+        model
+            .observe_create(&written(kind::DELETE, 11, 5, 0x3000))
+            .unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, 11, 6, 0x2000))
+            .unwrap();
         model.settle(M, header(11));
         let map = only(&model);
         assert!(!map.created && map.stack.is_none());
@@ -1321,7 +1331,13 @@ mod tests {
             .writers
             .list()
             .iter()
-            .map(|w| (model.stacks()[w.stack as usize].clone(), w.inserts, w.deletes))
+            .map(|w| {
+                (
+                    model.stacks()[w.stack as usize].clone(),
+                    w.inserts,
+                    w.deletes,
+                )
+            })
             .collect();
         assert_eq!(
             writers,
@@ -1337,7 +1353,9 @@ mod tests {
     #[test]
     fn a_write_stack_whose_operation_is_never_settled_is_listed_uncredited() {
         let mut model = swiss();
-        model.observe_create(&written(kind::ASSIGN, 0, 1, 0x2000)).unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, 0, 1, 0x2000))
+            .unwrap();
         model.abandon_pending();
         let map = only(&model);
         assert_eq!(map.unsettled, 1);
@@ -1359,7 +1377,9 @@ mod tests {
         assert_eq!(model.stacks().len(), crate::writers::MAX_STACKS);
         let last = crate::writers::MAX_STACKS as u64;
         // A known stack is still recognised; a new one is not kept.
-        model.observe_create(&written(kind::ASSIGN, last, last, 0x10_0000)).unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, last, last, 0x10_0000))
+            .unwrap();
         model
             .observe_create(&written(kind::ASSIGN, last + 1, last + 1, 0x2000))
             .unwrap();

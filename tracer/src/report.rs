@@ -108,6 +108,9 @@ pub struct MapReport {
     pub site: Option<Location>,
     /// The creation stack, innermost first, inlined calls expanded.
     pub stack: Vec<Location>,
+    /// Where the program writes to it, from the sampled writes that carried a stack (the
+    /// first writes of maps made before the trace, then one write in 1024): at most 8.
+    pub writers: Vec<WriterReport>,
     /// Entries at the end of the trace: what `len(m)` returned then.
     pub live: u64,
     /// Most entries seen at once.
@@ -151,6 +154,32 @@ pub struct MapReport {
     pub unsettled: u64,
 }
 
+/// One stack that wrote to a map, and what its sampled operations did.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WriterReport {
+    /// The first frame of the stack outside the runtime: the program's own write.
+    pub site: Option<Location>,
+    /// The whole stack, innermost first, inlined calls expanded.
+    pub stack: Vec<Location>,
+    /// Sampled assigns with this stack that added a key.
+    pub inserts: u64,
+    /// Sampled deletes with this stack that removed a key.
+    pub deletes: u64,
+}
+
+impl MapReport {
+    /// The site of the writer whose sampled operations changed the map most, the earliest on
+    /// a tie (see [`crate::writers::Writers::main`]): where to look for a map whose creation
+    /// was not seen.
+    pub fn main_writer_site(&self) -> Option<&Location> {
+        self.writers
+            .iter()
+            .rev()
+            .max_by_key(|writer| writer.inserts.saturating_add(writer.deletes))
+            .and_then(|writer| writer.site.as_ref())
+    }
+}
+
 /// A map with a verdict, with what a person needs to act on it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Suspect {
@@ -163,6 +192,8 @@ pub struct Suspect {
     pub map_type: Option<String>,
     /// Where it was created.
     pub site: Option<Location>,
+    /// When its creation was not seen: where the program writes to it most.
+    pub written_at: Option<Location>,
     /// Entries at the end.
     pub live: u64,
     /// Most entries at once.
@@ -173,11 +204,23 @@ pub struct Suspect {
     pub est_bytes: Option<u64>,
 }
 
+/// What a site row groups its maps by.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteKind {
+    /// The line that created the maps (or `null`: neither creation nor a write stack seen).
+    Creation,
+    /// The line that writes most to maps whose creation was not seen.
+    Writer,
+}
+
 /// Maps created at one source line.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SiteReport {
     /// The creating line; `null` gathers maps whose creation was not seen.
     pub site: Option<Location>,
+    /// Whether `site` created the maps, or is the main writer of maps made before the trace.
+    pub by: SiteKind,
     /// Maps seen created there (released ones included).
     pub maps_created: u64,
     /// Of the maps from there, those not known released.
@@ -312,6 +355,20 @@ impl ReportContext<'_> {
 
     fn map(&self, model: &Model, record: &MapRecord) -> MapReport {
         let stack = self.stack(model, record.stack);
+        let writers = record
+            .writers
+            .list()
+            .iter()
+            .map(|writer| {
+                let stack = self.stack(model, Some(writer.stack));
+                WriterReport {
+                    site: site(&stack),
+                    stack,
+                    inserts: writer.inserts,
+                    deletes: writer.deletes,
+                }
+            })
+            .collect();
         let facts = self.type_facts(record);
         let estimate = |entries| {
             facts.map(|facts| {
@@ -350,6 +407,7 @@ impl ReportContext<'_> {
             unexplained: record.unexplained,
             unsettled: record.unsettled,
             stack,
+            writers,
         }
     }
 }
@@ -388,6 +446,10 @@ impl Report {
                     addr: map.addr.clone(),
                     map_type: map.map_type.clone(),
                     site: map.site.clone(),
+                    written_at: match map.site {
+                        Some(_) => None,
+                        None => map.main_writer_site().cloned(),
+                    },
                     live: map.live,
                     peak: map.peak,
                     growth_per_s: if window_s > 0.0 {
@@ -512,6 +574,17 @@ impl Report {
                 suspect.growth_per_s,
                 suspect.est_bytes.map_or("?".to_string(), human_bytes),
             );
+            if suspect.site.is_none() {
+                let _ = writeln!(
+                    text,
+                    "  {:<17} written at {}",
+                    "",
+                    suspect
+                        .written_at
+                        .as_ref()
+                        .map_or("(no write stack seen)".to_string(), Location::short),
+                );
+            }
         }
     }
 
@@ -527,6 +600,10 @@ impl Report {
                 .site
                 .as_ref()
                 .map_or("(creation not seen)".to_string(), Location::short);
+            let name = match site.by {
+                SiteKind::Creation => name,
+                SiteKind::Writer => format!("{name} (written)"),
+            };
             let _ = writeln!(
                 text,
                 "{:<56} {:>8} {:>9} {:>12} {:>10} {:>8}",
@@ -592,13 +669,19 @@ impl Report {
 }
 
 /// Aggregates maps by creation site: live maps and entries from the listed maps, created
-/// counts from the model's per-stack totals (which include unlisted released maps).
+/// counts from the model's per-stack totals (which include unlisted released maps). Maps
+/// whose creation was not seen are grouped by their main writer's site, when one was seen.
 fn sites(model: &Model, records: &[&MapRecord], maps: &[MapReport]) -> Vec<SiteReport> {
-    let mut by_site: HashMap<Option<Location>, SiteReport> = HashMap::new();
+    let mut by_site: HashMap<(Option<Location>, SiteKind), SiteReport> = HashMap::new();
     let mut counted_stacks: HashMap<Option<Location>, Vec<StackId>> = HashMap::new();
     for (record, map) in records.iter().zip(maps) {
-        let entry = by_site.entry(map.site.clone()).or_insert(SiteReport {
-            site: map.site.clone(),
+        let (site, by) = match (&map.site, map.main_writer_site()) {
+            (None, Some(writer)) => (Some(writer.clone()), SiteKind::Writer),
+            (site, _) => (site.clone(), SiteKind::Creation),
+        };
+        let entry = by_site.entry((site.clone(), by)).or_insert(SiteReport {
+            by,
+            site,
             maps_created: 0,
             live_maps: 0,
             live_entries: 0,
@@ -623,7 +706,7 @@ fn sites(model: &Model, records: &[&MapRecord], maps: &[MapReport]) -> Vec<SiteR
     sites.sort_by(|a, b| {
         (b.suspects, b.live_entries, b.maps_created)
             .cmp(&(a.suspects, a.live_entries, a.maps_created))
-            .then_with(|| a.site.cmp(&b.site))
+            .then_with(|| (&a.site, a.by).cmp(&(&b.site, b.by)))
     });
     sites
 }
@@ -819,6 +902,106 @@ mod tests {
         assert!(text.contains("SUSPECTS: none"));
         assert!(text.contains("main.newIndex (main.go:17)"));
         assert!(text.contains("0xc0000a0000"));
+    }
+
+    /// A map made before the trace, written by `main.fill` (line 70), that keeps growing.
+    fn written_before_the_trace() -> Report {
+        const WRITER: u64 = 0x40_5000;
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[..2].copy_from_slice(&[0x40_4000, 0x40_6000]);
+        for count in 10..14 {
+            model
+                .observe_create(&CreateEvent {
+                    event: event(kind::ASSIGN, count, count - 10),
+                    caller: WRITER,
+                    stack_len: 2,
+                    _pad: 0,
+                    stack,
+                })
+                .unwrap();
+        }
+        model.observe(&event(kind::ASSIGN, 14, 4)).unwrap();
+        model.settle_words(MAP, [15, 7]);
+        let mut resolved = resolved();
+        let frame = |function: &str, line| SourceFrame {
+            function: function.into(),
+            file: "/src/app/main.go".into(),
+            line,
+        };
+        resolved
+            .frames
+            .insert(0x40_4000, vec![frame("runtime.mapassign_fast64", 200)]);
+        resolved.frames.insert(WRITER, vec![frame("main.fill", 70)]);
+        resolved
+            .frames
+            .insert(0x40_6000, vec![frame("main.main", 90)]);
+        let context = ReportContext {
+            target: TargetInfo {
+                pid: 42,
+                exe: "/srv/app".into(),
+                go_version: "go1.24.11".into(),
+                exited: false,
+            },
+            window: Window {
+                start_ns: 1_000_000_000,
+                end_ns: 3_000_000_000,
+            },
+            lost: 0,
+            implementation: MapImplementation::Swiss,
+            thresholds: Thresholds {
+                leak_min_growth: 5,
+                ..Thresholds::default()
+            },
+            sample_one_in: 0,
+            resolved: &resolved,
+        };
+        Report::new(&model, &context)
+    }
+
+    #[test]
+    fn maps_made_before_the_trace_are_located_by_their_writers() {
+        let report = written_before_the_trace();
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let map = &json["maps"][0];
+        assert_eq!(map["created"], false);
+        assert!(map["site"].is_null());
+        let writers = map["writers"].as_array().unwrap();
+        assert_eq!(writers.len(), 1, "{writers:#?}");
+        assert_eq!(writers[0]["site"]["function"], "main.fill");
+        assert_eq!(writers[0]["site"]["line"], 70);
+        assert_eq!(writers[0]["stack"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            (
+                writers[0]["inserts"].as_u64(),
+                writers[0]["deletes"].as_u64()
+            ),
+            (Some(4), Some(0))
+        );
+        assert_eq!(map["inserts"], 5);
+
+        let suspect = &json["verdicts"][0];
+        assert_eq!(suspect["verdict"], "never-released");
+        assert_eq!(suspect["written_at"]["line"], 70);
+        let site = &json["sites"][0];
+        assert_eq!(
+            (site["by"].as_str(), site["site"]["line"].as_u64()),
+            (Some("writer"), Some(70))
+        );
+        assert_eq!(
+            (site["live_maps"].as_u64(), site["maps_created"].as_u64()),
+            (Some(1), Some(0))
+        );
+
+        let text = report.render_text(10);
+        assert!(text.contains("created before the trace"), "{text}");
+        assert!(text.contains("written at main.fill (main.go:70)"), "{text}");
+        assert!(text.contains("main.fill (main.go:70) (written)"), "{text}");
+
+        // A created map's site row says so.
+        let json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["sites"][0]["by"], "creation");
+        assert!(json["verdicts"].as_array().unwrap().is_empty());
     }
 
     #[test]
