@@ -469,7 +469,9 @@ impl Model {
         let mut stack = Vec::with_capacity(frames.len() + 1);
         if let Some((probed, callers)) = frames.split_first() {
             stack.push(*probed);
-            if create.caller != 0 {
+            // Recent kernels add the return address themselves when a probe sits on a
+            // function's `PUSH BP` (a write probe on Go 1.21+): it must not appear twice.
+            if create.caller != 0 && callers.first() != Some(&create.caller) {
                 stack.push(create.caller);
             }
             stack.extend_from_slice(callers);
@@ -1348,6 +1350,13 @@ mod tests {
         );
         // Writer stacks count no creation.
         assert_eq!(model.stack_totals(0).created, 0);
+
+        // When the kernel's walk already has the direct caller, it is not added twice.
+        let mut walked = written(kind::ASSIGN, 11, 7, 0x2000);
+        walked.stack[..3].copy_from_slice(&[0x1000, 0x2000, 0x9000]);
+        walked.stack_len = 3;
+        model.observe_create(&walked).unwrap();
+        assert_eq!(model.stacks().len(), 2);
     }
 
     #[test]
