@@ -171,6 +171,7 @@ verdict_tests! {
     verdicts_go1_24: "1.24.11";
     verdicts_go1_24_classic: "1.24.11", "GOEXPERIMENT" = "noswissmap";
     verdicts_go1_25: "1.25.5";
+    verdicts_go1_25_classic: "1.25.5", "GOEXPERIMENT" = "noswissmap";
     verdicts_go1_26: "1.26.6";
     verdicts_go1_27: "1.27.3";
 }
