@@ -30,6 +30,9 @@
 //! Released maps are kept individually up to [`Limits::released_maps`], then only counted,
 //! so that a program creating a map per request cannot grow the tracer without bound.
 //!
+//! Some writes carry their writer's call stack, interned with the creation stacks; each map
+//! keeps a short list of them ([`crate::writers`]), which locates maps made before the trace.
+//!
 //! The observation window ends with [`Model::freeze`]: events that happen after it only settle
 //! the operations still pending, so that a busy map's last operation is classified by the next
 //! one, exactly as during the window. [`Model::settle`] does the same with a header read from
@@ -505,8 +508,8 @@ impl Model {
         result
     }
 
-    /// Applies one raw ring-buffer record, a creation or an operation by its size; a record
-    /// of neither size is counted in [`Model::malformed`].
+    /// Applies one raw ring-buffer record, a creation (or a write with its writer's stack) or
+    /// an operation by its size; a record of neither size is counted in [`Model::malformed`].
     pub fn observe_record(&mut self, record: &[u8]) {
         // An unknown kind is counted by `observe`.
         let _ = match record.len() {
