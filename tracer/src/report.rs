@@ -169,12 +169,13 @@ pub struct WriterReport {
 
 impl MapReport {
     /// The site of the writer whose sampled operations changed the map most, the earliest on
-    /// a tie (see [`crate::writers::Writers::main`]): where to look for a map whose creation
-    /// was not seen.
+    /// a tie (see [`crate::writers::Writers::main`]), among writers whose stack reaches the
+    /// program's own code: where to look for a map whose creation was not seen.
     pub fn main_writer_site(&self) -> Option<&Location> {
         self.writers
             .iter()
             .rev()
+            .filter(|writer| writer.site.is_some())
             .max_by_key(|writer| writer.inserts.saturating_add(writer.deletes))
             .and_then(|writer| writer.site.as_ref())
     }
