@@ -175,16 +175,18 @@ pub struct MapEvent {
 /// decoder's frames to the program's own code.
 pub const STACK_DEPTH: usize = 32;
 
-/// A map creation or clone: the event, plus the call stack that says where in the program
-/// it happened.
+/// A map creation or clone, or a sampled write (see [`writers`]): the event, plus the call
+/// stack that says where in the program it happened.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateEvent {
-    /// The observation of the new map (kind [`kind::CREATE`] or [`kind::CLONE`]).
+    /// The observation of the new map (kind [`kind::CREATE`] or [`kind::CLONE`]), or of the
+    /// written map (kind [`kind::ASSIGN`] or [`kind::DELETE`]).
     pub event: MapEvent,
     /// The return address into the constructor's direct caller, read at `[SP]` by a probe on
     /// a `RET`, where the frame-pointer walk no longer sees that frame; 0 when `stack` is
-    /// complete.
+    /// complete. Write probes, which fire before the callee pushes its frame, read it the
+    /// same way.
     pub caller: u64,
     /// How many entries of `stack` are valid.
     pub stack_len: u32,
@@ -305,6 +307,9 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` count of events dropped because the ring buffer was full.
     pub const LOST: &str = "LOST";
+    /// LRU hash: map address → writes seen (`u32`), which decides the writes that carry a
+    /// stack (see [`super::writers`]).
+    pub const WRITERS: &str = "WRITERS";
 }
 
 /// Names of the BPF programs, one per probe kind.
@@ -329,6 +334,30 @@ pub mod programs {
     /// Does nothing: attached at every site instead of the real programs, it measures the
     /// cost of the uprobe itself (`gomaptrace --floor`, used by `cargo xtask bench`).
     pub const FLOOR: &str = "floor";
+}
+
+/// Which writes to a map carry the call stack of the code that writes (a "writer stack"), so
+/// that a map whose creation was not seen can still be found in the program's source.
+///
+/// The BPF side keeps one counter per map address (an LRU hash of [`writers::MAPS`] entries)
+/// and sends the write with a stack, as a [`CreateEvent`] of kind [`kind::ASSIGN`] or
+/// [`kind::DELETE`], when [`writers::sampled`] says so: the first [`writers::FIRST_WRITES`]
+/// writes of a map, then one in [`writers::SAMPLE_EVERY`]. A creation (or clone) probe starts
+/// its map's counter at [`writers::FIRST_WRITES`], so maps whose creation was seen (per-request
+/// maps above all) only pay the sparse sample.
+pub mod writers {
+    /// Map addresses whose writes are counted at once; the least recently written go first.
+    pub const MAPS: u32 = 32_768;
+    /// Writes of a map seen before its creation that all carry a stack.
+    pub const FIRST_WRITES: u32 = 4;
+    /// After the first writes, one write in this many (a power of two) carries a stack.
+    pub const SAMPLE_EVERY: u32 = 1024;
+
+    /// Whether the write that finds the map's counter at `seen` carries a stack.
+    #[inline(always)]
+    pub const fn sampled(seen: u32) -> bool {
+        seen < FIRST_WRITES || seen & (SAMPLE_EVERY - 1) == 0
+    }
 }
 
 /// Ring buffer size in bytes: a power of two multiple of the page size. 16 MiB holds about
@@ -363,6 +392,15 @@ mod tests {
             seed_from_word(0x1234_5678_9abc_def0, seed_shift::SWISS),
             0x9abc_def0
         );
+    }
+
+    #[test]
+    fn writes_carry_stacks_first_then_sparsely() {
+        let sampled: [bool; 6] = [0, 3, 4, 1023, 1024, 2048].map(writers::sampled);
+        assert_eq!(sampled, [true, true, false, false, true, true]);
+        assert!(writers::SAMPLE_EVERY.is_power_of_two());
+        // A map seen created starts past its first writes.
+        assert!(!writers::sampled(writers::FIRST_WRITES));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{emit::EmitError, entry::observe_entry};
+use crate::{emit::EmitError, writers::observe_write};
 
 #[uprobe]
 pub fn map_assign(ctx: ProbeContext) -> u32 {
@@ -15,5 +15,5 @@ pub fn map_assign(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_assign(ctx: &ProbeContext) -> Result<(), EmitError> {
-    observe_entry(ctx, kind::ASSIGN)
+    observe_write(ctx, kind::ASSIGN)
 }

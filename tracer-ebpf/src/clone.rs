@@ -9,7 +9,7 @@ use tracer_common::kind;
 
 use crate::{
     emit::{emit_create, EmitError, Observation},
-    go_abi,
+    go_abi, writers,
 };
 
 #[uprobe]
@@ -20,9 +20,11 @@ pub fn map_clone_ret(ctx: ProbeContext) -> u32 {
 
 fn try_map_clone_ret(ctx: &ProbeContext) -> Result<(), EmitError> {
     let caller = go_abi::return_address(ctx);
+    let map = go_abi::first_result(ctx);
+    writers::mark_created(map);
     let observation = Observation {
         kind: kind::CLONE,
-        map: go_abi::first_result(ctx),
+        map,
         map_type: 0,
         key_hash: None,
     };

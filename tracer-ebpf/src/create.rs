@@ -13,7 +13,7 @@ use tracer_common::{cookie, kind, FLAG_SEED_PENDING};
 
 use crate::{
     emit::{emit_create, EmitError, Observation},
-    go_abi,
+    go_abi, writers,
 };
 
 #[uprobe]
@@ -32,6 +32,7 @@ fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
     } else {
         (go_abi::first_result(ctx), go_abi::return_address(ctx), 0)
     };
+    writers::mark_created(map);
     let observation = Observation {
         kind: kind::CREATE,
         map,

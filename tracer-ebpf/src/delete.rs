@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{emit::EmitError, entry::observe_entry};
+use crate::{emit::EmitError, writers::observe_write};
 
 #[uprobe]
 pub fn map_delete(ctx: ProbeContext) -> u32 {
@@ -17,5 +17,5 @@ pub fn map_delete(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_delete(ctx: &ProbeContext) -> Result<(), EmitError> {
-    observe_entry(ctx, kind::DELETE)
+    observe_write(ctx, kind::DELETE)
 }

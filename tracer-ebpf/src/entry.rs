@@ -13,13 +13,19 @@ use crate::{
 /// Records an entry into a map function of `kind`.
 #[inline(always)]
 pub fn observe_entry(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
+    emit(read_entry(ctx, kind))
+}
+
+/// What an entry into a map function of `kind` sees, before it becomes a record.
+#[inline(always)]
+pub fn read_entry(ctx: &ProbeContext, kind: u8) -> Observation {
     let cookie = go_abi::cookie(ctx);
     let arguments = Arguments::read(ctx);
     let map_type = arguments.get(cookie::map_type(cookie));
-    emit(Observation {
+    Observation {
         kind,
         map: arguments.get(cookie::map(cookie)),
         map_type,
         key_hash: sampled_key_hash(cookie::key(cookie), &arguments, map_type),
-    })
+    }
 }

@@ -21,6 +21,7 @@ mod grow;
 mod hash_grow;
 mod key_hash;
 mod prune;
+mod writers;
 
 #[cfg(not(test))]
 #[panic_handler]

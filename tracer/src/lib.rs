@@ -25,3 +25,4 @@ pub mod session;
 pub mod target;
 pub mod trend;
 pub mod verdict;
+pub mod writers;

@@ -30,6 +30,9 @@
 //! Released maps are kept individually up to [`Limits::released_maps`], then only counted,
 //! so that a program creating a map per request cannot grow the tracer without bound.
 //!
+//! Some writes carry their writer's call stack, interned with the creation stacks; each map
+//! keeps a short list of them ([`crate::writers`]), which locates maps made before the trace.
+//!
 //! The observation window ends with [`Model::freeze`]: events that happen after it only settle
 //! the operations still pending, so that a busy map's last operation is classified by the next
 //! one, exactly as during the window. [`Model::settle`] does the same with a header read from
@@ -45,6 +48,7 @@ use tracer_common::{
 
 use crate::plan::MapImplementation;
 use crate::trend::Series;
+use crate::writers::{self, Writers};
 
 /// An operation whose effect is only known once the map's count is seen again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +147,8 @@ pub struct MapRecord {
     pub log2_buckets: u8,
     /// Its entry count over time, for the leak verdict's trend (constant size per map).
     pub series: Series,
+    /// Stacks of the code that wrote to it, from the sampled writes that carried one.
+    pub writers: Writers,
     seed: u32,
     seed_pending: bool,
     pending: Option<Pending>,
@@ -174,6 +180,7 @@ impl MapRecord {
             stack: None,
             log2_buckets: 0,
             series: Series::new(now_ns, header.count),
+            writers: Writers::default(),
             seed: header.seed,
             seed_pending: false,
             pending: None,
@@ -209,6 +216,7 @@ impl MapRecord {
     /// Accounts for the pending operation now that the header reads `observed`, and says
     /// what happened to the sampled key it carried (and when the operation ran).
     fn resolve(&mut self, observed: Header) -> Option<(KeyChange, u64)> {
+        let (inserts, deletes) = (self.inserts, self.deletes);
         self.settle_growth(observed);
         self.log2_buckets = self.log2_buckets.max(observed.log2_buckets);
         let count = observed.count;
@@ -245,6 +253,8 @@ impl MapRecord {
         if !explained {
             self.unexplained += 1;
         }
+        self.writers
+            .resolve(self.inserts - inserts, self.deletes - deletes);
         self.live = count;
         self.series.record(at_ns, count);
         self.seed = observed.seed;
@@ -300,6 +310,7 @@ impl MapRecord {
     /// longer be observed.
     fn abandon(&mut self) {
         self.growth = None;
+        self.writers.abandon();
         if self.pending.take().is_some() {
             self.unsettled += 1;
         }
@@ -492,18 +503,28 @@ impl Model {
         self.observe_with_stack(event, None)
     }
 
-    /// Applies one creation, interning its call stack.
+    /// Applies one creation, or one write with its writer's stack (kind `ASSIGN` or
+    /// `DELETE`), interning its call stack.
     pub fn observe_create(&mut self, create: &CreateEvent) -> Result<(), ModelError> {
         let frames = &create.stack[..create.stack_len as usize];
         let mut stack = Vec::with_capacity(frames.len() + 1);
         if let Some((probed, callers)) = frames.split_first() {
             stack.push(*probed);
-            if create.caller != 0 {
+            // Recent kernels add the return address themselves when a probe sits on a
+            // function's `PUSH BP` (a write probe on Go 1.21+): it must not appear twice.
+            if create.caller != 0 && callers.first() != Some(&create.caller) {
                 stack.push(create.caller);
             }
             stack.extend_from_slice(callers);
         }
-        let id = (!stack.is_empty()).then(|| self.intern(stack));
+        let write = matches!(create.event.kind, kind::ASSIGN | kind::DELETE);
+        let id = if stack.is_empty() {
+            None
+        } else if write {
+            self.intern_writer(stack)
+        } else {
+            Some(self.intern(stack))
+        };
         self.observe_with_stack(&create.event, id)
     }
 
@@ -529,8 +550,8 @@ impl Model {
         result
     }
 
-    /// Applies one raw ring-buffer record, a creation or an operation by its size; a record
-    /// of neither size is counted in [`Model::malformed`].
+    /// Applies one raw ring-buffer record, a creation (or a write with its writer's stack) or
+    /// an operation by its size; a record of neither size is counted in [`Model::malformed`].
     pub fn observe_record(&mut self, record: &[u8]) {
         // An unknown kind is counted by `observe`.
         let _ = match record.len() {
@@ -553,6 +574,14 @@ impl Model {
         self.stacks.push(stack.clone());
         self.stack_ids.insert(stack, id);
         id
+    }
+
+    /// Interns a writer stack unless the table is full (see [`writers::MAX_STACKS`]).
+    fn intern_writer(&mut self, stack: Vec<u64>) -> Option<StackId> {
+        match self.stack_ids.get(&stack) {
+            Some(&id) => Some(id),
+            None => (self.stacks.len() < writers::MAX_STACKS).then(|| self.intern(stack)),
+        }
     }
 
     fn apply(&mut self, event: &MapEvent, stack: Option<StackId>) -> Result<(), ModelError> {
@@ -603,6 +632,7 @@ impl Model {
             record.clears += 1;
         }
         record.pending = Some(operation);
+        record.writers.start(stack);
         let addr = event.map;
         self.follow_key(addr, change);
         self.note_type(addr, event.map_type);
@@ -1335,6 +1365,114 @@ mod tests {
         assert_eq!(model.stacks(), &[vec![0x1000, 0x2000, 0x3000]]);
         assert_eq!(model.stack_totals(0).created, 3);
         assert!(model.maps().iter().all(|map| map.stack == Some(0)));
+    }
+
+    /// A write of `kind` to `M` at `count` carrying a writer stack whose direct caller is
+    /// `caller`.
+    fn written(kind: u8, count: u64, at: u64, caller: u64) -> CreateEvent {
+        let mut stack = [0u64; tracer_common::STACK_DEPTH];
+        stack[..2].copy_from_slice(&[0x1000, 0x9000]);
+        CreateEvent {
+            event: event(kind, count, SEED, at),
+            caller,
+            stack_len: 2,
+            _pad: 0,
+            stack,
+        }
+    }
+
+    #[test]
+    fn writer_stacks_are_interned_and_credited_when_their_operation_resolves() {
+        let mut model = swiss();
+        model
+            .observe_create(&written(kind::ASSIGN, 10, 1, 0x2000))
+            .unwrap();
+        model.observe(&event(kind::ASSIGN, 11, SEED, 2)).unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, 12, 3, 0x2000))
+            .unwrap();
+        model
+            .observe_create(&written(kind::DELETE, 12, 4, 0x3000))
+            .unwrap();
+        // Deleting a missing key: listed, but credited nothing.
+        model
+            .observe_create(&written(kind::DELETE, 11, 5, 0x3000))
+            .unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, 11, 6, 0x2000))
+            .unwrap();
+        model.settle(M, header(11));
+        let map = only(&model);
+        assert!(!map.created && map.stack.is_none());
+        assert_eq!((map.inserts, map.overwrites, map.deletes), (2, 2, 1));
+        assert_eq!(map.unexplained, 0);
+        let writers: Vec<_> = map
+            .writers
+            .list()
+            .iter()
+            .map(|w| {
+                (
+                    model.stacks()[w.stack as usize].clone(),
+                    w.inserts,
+                    w.deletes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            writers,
+            vec![
+                (vec![0x1000, 0x2000, 0x9000], 1, 0),
+                (vec![0x1000, 0x3000, 0x9000], 0, 1),
+            ]
+        );
+        // Writer stacks count no creation.
+        assert_eq!(model.stack_totals(0).created, 0);
+
+        // When the kernel's walk already has the direct caller, it is not added twice.
+        let mut walked = written(kind::ASSIGN, 11, 7, 0x2000);
+        walked.stack[..3].copy_from_slice(&[0x1000, 0x2000, 0x9000]);
+        walked.stack_len = 3;
+        model.observe_create(&walked).unwrap();
+        assert_eq!(model.stacks().len(), 2);
+    }
+
+    #[test]
+    fn a_write_stack_whose_operation_is_never_settled_is_listed_uncredited() {
+        let mut model = swiss();
+        model
+            .observe_create(&written(kind::ASSIGN, 0, 1, 0x2000))
+            .unwrap();
+        model.abandon_pending();
+        let map = only(&model);
+        assert_eq!(map.unsettled, 1);
+        assert_eq!(map.writers.list().len(), 1);
+        assert_eq!(
+            (map.writers.list()[0].inserts, map.writers.list()[0].deletes),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn writer_stacks_stop_being_interned_when_the_table_is_full() {
+        let mut model = swiss();
+        for at in 0..crate::writers::MAX_STACKS as u64 {
+            model
+                .observe_create(&written(kind::ASSIGN, at, at, 0x10_0000 + at))
+                .unwrap();
+        }
+        assert_eq!(model.stacks().len(), crate::writers::MAX_STACKS);
+        let last = crate::writers::MAX_STACKS as u64;
+        // A known stack is still recognised; a new one is not kept.
+        model
+            .observe_create(&written(kind::ASSIGN, last, last, 0x10_0000))
+            .unwrap();
+        model
+            .observe_create(&written(kind::ASSIGN, last + 1, last + 1, 0x2000))
+            .unwrap();
+        assert_eq!(model.stacks().len(), crate::writers::MAX_STACKS);
+        let map = only(&model);
+        assert_eq!(map.inserts, last + 1);
+        assert_eq!(map.writers.list()[0].inserts, 2);
     }
 
     #[test]

@@ -24,7 +24,9 @@ use crate::verdict::{Thresholds, Window};
 /// First bytes of every recording; the version changes whenever the event format does.
 /// v2: growth split into kinds (`tracer_common::kind::HASH_GROW`, `PRUNE`); a v1 recording
 /// has no tombstone pruning in it and counts classic same-size growths as growth.
-const MAGIC: &[u8] = b"gomaptrace-recording-v2\n";
+/// v3: writes may carry their writer's stack (a `CreateEvent`-sized record of kind `ASSIGN`
+/// or `DELETE`); an older reader would take them for plain writes and drop the writers.
+const MAGIC: &[u8] = b"gomaptrace-recording-v3\n";
 const TAG_RECORD: u8 = 1;
 const TAG_NOTE: u8 = 2;
 /// No input is this large; a bigger length means a corrupt file, not an allocation to make.
@@ -375,7 +377,7 @@ pub fn replay(path: &Path) -> Result<Report, RecordingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{kind, MapEvent};
+    use tracer_common::{kind, CreateEvent, MapEvent, STACK_DEPTH};
 
     fn setup() -> Setup {
         Setup {
@@ -410,8 +412,25 @@ mod tests {
         bytes.to_vec()
     }
 
+    /// A write that carries its writer's stack, as the BPF side sends it.
+    fn written_bytes(kind: u8, count: u64, at: u64) -> Vec<u8> {
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[0] = 0x40_1000;
+        let mut event_bytes = event_bytes(kind, count, at);
+        event_bytes.extend_from_slice(&0x40_2000u64.to_ne_bytes());
+        event_bytes.extend_from_slice(&1u32.to_ne_bytes());
+        event_bytes.extend_from_slice(&0u32.to_ne_bytes());
+        for address in stack {
+            event_bytes.extend_from_slice(&address.to_ne_bytes());
+        }
+        assert_eq!(event_bytes.len(), CreateEvent::SIZE);
+        event_bytes
+    }
+
     fn run(recorder: Option<Recorder>) -> Report {
         let mut pipeline = Pipeline::new(setup(), recorder);
+        pipeline.record(&written_bytes(kind::ASSIGN, 0, 1_500));
+        pipeline.record(&event_bytes(kind::DELETE, 1, 1_600));
         for (at, count) in [(2_000, 0), (3_000, 1), (4_000, 2)] {
             pipeline.record(&event_bytes(kind::ASSIGN, count, at));
         }
@@ -435,7 +454,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("trace.gmt");
         let live = run(Some(Recorder::create(&path).unwrap()));
-        assert_eq!(live.maps[0].inserts, 3);
+        assert_eq!(live.maps[0].inserts, 4);
+        assert_eq!(live.maps[0].writers.len(), 1);
+        assert_eq!(live.maps[0].writers[0].inserts, 1);
         assert_eq!(live.maps[0].held_by, "main.sessions");
         assert_eq!((live.events.lost, live.events.malformed), (2, 1));
         let replayed = replay(&path).unwrap();
@@ -449,7 +470,11 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(matches!(replay(&path), Err(RecordingError::Corrupt { .. })));
-        for foreign in [&b"hello"[..], b"gomaptrace-recording-v1\n"] {
+        for foreign in [
+            &b"hello"[..],
+            b"gomaptrace-recording-v1\n",
+            b"gomaptrace-recording-v2\n",
+        ] {
             std::fs::write(&path, foreign).unwrap();
             assert!(matches!(
                 replay(&path),

@@ -116,6 +116,9 @@ pub struct MapReport {
     pub site: Option<Location>,
     /// The creation stack, innermost first, inlined calls expanded.
     pub stack: Vec<Location>,
+    /// Where the program writes to it, from the sampled writes that carried a stack (the
+    /// first writes of maps made before the trace, then one write in 1024): at most 8.
+    pub writers: Vec<WriterReport>,
     /// Entries at the end of the trace: what `len(m)` returned then.
     pub live: u64,
     /// Most entries seen at once.
@@ -170,6 +173,33 @@ pub struct MapReport {
     pub unsettled: u64,
 }
 
+/// One stack that wrote to a map, and what its sampled operations did.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WriterReport {
+    /// The first frame of the stack outside the runtime: the program's own write.
+    pub site: Option<Location>,
+    /// The whole stack, innermost first, inlined calls expanded.
+    pub stack: Vec<Location>,
+    /// Sampled assigns with this stack that added a key.
+    pub inserts: u64,
+    /// Sampled deletes with this stack that removed a key.
+    pub deletes: u64,
+}
+
+impl MapReport {
+    /// The site of the writer whose sampled operations changed the map most, the earliest on
+    /// a tie (see [`crate::writers::Writers::main`]), among writers whose stack reaches the
+    /// program's own code: where to look for a map whose creation was not seen.
+    pub fn main_writer_site(&self) -> Option<&Location> {
+        self.writers
+            .iter()
+            .rev()
+            .filter(|writer| writer.site.is_some())
+            .max_by_key(|writer| writer.inserts.saturating_add(writer.deletes))
+            .and_then(|writer| writer.site.as_ref())
+    }
+}
+
 /// A map with a verdict, with what a person needs to act on it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Suspect {
@@ -184,6 +214,8 @@ pub struct Suspect {
     pub site: Option<Location>,
     /// What holds it (see [`MapReport::held_by`]).
     pub held_by: String,
+    /// When its creation was not seen: where the program writes to it most.
+    pub written_at: Option<Location>,
     /// Entries at the end.
     pub live: u64,
     /// Most entries at once.
@@ -198,11 +230,23 @@ pub struct Suspect {
     pub est_bytes: Option<u64>,
 }
 
+/// What a site row groups its maps by.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteKind {
+    /// The line that created the maps (or `null`: neither creation nor a write stack seen).
+    Creation,
+    /// The line that writes most to maps whose creation was not seen.
+    Writer,
+}
+
 /// Maps created at one source line.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SiteReport {
     /// The creating line; `null` gathers maps whose creation was not seen.
     pub site: Option<Location>,
+    /// Whether `site` created the maps, or is the main writer of maps made before the trace.
+    pub by: SiteKind,
     /// Maps seen created there (released ones included).
     pub maps_created: u64,
     /// Of the maps from there, those not known released.
@@ -364,6 +408,20 @@ impl ReportContext<'_> {
 
     fn map(&self, model: &Model, record: &MapRecord) -> MapReport {
         let stack = self.stack(model, record.stack);
+        let writers = record
+            .writers
+            .list()
+            .iter()
+            .map(|writer| {
+                let stack = self.stack(model, Some(writer.stack));
+                WriterReport {
+                    site: site(&stack),
+                    stack,
+                    inserts: writer.inserts,
+                    deletes: writer.deletes,
+                }
+            })
+            .collect();
         let facts = self.type_facts(record);
         let estimate = |entries| {
             facts
@@ -409,6 +467,7 @@ impl ReportContext<'_> {
             unexplained: record.unexplained,
             unsettled: record.unsettled,
             stack,
+            writers,
         }
     }
 }
@@ -456,6 +515,10 @@ impl Report {
                     map_type: map.map_type.clone(),
                     site: map.site.clone(),
                     held_by: map.held_by.clone(),
+                    written_at: match map.site {
+                        Some(_) => None,
+                        None => map.main_writer_site().cloned(),
+                    },
                     live: map.live,
                     peak: map.peak,
                     growth_per_s: map.growth_per_s,
@@ -590,6 +653,17 @@ impl Report {
             if suspect.held_by != UNKNOWN_HOLDER {
                 let _ = writeln!(text, "  {:<17} held by {}", "", suspect.held_by);
             }
+            if suspect.site.is_none() {
+                let _ = writeln!(
+                    text,
+                    "  {:<17} written at {}",
+                    "",
+                    suspect
+                        .written_at
+                        .as_ref()
+                        .map_or("(no write stack seen)".to_string(), Location::short),
+                );
+            }
         }
     }
 
@@ -605,6 +679,10 @@ impl Report {
                 .site
                 .as_ref()
                 .map_or("(creation not seen)".to_string(), Location::short);
+            let name = match site.by {
+                SiteKind::Creation => name,
+                SiteKind::Writer => format!("{name} (written)"),
+            };
             let _ = writeln!(
                 text,
                 "{:<56} {:>8} {:>9} {:>12} {:>10} {:>8}",
@@ -670,18 +748,24 @@ impl Report {
 }
 
 /// Aggregates maps by creation site: live maps and entries from the listed maps, created
-/// counts from the model's per-stack totals (which include unlisted released maps).
+/// counts from the model's per-stack totals (which include unlisted released maps). Maps
+/// whose creation was not seen are grouped by their main writer's site, when one was seen.
 fn sites(
     model: &Model,
     context: &ReportContext<'_>,
     records: &[&MapRecord],
     maps: &[MapReport],
 ) -> Vec<SiteReport> {
-    let mut by_site: HashMap<Option<Location>, SiteReport> = HashMap::new();
+    let mut by_site: HashMap<(Option<Location>, SiteKind), SiteReport> = HashMap::new();
     let mut counted_stacks: HashMap<Option<Location>, Vec<StackId>> = HashMap::new();
     for (record, map) in records.iter().zip(maps) {
-        let entry = by_site.entry(map.site.clone()).or_insert(SiteReport {
-            site: map.site.clone(),
+        let (site, by) = match (&map.site, map.main_writer_site()) {
+            (None, Some(writer)) => (Some(writer.clone()), SiteKind::Writer),
+            (site, _) => (site.clone(), SiteKind::Creation),
+        };
+        let entry = by_site.entry((site.clone(), by)).or_insert(SiteReport {
+            by,
+            site,
             maps_created: 0,
             live_maps: 0,
             live_entries: 0,
@@ -713,7 +797,7 @@ fn sites(
     sites.sort_by(|a, b| {
         (b.suspects, b.live_entries, b.maps_created)
             .cmp(&(a.suspects, a.live_entries, a.maps_created))
-            .then_with(|| a.site.cmp(&b.site))
+            .then_with(|| (&a.site, a.by).cmp(&(&b.site, b.by)))
     });
     sites
 }
@@ -905,6 +989,7 @@ mod tests {
             map_type: None,
             site: None,
             held_by: held_by.into(),
+            written_at: None,
             live: 2,
             peak: 2,
             growth_per_s: 1.0,
@@ -948,6 +1033,112 @@ mod tests {
         assert!(text.contains("SUSPECTS: none"));
         assert!(text.contains("main.newIndex (main.go:17)"));
         assert!(text.contains("0xc0000a0000"));
+    }
+
+    /// A map made before the trace, written by `main.fill` (line 70), that keeps growing.
+    fn written_before_the_trace() -> Report {
+        const WRITER: u64 = 0x40_5000;
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[..2].copy_from_slice(&[0x40_4000, 0x40_6000]);
+        // One insert every 45 ms across the 2 s window; the first four carry a stack.
+        let at = |count: u64| MapEvent {
+            ktime_ns: 1_000_000_000 + (count - 10) * 45_000_000,
+            ..event(kind::ASSIGN, count, 0)
+        };
+        for count in 10..14 {
+            model
+                .observe_create(&CreateEvent {
+                    event: at(count),
+                    caller: WRITER,
+                    stack_len: 2,
+                    _pad: 0,
+                    stack,
+                })
+                .unwrap();
+        }
+        for count in 14..54 {
+            model.observe(&at(count)).unwrap();
+        }
+        model.freeze(3_000_000_000);
+        model.settle_words(MAP, [54, 7]);
+        let mut resolved = resolved();
+        let frame = |function: &str, line| SourceFrame {
+            function: function.into(),
+            file: "/src/app/main.go".into(),
+            line,
+        };
+        resolved
+            .frames
+            .insert(0x40_4000, vec![frame("runtime.mapassign_fast64", 200)]);
+        resolved.frames.insert(WRITER, vec![frame("main.fill", 70)]);
+        resolved
+            .frames
+            .insert(0x40_6000, vec![frame("main.main", 90)]);
+        let context = ReportContext {
+            target: TargetInfo {
+                pid: 42,
+                exe: "/srv/app".into(),
+                go_version: "go1.24.11".into(),
+                exited: false,
+                peak_rss_bytes: None,
+            },
+            window: Window {
+                start_ns: 1_000_000_000,
+                end_ns: 3_000_000_000,
+            },
+            lost: 0,
+            implementation: MapImplementation::Swiss,
+            thresholds: Thresholds::default(),
+            sample_one_in: 0,
+            resolved: &resolved,
+        };
+        Report::new(&model, &context)
+    }
+
+    #[test]
+    fn maps_made_before_the_trace_are_located_by_their_writers() {
+        let report = written_before_the_trace();
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let map = &json["maps"][0];
+        assert_eq!(map["created"], false);
+        assert!(map["site"].is_null());
+        let writers = map["writers"].as_array().unwrap();
+        assert_eq!(writers.len(), 1, "{writers:#?}");
+        assert_eq!(writers[0]["site"]["function"], "main.fill");
+        assert_eq!(writers[0]["site"]["line"], 70);
+        assert_eq!(writers[0]["stack"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            (
+                writers[0]["inserts"].as_u64(),
+                writers[0]["deletes"].as_u64()
+            ),
+            (Some(4), Some(0))
+        );
+        assert_eq!(map["inserts"], 44, "{map}");
+
+        let suspect = &json["verdicts"][0];
+        assert_eq!(suspect["verdict"], "never-released");
+        assert_eq!(suspect["written_at"]["line"], 70);
+        let site = &json["sites"][0];
+        assert_eq!(
+            (site["by"].as_str(), site["site"]["line"].as_u64()),
+            (Some("writer"), Some(70))
+        );
+        assert_eq!(
+            (site["live_maps"].as_u64(), site["maps_created"].as_u64()),
+            (Some(1), Some(0))
+        );
+
+        let text = report.render_text(10);
+        assert!(text.contains("created before the trace"), "{text}");
+        assert!(text.contains("written at main.fill (main.go:70)"), "{text}");
+        assert!(text.contains("main.fill (main.go:70) (written)"), "{text}");
+
+        // A created map's site row says so.
+        let json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["sites"][0]["by"], "creation");
+        assert!(json["verdicts"].as_array().unwrap().is_empty());
     }
 
     #[test]
