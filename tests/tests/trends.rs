@@ -10,7 +10,8 @@ use integration_tests::{build, map_at, report_path, trace_ground_truth, Flavor, 
 
 /// Each map of the fixture, whether it leaks, and the rate it was written to grow at
 /// (entries per second; the fixture's sleeps make the real rate a little lower).
-const EXPECTED: [(&str, bool, f64); 7] = [
+const EXPECTED: [(&str, bool, f64); 8] = [
+    ("startup", true, 20.0),
     ("slow", true, 20.0),
     ("evicting", true, 20.0),
     ("ten-per-second", true, 10.0),
@@ -49,7 +50,11 @@ fn trends_are_judged(version: &str, env: &[(&str, &str)], test: &str) {
             "{name}: {growth}/s, written at {rate}/s (less when its sleeps overshoot): {map}"
         );
         let window_s = map["confidence"]["window_s"].as_f64().unwrap();
-        let net = truth.number("len") as f64;
+        let initial = truth
+            .fields
+            .get("initial")
+            .map_or(0, |_| truth.number("initial"));
+        let net = (truth.number("len") - initial) as f64;
         assert!(
             (growth - net / window_s).abs() < 1e-6 * growth,
             "{name}: made empty, so its rate is its len over its window: {map}"
@@ -74,9 +79,22 @@ fn trends_are_judged(version: &str, env: &[(&str, &str)], test: &str) {
         assert_eq!(suspect["growth_per_s"], map["growth_per_s"]);
         assert_eq!(suspect["projected_growth_1h"], map["projected_growth_1h"]);
         assert_eq!(suspect["confidence"], map["confidence"]);
+        if truth.fields.contains_key("wrote") {
+            // Made in init(): located by the line that writes to it.
+            assert_eq!(map["created"], false, "{name}: {map}");
+            assert!(map["site"].is_null(), "{name}: {map}");
+            assert_eq!(
+                suspect["written_at"]["line"],
+                truth.number("wrote"),
+                "{name}: {suspect}"
+            );
+            assert_eq!(suspect["written_at"]["function"], "main.main", "{suspect}");
+        } else {
+            assert_eq!(map["created"], true, "{name}: {map}");
+        }
     }
     let suspects = report["verdicts"].as_array().unwrap();
-    assert_eq!(suspects.len(), 3, "{suspects:#?}");
+    assert_eq!(suspects.len(), 4, "{suspects:#?}");
 }
 
 macro_rules! trend_tests {
