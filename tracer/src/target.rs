@@ -150,6 +150,17 @@ impl Target {
             .find_map(|(start, offset)| Some(start.wrapping_sub(vaddr_of(offset)?)))
             .unwrap_or(0))
     }
+
+    /// Whether the executable's code is mapped yet: a freshly exec'd process names its
+    /// executable in `/proc/PID/exe` a moment before the exec maps it, and [`Self::load_bias`]
+    /// needs the mapping.
+    pub fn has_executable_mapping(&self) -> bool {
+        let exe = self.exe.to_string_lossy();
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).is_ok_and(|maps| {
+            maps.lines()
+                .any(|line| executable_mapping(line, &exe).is_some())
+        })
+    }
 }
 
 impl ReadMemory for Target {
