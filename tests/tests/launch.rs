@@ -173,7 +173,10 @@ fn launch_sees_init_maps(version: &str, flavor: Flavor) {
     let (status, rest, tail) = launch.finish();
     assert_eq!(status.code(), Some(7), "{stderr:#?} {rest:#?}");
     assert!(
-        stderr.iter().chain(&rest).all(|line| !line.contains("error")),
+        stderr
+            .iter()
+            .chain(&rest)
+            .all(|line| !line.contains("error")),
         "{stderr:#?} {rest:#?}"
     );
     stdout.extend(tail);
@@ -268,6 +271,31 @@ fn the_trace_ends_with_the_program_and_keeps_its_exit_code() {
     assert_init_maps_created(&report, &Truth::parse(&stdout));
 }
 
+/// A program that runs for a few milliseconds (its input is empty) is still read before its
+/// first instruction: a PIE's load bias, taken from its memory map, places every creation
+/// site at the right line although the program is gone long before the report.
+#[test]
+fn a_pie_that_exits_at_once_still_has_its_init_maps() {
+    let binary = build("initmaps", "1.24.11", Flavor::Pie, &[]);
+    let json = report_path("launch-exits-at-once");
+    let output = Command::new(tracer_bin())
+        .args(["--json", json.to_str().expect("utf-8 path"), "--"])
+        .arg(&binary)
+        .arg(EXIT_CODE)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gomaptrace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(7), "{stderr}");
+    let stdout: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let report = read_report(&json);
+    assert_eq!(report["target"]["exited"], true);
+    assert_init_maps_created(&report, &Truth::parse(&stdout));
+}
+
 /// Ctrl-C reaches the whole foreground process group: the program dies of it as it would
 /// untraced, gomaptrace outlives it, reports, and exits as a shell reports a death by SIGINT.
 #[test]
@@ -299,6 +327,38 @@ fn ctrl_c_stops_the_program_and_gomaptrace_reports() {
     assert_init_maps_created(&report, &Truth::parse(&stdout));
 }
 
+/// SIGTERM sent to gomaptrace alone (by a supervisor, `timeout`, `kill`) is passed on to the
+/// program, which dies of it as it would untraced; gomaptrace reports and exits as a shell
+/// reports a death by SIGTERM.
+#[test]
+fn sigterm_is_passed_on_to_the_program() {
+    let binary = build("initmaps", "1.21.13", Flavor::Plain, &[]);
+    let json = report_path("launch-sigterm");
+    let launch = Launch::start(
+        &[
+            "--json",
+            json.to_str().expect("utf-8 path"),
+            "--",
+            binary.to_str().expect("utf-8 path"),
+            EXIT_CODE,
+        ],
+        false,
+    );
+    let stdout = launch.ground_truth();
+    // SAFETY: kill with a pid we own and a valid signal number.
+    let sent = unsafe { libc::kill(launch.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(sent, 0, "cannot signal gomaptrace");
+    // The report comes once the program is gone; only then may its input end, or it could
+    // exit on its own first.
+    let mut stderr = launch.stderr.until(|line| line.starts_with("lost events"));
+    let (status, rest, _) = launch.finish();
+    stderr.extend(rest);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr:#?}");
+    let report = read_report(&json);
+    assert_eq!(report["target"]["exited"], true);
+    assert_init_maps_created(&report, &Truth::parse(&stdout));
+}
+
 /// Runs gomaptrace to completion with no input: (exit code, stderr lines).
 fn run_tracer(command: &mut Command) -> (Option<i32>, Vec<String>) {
     let output = command
@@ -316,7 +376,11 @@ fn run_tracer(command: &mut Command) -> (Option<i32>, Vec<String>) {
 /// containing `expected`, and checks that no process with that argument is left: neither
 /// the forked child waiting to exec nor the program.
 fn assert_launch_refused(wrapper: &[&str], program: &str, expected: &str) {
-    let marker = format!("gomaptrace-launch-test-{}-{}", std::process::id(), line_id());
+    let marker = format!(
+        "gomaptrace-launch-test-{}-{}",
+        std::process::id(),
+        line_id()
+    );
     let mut command = match wrapper.split_first() {
         Some((first, rest)) => {
             let mut command = Command::new(first);
@@ -407,7 +471,9 @@ fn pid_and_program_are_exclusive() {
         run_tracer(Command::new(tracer_bin()).args(["--pid", "1", "--", "/bin/true"]));
     assert_eq!(code, Some(2), "{stderr:#?}");
     assert!(
-        stderr.iter().any(|line| line.contains("cannot be used with")),
+        stderr
+            .iter()
+            .any(|line| line.contains("cannot be used with")),
         "{stderr:#?}"
     );
     let (code, stderr) = run_tracer(&mut Command::new(tracer_bin()));

@@ -6,8 +6,11 @@
 //! and attaches the uprobes to it, filtered on the child's pid: the kernel registers them on
 //! the binary's inode and installs the breakpoints when the exec maps the binary into the
 //! child, so they are in place before the Go runtime starts. [`Launched::release`] then lets
-//! the child exec, and waits until the new image is mapped before anything is read from
-//! `/proc/PID` (the load bias of a PIE only exists from then on).
+//! the child exec. The child asked to be traced just before (`PTRACE_TRACEME`), so the kernel
+//! stops it once the exec is complete, before the program's first instruction: gomaptrace
+//! reads `/proc/PID` then (the load bias of a PIE only exists from then on) and detaches at
+//! once. The program cannot exit before its memory map is read, however short it runs, and
+//! never sees a tracer.
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
@@ -15,14 +18,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use crate::target::Target;
-
-/// How long the exec may take to map the program once the child was released. An exec that
-/// passed its point of no return maps the binary in microseconds; this only bounds the wait
-/// when something else went wrong.
-const IMAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the program could not be started; each message is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -63,16 +60,17 @@ pub enum LaunchError {
         /// The exec's errno.
         source: io::Error,
     },
-    /// The child died before its new image could be read.
-    #[error("{program} (pid {pid}) exited before gomaptrace could read its memory map")]
+    /// The child died before it could be traced (killed before the exec, or exited before
+    /// its new image could be read).
+    #[error("{program} (pid {pid}) ended before it could be traced")]
     Vanished {
         /// The program as given.
         program: String,
         /// The child's pid.
         pid: u32,
     },
-    /// The exec never mapped the binary.
-    #[error("{program} (pid {pid}) did not map its binary within {IMAGE_TIMEOUT:?} of exec")]
+    /// After the exec, the program's binary could not be found in its memory map.
+    #[error("{program} (pid {pid}) does not show its binary in /proc/{pid}/maps after exec")]
     NoImage {
         /// The program as given.
         program: String,
@@ -260,16 +258,27 @@ impl Launched {
         &self.program
     }
 
-    /// Lets the child exec the program, waits until its binary is mapped and returns it as a
-    /// [`Target`], ready for `/proc/PID` reads (load bias, memory).
-    pub fn release(&mut self) -> Result<Target, LaunchError> {
+    /// Lets the child exec the program and returns it as a [`Target`] with its load bias
+    /// (see [`Target::load_bias`], which `vaddr_of` serves), both read while the program is
+    /// held at the end of its exec: a program that exits at once still has them.
+    pub fn release(
+        &mut self,
+        vaddr_of: impl Fn(u64) -> Option<u64>,
+    ) -> Result<(Target, u64), LaunchError> {
         let shown = self.program.shown.clone();
         let exec_error = |source| LaunchError::Exec {
             program: shown.clone(),
             source,
         };
+        let vanished = |pid| LaunchError::Vanished {
+            program: shown.clone(),
+            pid,
+        };
+        if !self.is_alive() {
+            return Err(vanished(self.pid));
+        }
         let start = self.start.take().expect("released once");
-        write_byte(&start).map_err(exec_error)?;
+        write_byte(&start).map_err(|_| vanished(self.pid))?;
         drop(start);
         let status = self.status.take().expect("released once");
         let errno = read_errno(&status).map_err(exec_error)?;
@@ -278,41 +287,55 @@ impl Launched {
             self.reap();
             return Err(exec_error(io::Error::from_raw_os_error(errno)));
         }
-        self.wait_for_image()
+        self.stop_at_exec(vaddr_of)
     }
 
-    /// Waits until `/proc/PID/exe` names the program and its code is mapped: the exec closes
-    /// the status pipe before it maps the new binary.
-    fn wait_for_image(&self) -> Result<Target, LaunchError> {
-        let expected = std::fs::canonicalize(&self.program.path).ok();
-        let deadline = Instant::now() + IMAGE_TIMEOUT;
-        for attempt in 0u32.. {
-            if let Ok(target) = Target::open(self.pid) {
-                let named = expected.as_ref().is_none_or(|path| target.exe() == path);
-                if named && target.has_executable_mapping() {
-                    return Ok(target);
+    /// Waits for the stop that ends the exec (the child asked to be traced, so the kernel
+    /// stops it before the program's first instruction), reads the new image as a
+    /// [`Target`] with its load bias, and lets the program go. Signals that stop the child on the way to the
+    /// exec are passed on to it.
+    fn stop_at_exec(
+        &mut self,
+        vaddr_of: impl Fn(u64) -> Option<u64>,
+    ) -> Result<(Target, u64), LaunchError> {
+        loop {
+            let mut status = 0;
+            // SAFETY: waits for our own child; `status` is a valid out-pointer.
+            let waited = unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
+            if waited != self.pid as i32 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
+                return Err(self.vanished());
             }
-            if !self.is_alive() {
-                return Err(LaunchError::Vanished {
-                    program: self.program.shown.clone(),
-                    pid: self.pid,
-                });
+            if !libc::WIFSTOPPED(status) {
+                self.state = State::Reaped;
+                return Err(self.vanished());
             }
-            if Instant::now() > deadline {
-                return Err(LaunchError::NoImage {
-                    program: self.program.shown.clone(),
-                    pid: self.pid,
-                });
-            }
-            // The mapping follows the exec within microseconds: spin first, then sleep.
-            if attempt < 1000 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            let signal = match libc::WSTOPSIG(status) {
+                libc::SIGTRAP => break,
+                other => other,
+            };
+            // SAFETY: our own stopped tracee; resumes it with the signal it stopped on.
+            unsafe { ptrace(libc::PTRACE_CONT, self.pid, signal as usize) };
         }
-        unreachable!("the loop only ends by returning")
+        let image = Target::open(self.pid).ok().and_then(|target| {
+            let bias = target.load_bias(vaddr_of).ok()?;
+            target.has_executable_mapping().then_some((target, bias))
+        });
+        // SAFETY: our own tracee, stopped: detaching resumes it, the exec's SIGTRAP dropped.
+        unsafe { ptrace(libc::PTRACE_DETACH, self.pid, 0) };
+        image.ok_or_else(|| LaunchError::NoImage {
+            program: self.program.shown.clone(),
+            pid: self.pid,
+        })
+    }
+
+    fn vanished(&self) -> LaunchError {
+        LaunchError::Vanished {
+            program: self.program.shown.clone(),
+            pid: self.pid,
+        }
     }
 
     /// Whether the child has not exited yet.
@@ -416,10 +439,32 @@ unsafe fn become_program(fds: ChildFds, path: &CStr, argv: &[*const libc::c_char
                 _ => libc::_exit(127),
             }
         }
-        libc::execv(path.as_ptr(), argv.as_ptr());
+        // Stopped by the kernel once the exec is complete, before the program's first
+        // instruction, until gomaptrace has read its memory map and detaches.
+        if ptrace(libc::PTRACE_TRACEME, 0, 0) == 0 {
+            libc::execv(path.as_ptr(), argv.as_ptr());
+        }
         let errno = (*libc::__errno_location()).to_ne_bytes();
         libc::write(fds.status_write, errno.as_ptr().cast(), errno.len());
         libc::_exit(127)
+    }
+}
+
+/// `ptrace(request, pid, NULL, data)`, with every variadic argument at the width the C
+/// library reads it at (a plain integer literal would leave the upper half of a pointer
+/// argument undefined).
+///
+/// # Safety
+/// As the request requires; async-signal-safe.
+unsafe fn ptrace(request: libc::c_uint, pid: u32, data: usize) -> libc::c_long {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        libc::ptrace(
+            request,
+            pid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            data as *mut libc::c_void,
+        )
     }
 }
 
@@ -481,4 +526,148 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just handed us this fd; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("gomaptrace-launch-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write_file(path: &Path, bytes: &[u8], mode: u32) {
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn program(name: &str, args: &[&str]) -> Program {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        Program::resolve(OsStr::new(name), &args).unwrap()
+    }
+
+    #[test]
+    fn names_are_found_in_path_like_a_shell_does() {
+        let dir = scratch("path");
+        let first = dir.join("first");
+        let second = dir.join("second");
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::create_dir_all(&second).unwrap();
+        write_file(&first.join("tool"), b"text", 0o644);
+        write_file(&second.join("tool"), b"#!/bin/sh\n", 0o755);
+        let search = format!("{}:{}", first.display(), second.display());
+        assert_eq!(
+            search_path(OsStr::new("tool"), OsStr::new(&search)),
+            Some(second.join("tool")),
+            "a file without execute permission is passed over"
+        );
+        assert_eq!(search_path(OsStr::new("other"), OsStr::new(&search)), None);
+        assert_eq!(
+            search_path(
+                OsStr::new("second"),
+                OsStr::new(&format!(":{}", dir.display()))
+            ),
+            None,
+            "a directory is not a program"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_program_that_cannot_run_is_a_clear_error() {
+        let dir = scratch("resolve");
+        let text = dir.join("notes.txt");
+        write_file(&text, b"notes", 0o644);
+        let error = Program::resolve(text.as_os_str(), &[]).unwrap_err();
+        assert!(
+            matches!(error, LaunchError::NotExecutable { .. }),
+            "{error}"
+        );
+        let error = Program::resolve(dir.join("missing").as_os_str(), &[]).unwrap_err();
+        assert!(
+            error.to_string().ends_with("missing: no such file"),
+            "{error}"
+        );
+        let error = Program::resolve(OsStr::new("gomaptrace-no-such-name"), &[]).unwrap_err();
+        assert!(error.to_string().ends_with("not found in PATH"), "{error}");
+        let error = Program::resolve(OsStr::new("/bin/sh"), &["a\0b".into()]).unwrap_err();
+        assert!(matches!(error, LaunchError::NulByte { .. }), "{error}");
+        let found = program("sh", &["-c", "true"]);
+        assert!(found.path().is_absolute(), "{found:?}");
+        assert_eq!(found.shown(), "sh");
+        assert_eq!(found.argv[0].to_bytes(), b"sh", "argv[0] as typed");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn exit_statuses_read_as_a_shell_reports_them() {
+        assert_eq!(shell_status(7 << 8), 7);
+        assert_eq!(shell_status(0), 0);
+        assert_eq!(shell_status(libc::SIGINT), 130);
+        assert_eq!(shell_status(libc::SIGKILL), 137);
+    }
+
+    fn gone(pid: u32) -> bool {
+        // SAFETY: signal 0 only checks that the pid exists.
+        unsafe { libc::kill(pid as i32, 0) != 0 }
+    }
+
+    #[test]
+    fn a_child_never_released_is_killed_and_reaped() {
+        let child = Launched::fork(program("/bin/sleep", &["60"])).unwrap();
+        let pid = child.pid();
+        assert!(!gone(pid), "the child waits");
+        drop(child);
+        assert!(gone(pid), "killed and reaped: not even a zombie is left");
+    }
+
+    #[test]
+    fn a_released_program_runs_and_its_status_is_kept() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut child = Launched::fork(program("/bin/sh", &["-c", "sleep 0.3; exit 3"])).unwrap();
+        let (target, bias) = child.release(Some).unwrap();
+        assert_ne!(bias, 0, "sh is position independent");
+        assert_eq!(target.pid(), child.pid());
+        assert_eq!(target.exe(), &std::fs::canonicalize("/bin/sh").unwrap());
+        assert!(target.has_executable_mapping());
+        assert_eq!(runtime.block_on(child.exited()).unwrap(), 3);
+        let pid = child.pid();
+        drop(child);
+        assert!(gone(pid));
+    }
+
+    #[test]
+    fn an_exec_failure_comes_back_from_the_child() {
+        let dir = scratch("exec");
+        let garbage = dir.join("garbage");
+        write_file(&garbage, b"\x01\x02 not a binary", 0o755);
+        let mut child = Launched::fork(program(garbage.to_str().unwrap(), &[])).unwrap();
+        let pid = child.pid();
+        let error = child.release(Some).unwrap_err();
+        assert!(matches!(error, LaunchError::Exec { .. }), "{error}");
+        assert!(error.to_string().contains("Exec format error"), "{error}");
+        drop(child);
+        assert!(gone(pid));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_child_killed_before_release_is_reported() {
+        let mut child = Launched::fork(program("/bin/sleep", &["60"])).unwrap();
+        // SAFETY: our own child, not yet reaped.
+        unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
+        while child.is_alive() {
+            std::thread::yield_now();
+        }
+        let error = child.release(Some).unwrap_err();
+        assert!(matches!(error, LaunchError::Vanished { .. }), "{error}");
+    }
 }

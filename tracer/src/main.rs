@@ -4,8 +4,8 @@
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::IsTerminal as _;
-use std::pin::Pin;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -243,8 +243,7 @@ pub async fn trace_launched(
         }
     };
     let (probes, outputs) = Probes::attach(&plan, &path, child.pid(), programs)?;
-    let target = child.release()?;
-    let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
+    let (target, bias) = child.release(|offset| binary.vaddr_of_file_offset(offset))?;
     let exe = target.exe().display().to_string();
     follow_attached(
         Live {
