@@ -296,6 +296,46 @@ fn a_pie_that_exits_at_once_still_has_its_init_maps() {
     assert_init_maps_created(&report, &Truth::parse(&stdout));
 }
 
+/// When gomaptrace fails once the program runs (here: the JSON report cannot be written at
+/// the end of the window), the error is printed at once, and gomaptrace still waits for the
+/// program, which carries on undisturbed, before it exits with status 1.
+#[test]
+fn an_error_once_the_program_runs_is_printed_and_the_program_waited_for() {
+    let binary = build("initmaps", "1.24.11", Flavor::Plain, &[]);
+    let json = report_path("launch-unwritable").join("report.json");
+    let mut launch = Launch::start(
+        &[
+            "--json",
+            json.to_str().expect("utf-8 path"),
+            "--duration",
+            "1s",
+            "--",
+            binary.to_str().expect("utf-8 path"),
+            EXIT_CODE,
+        ],
+        false,
+    );
+    let stdout = launch.ground_truth();
+    let stderr = launch
+        .stderr
+        .until(|line| line.starts_with("gomaptrace: error: "));
+    assert!(
+        stderr
+            .last()
+            .is_some_and(|line| line.contains("cannot write")),
+        "{stderr:#?}"
+    );
+    assert_eq!(
+        launch.child.try_wait().expect("wait"),
+        None,
+        "gomaptrace waits for the program"
+    );
+    let (status, rest, _) = launch.finish();
+    assert_eq!(status.code(), Some(1), "{rest:#?}");
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(Truth::parse(&stdout).len(), INIT_MAPS.len());
+}
+
 /// Ctrl-C reaches the whole foreground process group: the program dies of it as it would
 /// untraced, gomaptrace outlives it, reports, and exits as a shell reports a death by SIGINT.
 #[test]

@@ -89,16 +89,20 @@ const TEXT_ROWS: usize = 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Outlives `run`, so that an error is printed before a launched program is waited for.
+    let mut launched = None;
     let result = match &cli.command {
         Some(Command::Replay { path, json }) => {
             replay(path, json.as_deref()).map(|()| ExitCode::SUCCESS)
         }
-        None => run(&cli.trace),
+        None => run(&cli.trace, &mut launched),
     };
     match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("gomaptrace: error: {}", one_line(&error));
+            // Kills a program not started yet; waits for one already running.
+            drop(launched);
             ExitCode::FAILURE
         }
     }
@@ -129,15 +133,15 @@ fn emit_to(report: &Report, json: Option<&std::path::Path>, stderr: bool) -> any
     Ok(())
 }
 
-fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
+fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<ExitCode> {
     // Forked first, while this process has a single thread (the event loop does not exist).
-    let mut launched = match args.program.split_first() {
+    *launched = match args.program.split_first() {
         Some((program, program_args)) => {
             Some(Launched::fork(Program::resolve(program, program_args)?)?)
         }
         None => None,
     };
-    let pid = match &launched {
+    let pid = match launched {
         Some(child) => child.pid(),
         None => args.pid.context("--pid is required")?,
     };
