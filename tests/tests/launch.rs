@@ -7,7 +7,7 @@
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
 use std::io::{Read as _, Write as _};
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 
@@ -334,6 +334,37 @@ fn an_error_once_the_program_runs_is_printed_and_the_program_waited_for() {
     assert_eq!(status.code(), Some(1), "{rest:#?}");
     assert!(rest.is_empty(), "{rest:#?}");
     assert_eq!(Truth::parse(&stdout).len(), INIT_MAPS.len());
+}
+
+/// Runs `program args…` with [`INPUT`] and a stdout nobody reads (closed before it writes):
+/// its exit status.
+fn with_stdout_closed(program: &Path, args: &[&str]) -> ExitStatus {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(INPUT.as_bytes()).expect("stdin");
+    drop(stdin);
+    wait_with_timeout(&mut child, "program")
+}
+
+/// A program writing to a stdout nobody reads dies of SIGPIPE as it does untraced, and
+/// gomaptrace reports that death as a shell does. (gomaptrace, like every Rust program,
+/// ignores SIGPIPE and restores the default before exec; the Go runtime installs its own
+/// handler either way, so this checks the outcome, not that restoration.)
+#[test]
+fn a_launched_program_dies_of_sigpipe_as_it_does_untraced() {
+    let binary = build("initmaps", "1.24.11", Flavor::Plain, &[]);
+    let untraced = with_stdout_closed(&binary, &[EXIT_CODE]);
+    assert_eq!(untraced.signal(), Some(libc::SIGPIPE), "{untraced}");
+    let program = binary.to_str().expect("utf-8 path");
+    let traced = with_stdout_closed(&tracer_bin(), &["--", program, EXIT_CODE]);
+    assert_eq!(traced.code(), Some(128 + libc::SIGPIPE), "{traced}");
 }
 
 /// Ctrl-C reaches the whole foreground process group: the program dies of it as it would

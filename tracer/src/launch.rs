@@ -414,7 +414,8 @@ struct ChildFds {
     status_write: RawFd,
 }
 
-/// The child's side: restore what Rust's start-up changed, wait for the start byte, exec.
+/// The child's side: restore what Rust's start-up changed, wait for the start byte, ask to
+/// be traced (so the exec stops before the program's first instruction), exec.
 /// On any failure it exits 127 (after reporting an exec failure's errno on the status pipe).
 ///
 /// # Safety
@@ -425,11 +426,10 @@ unsafe fn become_program(fds: ChildFds, path: &CStr, argv: &[*const libc::c_char
         libc::close(fds.start_write);
         libc::close(fds.status_read);
         // Rust ignores SIGPIPE at start-up, and an ignored signal stays ignored across
-        // exec: restore the default, and an empty signal mask, as std::process::Command does.
+        // exec: restore the default, as std::process::Command does. The signal mask and
+        // every other disposition are left as gomaptrace inherited them (no thread and no
+        // handler exists yet), so the program gets what it would have got untraced.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         let mut byte = 0u8;
         loop {
             match libc::read(fds.start_read, (&raw mut byte).cast(), 1) {
