@@ -270,15 +270,11 @@ impl Launched {
             program: shown.clone(),
             source,
         };
-        let vanished = |pid| LaunchError::Vanished {
-            program: shown.clone(),
-            pid,
-        };
         if !self.is_alive() {
-            return Err(vanished(self.pid));
+            return Err(self.vanished());
         }
         let start = self.start.take().expect("released once");
-        write_byte(&start).map_err(|_| vanished(self.pid))?;
+        write_byte(&start).map_err(|_| self.vanished())?;
         drop(start);
         let status = self.status.take().expect("released once");
         let errno = read_errno(&status).map_err(exec_error)?;
@@ -292,8 +288,8 @@ impl Launched {
 
     /// Waits for the stop that ends the exec (the child asked to be traced, so the kernel
     /// stops it before the program's first instruction), reads the new image as a
-    /// [`Target`] with its load bias, and lets the program go. Signals that stop the child on the way to the
-    /// exec are passed on to it.
+    /// [`Target`] with its load bias, and lets the program go. Signals that stop the child
+    /// on the way to the exec are passed on to it.
     fn stop_at_exec(
         &mut self,
         vaddr_of: impl Fn(u64) -> Option<u64>,
@@ -331,6 +327,7 @@ impl Launched {
         })
     }
 
+    /// The error for a child that is gone before it could be traced.
     fn vanished(&self) -> LaunchError {
         LaunchError::Vanished {
             program: self.program.shown.clone(),

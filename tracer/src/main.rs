@@ -170,7 +170,7 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
     let mut view = LiveView::new();
     let stop: Pin<Box<dyn Future<Output = ()>>> = {
         let _in_runtime = runtime.enter();
-        if launched.is_some() {
+        if launch_mode {
             let forwarding = forward_terminate(pid).context("cannot handle Ctrl-C and SIGTERM")?;
             runtime.spawn(forwarding);
             Box::pin(std::future::pending())
@@ -202,10 +202,10 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
     if on_terminal {
         print!("\x1b[H\x1b[2J");
     }
-    if outcome.stop == StopReason::TargetExited && launched.is_none() {
+    if outcome.stop == StopReason::TargetExited && !launch_mode {
         eprintln!("gomaptrace: pid {pid} exited; the report covers what was seen until then");
     }
-    emit_to(&outcome.report, args.json.as_deref(), launched.is_some())?;
+    emit_to(&outcome.report, args.json.as_deref(), launch_mode)?;
     match launched.as_mut() {
         Some(child) => {
             let status = runtime

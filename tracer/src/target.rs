@@ -205,6 +205,7 @@ mod tests {
         let words: [u64; 2] = [0x1234_5678_9abc_def0, 7];
         assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
         assert!(target.read_words(8).is_err());
+        assert!(target.has_executable_mapping());
     }
 
     #[test]
