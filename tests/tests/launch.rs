@@ -152,9 +152,13 @@ fn assert_init_maps_created(report: &Value, truths: &[Truth]) {
 /// Launches the fixture built by Go `version` as `flavor` with a 5 s window: the report comes
 /// while the program still waits for the end of its input, so every count is settled from its
 /// memory and must equal the program's own `len`. Then the program exits with its code.
-fn launch_sees_init_maps(version: &str, flavor: Flavor) {
-    let binary = build("initmaps", version, flavor, &[]);
-    let json = report_path(&format!("launch-{version}-{flavor:?}"));
+fn launch_sees_init_maps(version: &str, flavor: Flavor, env: &[(&str, &str)]) {
+    let binary = build("initmaps", version, flavor, env);
+    let env_tag: String = env
+        .iter()
+        .map(|(key, value)| format!("-{key}={value}"))
+        .collect();
+    let json = report_path(&format!("launch-{version}-{flavor:?}{env_tag}"));
     let program = binary.to_str().expect("utf-8 path");
     let launch = Launch::start(
         &[
@@ -211,36 +215,47 @@ fn launch_sees_init_maps(version: &str, flavor: Flavor) {
         traced_stdout.contains("stdin 2: δ, not ASCII\n"),
         "{traced_stdout}"
     );
+    assert_eq!(
+        traced_stdout.contains("cgo answer: 3\n"),
+        env.contains(&("CGO_ENABLED", "1")),
+        "a cgo build runs its C code, others have none: {traced_stdout}"
+    );
 }
 
 #[test]
 fn launched_go1_19_has_its_init_maps() {
-    launch_sees_init_maps("1.19", Flavor::Plain);
+    launch_sees_init_maps("1.19", Flavor::Plain, &[]);
 }
 
 #[test]
 fn launched_go1_21_has_its_init_maps() {
-    launch_sees_init_maps("1.21.13", Flavor::Plain);
+    launch_sees_init_maps("1.21.13", Flavor::Plain, &[]);
 }
 
 #[test]
 fn launched_go1_24_has_its_init_maps() {
-    launch_sees_init_maps("1.24.11", Flavor::Plain);
+    launch_sees_init_maps("1.24.11", Flavor::Plain, &[]);
 }
 
 #[test]
 fn launched_go1_27_has_its_init_maps() {
-    launch_sees_init_maps("1.27.3", Flavor::Plain);
+    launch_sees_init_maps("1.27.3", Flavor::Plain, &[]);
 }
 
 #[test]
 fn launched_pie_has_its_init_maps() {
-    launch_sees_init_maps("1.24.11", Flavor::Pie);
+    launch_sees_init_maps("1.24.11", Flavor::Pie, &[]);
+}
+
+/// Externally linked by the C toolchain, started by the dynamic loader.
+#[test]
+fn launched_cgo_pie_has_its_init_maps() {
+    launch_sees_init_maps("1.27.3", Flavor::Pie, &[("CGO_ENABLED", "1")]);
 }
 
 #[test]
 fn launched_stripped_go1_21_has_its_init_maps() {
-    launch_sees_init_maps("1.21.13", Flavor::Stripped);
+    launch_sees_init_maps("1.21.13", Flavor::Stripped, &[]);
 }
 
 /// Without `--duration`, the trace lasts as long as the program: it ends when the program
