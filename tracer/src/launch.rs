@@ -60,6 +60,17 @@ pub enum LaunchError {
         /// The exec's errno.
         source: io::Error,
     },
+    /// The child could not ask to be held at the end of its exec.
+    #[error(
+        "cannot run {program}: PTRACE_TRACEME refused ({source}); is gomaptrace itself \
+         traced (strace -f, a debugger), or Yama's ptrace_scope 3?"
+    )]
+    Trace {
+        /// The program as given.
+        program: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
     /// The child died before it could be traced (killed before the exec, or exited before
     /// its new image could be read).
     #[error("{program} (pid {pid}) ended before it could be traced")]
@@ -279,9 +290,19 @@ impl Launched {
         let status = self.status.take().expect("released once");
         let errno = read_errno(&status).map_err(exec_error)?;
         self.state = State::Running;
-        if let Some(errno) = errno {
-            self.reap();
-            return Err(exec_error(io::Error::from_raw_os_error(errno)));
+        match errno {
+            None => {}
+            Some(refused) if refused < 0 => {
+                self.reap();
+                return Err(LaunchError::Trace {
+                    program: shown,
+                    source: io::Error::from_raw_os_error(-refused),
+                });
+            }
+            Some(errno) => {
+                self.reap();
+                return Err(exec_error(io::Error::from_raw_os_error(errno)));
+            }
         }
         self.stop_at_exec(vaddr_of)
     }
@@ -438,10 +459,14 @@ unsafe fn become_program(fds: ChildFds, path: &CStr, argv: &[*const libc::c_char
         }
         // Stopped by the kernel once the exec is complete, before the program's first
         // instruction, until gomaptrace has read its memory map and detaches.
-        if ptrace(libc::PTRACE_TRACEME, 0, 0) == 0 {
+        // A failed exec reports its errno; a refused PTRACE_TRACEME reports it negated.
+        let failure = if ptrace(libc::PTRACE_TRACEME, 0, 0) == 0 {
             libc::execv(path.as_ptr(), argv.as_ptr());
-        }
-        let errno = (*libc::__errno_location()).to_ne_bytes();
+            *libc::__errno_location()
+        } else {
+            -*libc::__errno_location()
+        };
+        let errno = failure.to_ne_bytes();
         libc::write(fds.status_write, errno.as_ptr().cast(), errno.len());
         libc::_exit(127)
     }
@@ -487,7 +512,8 @@ fn write_byte(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Reads the status pipe to its end: `None` when the exec succeeded (the pipe closed on
-/// exec with nothing written), else the errno the child reported.
+/// exec with nothing written), else the errno the child reported (negated when
+/// `PTRACE_TRACEME` failed).
 fn read_errno(fd: &OwnedFd) -> io::Result<Option<i32>> {
     let mut bytes = [0u8; 4];
     let mut filled = 0;
