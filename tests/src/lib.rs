@@ -37,7 +37,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(stream: impl std::io::Read + Send + 'static, name: &str) -> Lines {
+    /// Reads `stream` (called `name` in messages) line by line on a thread of its own.
+    pub fn spawn(stream: impl std::io::Read + Send + 'static, name: &str) -> Lines {
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {

@@ -13,6 +13,7 @@ mod dwarf_oracle;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
 pub mod inspect;
+pub mod launch;
 pub mod live;
 pub mod memory;
 pub mod model;

@@ -1,13 +1,17 @@
 //! `gomaptrace`: the command-line edge. Parses flags, runs one trace, prints the report.
 //! Errors become one line on stderr and a non-zero exit status.
 
+use std::ffi::OsString;
+use std::future::Future;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tracer::launch::{Launched, Program};
 use tracer::live::LiveView;
 use tracer::pipeline;
 use tracer::report::Report;
@@ -40,8 +44,14 @@ enum Command {
 #[derive(Debug, Args)]
 struct TraceArgs {
     /// The Go process to trace.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "program")]
     pid: Option<u32>,
+    /// Launch mode: start this Go program (looked up in PATH like a shell) with these
+    /// arguments, every probe live before its first instruction, so maps made in `init()`
+    /// have creation sites. Its stdin, stdout and stderr are its own, gomaptrace exits with
+    /// its status, and the report goes to stderr.
+    #[arg(last = true, value_name = "PROGRAM [ARGS]", conflicts_with = "pid")]
+    program: Vec<OsString>,
     /// Stop after this long (e.g. 30s, 500ms, 2m); default: until Ctrl-C, SIGTERM or the
     /// target's exit.
     #[arg(long, value_parser = parse_duration)]
@@ -106,14 +116,20 @@ const TEXT_ROWS: usize = 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Outlives `run`, so that an error is printed before a launched program is waited for.
+    let mut launched = None;
     let result = match &cli.command {
-        Some(Command::Replay { path, json }) => replay(path, json.as_deref()),
-        None => run(&cli.trace),
+        Some(Command::Replay { path, json }) => {
+            replay(path, json.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        None => run(&cli.trace, &mut launched),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("gomaptrace: error: {}", one_line(&error));
+            // Kills a program not started yet; waits for one already running.
+            drop(launched);
             ExitCode::FAILURE
         }
     }
@@ -125,7 +141,17 @@ fn replay(path: &std::path::Path, json: Option<&std::path::Path>) -> anyhow::Res
 }
 
 fn emit(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
-    print!("{}", report.render_text(TEXT_ROWS));
+    emit_to(report, json, false)
+}
+
+/// Prints the text report (to stderr in launch mode, where stdout is the program's) and
+/// writes the JSON one.
+fn emit_to(report: &Report, json: Option<&std::path::Path>, stderr: bool) -> anyhow::Result<()> {
+    if stderr {
+        eprint!("{}", report.render_text(TEXT_ROWS));
+    } else {
+        print!("{}", report.render_text(TEXT_ROWS));
+    }
     if let Some(path) = json {
         report
             .write_json(path)
@@ -134,8 +160,18 @@ fn emit(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: &TraceArgs) -> anyhow::Result<()> {
-    let pid = args.pid.context("--pid is required")?;
+fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<ExitCode> {
+    // Forked first, while this process has a single thread (the event loop does not exist).
+    *launched = match args.program.split_first() {
+        Some((program, program_args)) => {
+            Some(Launched::fork(Program::resolve(program, program_args)?)?)
+        }
+        None => None,
+    };
+    let pid = match launched {
+        Some(child) => child.pid(),
+        None => args.pid.context("--pid is required")?,
+    };
     let thresholds = Thresholds {
         leak_min_growth: args.leak_min_growth,
         leak_intervals: args.leak_intervals,
@@ -159,38 +195,79 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the event loop")?;
-    let on_terminal = std::io::stdout().is_terminal();
+    // The terminal belongs to a launched program: no live view over its output.
+    let launch_mode = launched.is_some();
+    let on_terminal = !launch_mode && std::io::stdout().is_terminal();
     let tick_s = options.tick.as_secs_f64();
     let mut view = LiveView::new();
-    let stop = {
+    let stop: Pin<Box<dyn Future<Output = ()>>> = {
         let _in_runtime = runtime.enter();
-        stop_signal().context("cannot handle Ctrl-C and SIGTERM")?
+        if launch_mode {
+            let forwarding = forward_terminate(pid).context("cannot handle Ctrl-C and SIGTERM")?;
+            runtime.spawn(forwarding);
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(stop_signal().context("cannot handle Ctrl-C and SIGTERM")?)
+        }
     };
-    let outcome = runtime.block_on(session::trace(
-        pid,
-        &options,
-        stop,
-        |attached| {
-            eprintln!(
-                "gomaptrace: attached {} probes to pid {} ({}); Ctrl-C to stop",
-                attached.probes, attached.pid, attached.go_version
-            );
-        },
-        |pipeline| {
-            if on_terminal {
-                print!("{}", view.render_screen(pipeline, tick_s));
-            } else {
-                eprintln!("{}", view.render_line(pipeline, tick_s));
+    let on_attached = |attached: &session::Attached| {
+        eprintln!(
+            "gomaptrace: attached {} probes to pid {} ({}); Ctrl-C to stop",
+            attached.probes, attached.pid, attached.go_version
+        );
+    };
+    let on_tick = |pipeline: &pipeline::Pipeline| {
+        if on_terminal {
+            print!("{}", view.render_screen(pipeline, tick_s));
+        } else if !launch_mode {
+            eprintln!("{}", view.render_line(pipeline, tick_s));
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match launched.as_mut() {
+            Some(child) => {
+                session::trace_launched(child, &options, stop, on_attached, on_tick).await
             }
-        },
-    ))?;
+            None => session::trace(pid, &options, stop, on_attached, on_tick).await,
+        }
+    })?;
     if on_terminal {
         print!("\x1b[H\x1b[2J");
     }
-    if outcome.stop == StopReason::TargetExited {
+    if outcome.stop == StopReason::TargetExited && !launch_mode {
         eprintln!("gomaptrace: pid {pid} exited; the report covers what was seen until then");
     }
-    emit(&outcome.report, args.json.as_deref())
+    emit_to(&outcome.report, args.json.as_deref(), launch_mode)?;
+    match launched.as_mut() {
+        Some(child) => {
+            let status = runtime
+                .block_on(child.exited())
+                .with_context(|| format!("cannot wait for pid {pid}"))?;
+            Ok(ExitCode::from(status))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// In launch mode, Ctrl-C reaches the program from the terminal (the whole foreground
+/// process group gets it): gomaptrace keeps tracing until the program exits. SIGTERM, sent
+/// to gomaptrace alone, is passed on to the program. Returns the task that does both, with
+/// the handlers already installed.
+fn forward_terminate(pid: u32) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {
+                    // SAFETY: our own child, reaped only after this task stops being polled.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+            }
+        }
+    })
 }
 
 /// The error and its causes on one line. Library errors already quote their cause in their

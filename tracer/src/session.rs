@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
@@ -11,10 +11,11 @@ use tokio::io::unix::AsyncFd;
 
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
+use crate::launch::{LaunchError, Launched};
 use crate::memory::roots::Roots;
 use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
-use crate::plan::{self, PlanError};
+use crate::plan::{self, PlanError, ProbePlan};
 use crate::privileges::{self, PrivilegeError};
 use crate::probes::{Outputs, ProbeError, Probes, Programs};
 use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
@@ -71,6 +72,9 @@ pub enum SessionError {
     /// The recording could not be written.
     #[error(transparent)]
     Recording(#[from] RecordingError),
+    /// The program to launch could not be started.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     /// Anything else from the operating system.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -141,31 +145,119 @@ pub async fn trace(
     options: &Options,
     stop: impl Future<Output = ()>,
     on_attached: impl FnOnce(&Attached),
-    mut on_tick: impl FnMut(&Pipeline),
+    on_tick: impl FnMut(&Pipeline),
 ) -> Result<Outcome, SessionError> {
     let target = Target::open(pid)?;
     privileges::check()?;
     let exe = target.exe().display().to_string();
-    let binary = GoBinary::open(&target.exe_link()).map_err(|source| SessionError::Inspect {
-        exe: exe.clone(),
+    let Prepared {
+        binary,
+        plan,
+        go_version,
+        recorder,
+        programs,
+    } = prepare(&target.exe_link(), &exe, options)?;
+    let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
+    let (probes, outputs) = match Probes::attach(&plan, &target.exe_link(), pid, programs) {
+        Err(_) if !target.is_alive() => return Err(SessionError::ExitedEarly(pid)),
+        attached => attached?,
+    };
+    follow_attached(
+        Live {
+            target,
+            binary,
+            bias,
+            plan,
+            exe,
+            go_version,
+            recorder,
+            probes,
+            outputs,
+        },
+        options,
+        stop,
+        on_attached,
+        on_tick,
+    )
+    .await
+}
+
+/// Starts the program `child` waits to become (see [`crate::launch`]) with every probe
+/// already live, then traces it like [`trace`]. Before the exec, the binary is inspected and
+/// the probes attached to it for the child's pid: the kernel installs them when the exec maps
+/// the binary, so maps made in `init()` are seen created. Only after the exec is anything
+/// read from `/proc/PID` (the load bias of a PIE exists from then on). On an error before
+/// the exec, dropping `child` kills it.
+pub async fn trace_launched(
+    child: &mut Launched,
+    options: &Options,
+    stop: impl Future<Output = ()>,
+    on_attached: impl FnOnce(&Attached),
+    on_tick: impl FnMut(&Pipeline),
+) -> Result<Outcome, SessionError> {
+    privileges::check()?;
+    let path = child.program().path().to_path_buf();
+    let Prepared {
+        binary,
+        plan,
+        go_version,
+        recorder,
+        programs,
+    } = prepare(&path, child.program().shown(), options)?;
+    let (probes, outputs) = Probes::attach(&plan, &path, child.pid(), programs)?;
+    let (target, bias) = child.release(|offset| binary.vaddr_of_file_offset(offset))?;
+    let exe = target.exe().display().to_string();
+    follow_attached(
+        Live {
+            target,
+            binary,
+            bias,
+            plan,
+            exe,
+            go_version,
+            recorder,
+            probes,
+            outputs,
+        },
+        options,
+        stop,
+        on_attached,
+        on_tick,
+    )
+    .await
+}
+
+/// What is decided from the executable alone, before any probe goes on.
+struct Prepared {
+    binary: GoBinary,
+    plan: ProbePlan,
+    go_version: String,
+    recorder: Option<Recorder>,
+    programs: Programs,
+}
+
+/// Inspects the executable at `path` (named `shown` in errors), checks it can be traced,
+/// plans the probes and opens the recording: the same for a process attached to and a
+/// program launched.
+fn prepare(path: &Path, shown: &str, options: &Options) -> Result<Prepared, SessionError> {
+    let binary = GoBinary::open(path).map_err(|source| SessionError::Inspect {
+        exe: shown.to_string(),
         source,
     })?;
     abi::check_traceable(binary.arch()).map_err(|source| SessionError::ForeignArch {
-        exe: exe.clone(),
+        exe: shown.to_string(),
         source,
     })?;
     let plan = plan::plan(&binary).map_err(|source| SessionError::Plan {
-        exe: exe.clone(),
+        exe: shown.to_string(),
         source,
     })?;
-    let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
     let go_version = binary.go_version().to_string();
     let recorder = options
         .record
         .as_deref()
         .map(Recorder::create)
         .transpose()?;
-
     let programs = if options.floor {
         Programs::Floor
     } else {
@@ -174,10 +266,49 @@ pub async fn trace(
             key_salt: random_salt(),
         }
     };
-    let (probes, outputs) = match Probes::attach(&plan, &target.exe_link(), pid, programs) {
-        Err(_) if !target.is_alive() => return Err(SessionError::ExitedEarly(pid)),
-        attached => attached?,
-    };
+    Ok(Prepared {
+        binary,
+        plan,
+        go_version,
+        recorder,
+        programs,
+    })
+}
+
+/// A target with its probes live: what [`follow_attached`] needs, however it was started.
+struct Live {
+    target: Target,
+    binary: GoBinary,
+    bias: u64,
+    plan: ProbePlan,
+    exe: String,
+    go_version: String,
+    recorder: Option<Recorder>,
+    probes: Probes,
+    outputs: Outputs,
+}
+
+/// The trace once the probes are live, the same for a process attached to and a program
+/// launched: feed the model until told to stop, detach, settle and report.
+async fn follow_attached(
+    live: Live,
+    options: &Options,
+    stop: impl Future<Output = ()>,
+    on_attached: impl FnOnce(&Attached),
+    mut on_tick: impl FnMut(&Pipeline),
+) -> Result<Outcome, SessionError> {
+    let Live {
+        target,
+        binary,
+        bias,
+        plan,
+        exe,
+        go_version,
+        recorder,
+        probes,
+        outputs,
+    } = live;
+    let pid = target.pid();
     let start_ns = monotonic_ns();
     on_attached(&Attached {
         probes: probes.attached(),

@@ -158,6 +158,17 @@ impl Target {
             .find_map(|(start, offset)| Some(start.wrapping_sub(vaddr_of(offset)?)))
             .unwrap_or(0))
     }
+
+    /// Whether the executable's code is mapped yet: a freshly exec'd process names its
+    /// executable in `/proc/PID/exe` a moment before the exec maps it, and [`Self::load_bias`]
+    /// needs the mapping.
+    pub fn has_executable_mapping(&self) -> bool {
+        let exe = self.exe.to_string_lossy();
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).is_ok_and(|maps| {
+            maps.lines()
+                .any(|line| executable_mapping(line, &exe).is_some())
+        })
+    }
 }
 
 impl ReadMemory for Target {
@@ -211,6 +222,7 @@ mod tests {
         let words: [u64; 2] = [0x1234_5678_9abc_def0, 7];
         assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
         assert!(target.read_words(8).is_err());
+        assert!(target.has_executable_mapping());
     }
 
     #[test]
