@@ -203,12 +203,13 @@ impl MapRecord {
 
     /// Whether `header` can belong to this map: the same seed, a map whose seed was not drawn
     /// yet when its creation was seen, or a new seed the runtime picked because the pending
-    /// delete or clear left the map empty.
+    /// delete (of its last entry) or clear left the map empty. An empty header with a new seed
+    /// after a delete from a bigger map is another map: one made later at the same address.
     fn owns(&self, header: Header) -> bool {
         let reseeded = header.count == 0
             && matches!(
                 self.pending,
-                Some(Pending::Delete { .. } | Pending::Clear { .. })
+                Some(Pending::Delete { before: 1, .. } | Pending::Clear { .. })
             );
         self.seed_pending || header.seed == self.seed || reseeded
     }
@@ -720,7 +721,14 @@ impl Model {
     /// counted).
     fn settle_from(&mut self, event: &MapEvent) -> Result<(), ModelError> {
         match event.kind {
-            kind::CREATE | kind::CLONE | kind::HASH_GROW | kind::PRUNE => {}
+            kind::CREATE | kind::CLONE => {
+                // Another map at this address: the one known there is gone, and its last
+                // operation can no longer be observed.
+                if let Some(record) = self.maps.get_mut(&event.map) {
+                    record.abandon();
+                }
+            }
+            kind::HASH_GROW | kind::PRUNE => {}
             kind::GROW => {
                 if let Some(record) = self.maps.get_mut(&event.map) {
                     record.cancel_prune();
@@ -1089,6 +1097,31 @@ mod tests {
         );
         let map = only(&model);
         assert_eq!((map.inserts, map.live, map.unsettled), (0, 3, 1));
+    }
+
+    #[test]
+    fn a_new_map_at_the_address_after_the_window_does_not_settle_the_old_one() {
+        // Dropped after a delete that left two entries; after the window a new map is made
+        // at its address: its empty header with a fresh seed is not the old map emptied.
+        let mut model = replay_seeded(&[
+            (kind::CREATE, 0, 1),
+            (kind::ASSIGN, 0, 1),
+            (kind::ASSIGN, 1, 1),
+            (kind::ASSIGN, 2, 1),
+            (kind::DELETE, 3, 1),
+        ]);
+        model.freeze(10);
+        model.observe(&event(kind::ASSIGN, 0, 2, 11)).unwrap();
+        let map = only(&model);
+        assert_eq!((map.live, map.deletes, map.unexplained), (3, 0, 0));
+        assert_eq!(map.unsettled, 1);
+        // The same with the new map's creation seen first.
+        let mut model = replay_seeded(&[(kind::ASSIGN, 3, 1), (kind::DELETE, 4, 1)]);
+        model.freeze(10);
+        model.observe(&event(kind::CREATE, 0, 2, 11)).unwrap();
+        model.observe(&event(kind::ASSIGN, 0, 2, 12)).unwrap();
+        let map = only(&model);
+        assert_eq!((map.live, map.unexplained, map.unsettled), (4, 0, 1));
     }
 
     #[test]
