@@ -40,8 +40,13 @@ enum Command {
 #[derive(Debug, Args)]
 struct TraceArgs {
     /// The Go process to trace.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "container")]
     pid: Option<u32>,
+    /// Trace the Go process of this running container: its name, full id or a unique id
+    /// prefix (at least 4 hex digits). A container with several Go processes is an error
+    /// that lists their host pids, for `--pid`.
+    #[arg(long, value_name = "NAME|ID", conflicts_with = "pid")]
+    container: Option<String>,
     /// Stop after this long (e.g. 30s, 500ms, 2m); default: until Ctrl-C, SIGTERM or the
     /// target's exit.
     #[arg(long, value_parser = parse_duration)]
@@ -135,7 +140,10 @@ fn emit(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 fn run(args: &TraceArgs) -> anyhow::Result<()> {
-    let pid = args.pid.context("--pid is required")?;
+    let pid = match &args.container {
+        Some(query) => tracer::container::go_process(&tracer::container::find(query)?)?,
+        None => args.pid.context("--pid or --container is required")?,
+    };
     let thresholds = Thresholds {
         leak_min_growth: args.leak_min_growth,
         leak_intervals: args.leak_intervals,

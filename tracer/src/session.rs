@@ -160,6 +160,7 @@ pub async fn trace(
     })?;
     let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
     let go_version = binary.go_version().to_string();
+    let container = crate::container::of_pid(pid);
     let recorder = options
         .record
         .as_deref()
@@ -197,6 +198,8 @@ pub async fn trace(
             go_version,
             exited: false,
             peak_rss_bytes: None,
+            container,
+            ns_pid: crate::container::ns_pid(pid),
         },
         implementation: plan.implementation,
         start_ns,
