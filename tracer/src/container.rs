@@ -120,9 +120,14 @@ pub struct ContainerInfo {
 }
 
 impl ContainerInfo {
-    /// `name (id prefix)` or the id prefix alone, for messages and the text report.
+    /// `name (id)` or the id alone, for messages and the text report; a 64-digit id is
+    /// shortened to 12 digits as runtimes print it, any other id (plain runc) is kept whole.
     pub fn label(&self) -> String {
-        let short = &self.id[..self.id.len().min(12)];
+        let short = if is_full_id(&self.id) {
+            &self.id[..12]
+        } else {
+            &self.id
+        };
         match &self.name {
             Some(name) if name != &self.id => format!("{name} ({short})"),
             _ => short.to_string(),

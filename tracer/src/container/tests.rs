@@ -140,4 +140,7 @@ fn labels_name_the_container_and_shorten_its_id() {
     assert_eq!(info.label(), "leakzoo (342a6fb4e612)");
     info.name = None;
     assert_eq!(info.label(), "342a6fb4e612");
+    info.id = "leakzoo-runc".into();
+    info.name = Some("leakzoo-runc".into());
+    assert_eq!(info.label(), "leakzoo-runc");
 }
