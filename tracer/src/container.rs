@@ -382,10 +382,9 @@ pub fn of_pid(pid: u32) -> Option<ContainerInfo> {
         info.name = name_of_id(&info);
         return Some(info);
     }
-    // A plain runc container's cgroup carries no mark: match it through `runc list`.
-    if ns_pid(pid).is_none() {
-        return None;
-    }
+    // A plain runc container's cgroup carries no mark: match it through `runc list`, for
+    // processes in a pid namespace of their own.
+    ns_pid(pid)?;
     scan()
         .into_iter()
         .find(|container| container.pids.contains(&pid))
