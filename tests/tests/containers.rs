@@ -551,3 +551,20 @@ fn a_container_that_stops_while_traced_still_gets_its_report() {
         assert_eq!(map["unexplained"], 0, "{map}");
     }
 }
+
+#[test]
+fn several_go_processes_are_listed_for_pid() {
+    let id = unique("several-go");
+    let _container = Runc::maps(&id);
+    let _second = Fixture::start_command(Command::new("runc").args(["exec", &id, "/program"]));
+    let pids: Vec<u64> = serde_json::from_str(&run_ok(
+        Command::new("runc").args(["ps", "--format", "json", &id]),
+    ))
+    .expect("runc ps prints a JSON list of pids");
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let (code, stderr) = run_tracer(Command::new(tracer_bin()).args(["--container", &id]));
+    let listed: Vec<String> = pids.iter().map(|pid| format!("{pid} (/program)")).collect();
+    let mut expected = vec!["has several Go processes", "trace one with --pid PID"];
+    expected.extend(listed.iter().map(String::as_str));
+    assert_one_line_error(code, &stderr, &expected);
+}
