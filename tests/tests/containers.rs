@@ -324,22 +324,7 @@ fn trace_in_container(fixture: &mut Fixture, args: &[&str], test: &str, expected
         "{target}"
     );
 
-    assert_eq!(report["events"]["lost"], 0);
-    assert_eq!(truths.len(), FIXTURE_MAPS, "{truths:#?}");
-    for truth in &truths {
-        let map = map_at(&report, truth.text("addr"));
-        let name = truth.text("name");
-        assert_eq!(map["live"], truth.number("len"), "live of {name}: {map}");
-        assert_eq!(map["unexplained"], 0, "{name}: {map}");
-        assert_eq!(map["unsettled"], 0, "{name}: {map}");
-        if truth.text("created") == "after" {
-            for field in ["inserts", "overwrites", "deletes", "clears"] {
-                assert_eq!(map[field], truth.number(field), "{field} of {name}: {map}");
-            }
-        } else {
-            assert_eq!(map["inserts"], truth.number("inserts"), "{name}: {map}");
-        }
-    }
+    counts_match(&report, &truths);
 
     let text = run_ok(Command::new(tracer_bin()).arg("replay").arg(&record));
     let first = text.lines().next().unwrap_or_default();
@@ -352,6 +337,26 @@ fn trace_in_container(fixture: &mut Fixture, args: &[&str], test: &str, expected
     };
     let named = format!("in {} container {label}, pid 1 inside", expected.runtime);
     assert!(first.contains(&named), "`{named}` in {first}");
+}
+
+/// Every map the fixture tallied is in `report` with exactly its counts.
+fn counts_match(report: &serde_json::Value, truths: &[Truth]) {
+    assert_eq!(report["events"]["lost"], 0);
+    assert_eq!(truths.len(), FIXTURE_MAPS, "{truths:#?}");
+    for truth in truths {
+        let map = map_at(report, truth.text("addr"));
+        let name = truth.text("name");
+        assert_eq!(map["live"], truth.number("len"), "live of {name}: {map}");
+        assert_eq!(map["unexplained"], 0, "{name}: {map}");
+        assert_eq!(map["unsettled"], 0, "{name}: {map}");
+        if truth.text("created") == "after" {
+            for field in ["inserts", "overwrites", "deletes", "clears"] {
+                assert_eq!(map[field], truth.number(field), "{field} of {name}: {map}");
+            }
+        } else {
+            assert_eq!(map["inserts"], truth.number("inserts"), "{name}: {map}");
+        }
+    }
 }
 
 /// The executable's name inside the container: podman images hold `/maps`, runc bundles
@@ -567,4 +572,100 @@ fn several_go_processes_are_listed_for_pid() {
     let mut expected = vec!["has several Go processes", "trace one with --pid PID"];
     expected.extend(listed.iter().map(String::as_str));
     assert_one_line_error(code, &stderr, &expected);
+}
+
+/// Lines of `stream`, read on a thread; `until` waits at most a minute for each.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+#[test]
+fn the_gomaptrace_image_traces_a_sibling_container() {
+    // gomaptrace itself in a container, as fleets run it: the image `cargo xtask image`
+    // builds (static, `FROM scratch`), privileged, in the host's pid namespace.
+    let test = "gomaptrace_image";
+    let tracer_image = Image {
+        tag: format!("localhost/{}:latest", unique("gomaptrace")),
+    };
+    run_ok(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(tracer::gofixture::workspace_root())
+            .args(["xtask", "image", "--tag", &tracer_image.tag]),
+    );
+    let image = Image::build(test);
+    let mut sibling = Podman::run(&image, &unique("sibling"));
+    let id = sibling.inspect("{{.Id}}");
+    let json = report_path(test);
+    let out = json.parent().expect("reports directory");
+    let nofile = hard_nofile();
+    let name = unique("tracer");
+    let _tracer_guard = Podman {
+        name: name.clone(),
+        fixture: None,
+    };
+    let mut tracer = Command::new("podman")
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--runtime",
+            "runc",
+            "--network=none",
+        ])
+        .args(["--ulimit", &format!("nofile={nofile}:{nofile}")])
+        .args([
+            "--ulimit",
+            "nproc=32768:32768",
+            "--privileged",
+            "--pid=host",
+            "-v",
+        ])
+        .arg(format!("{}:/out", out.display()))
+        .args([&tracer_image.tag, "--container", &id[..12], "--json"])
+        .arg(format!(
+            "/out/{}",
+            json.file_name().unwrap().to_str().unwrap()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gomaptrace container");
+    let stderr = lines_of(tracer.stderr.take().expect("piped"));
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|line: &String| line.contains("attached"))
+    {
+        match stderr.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => seen.push(line),
+            Err(error) => panic!("the gomaptrace container did not attach ({error}): {seen:#?}"),
+        }
+    }
+    let truths = Truth::parse(&sibling.fixture().run_operations());
+    run_ok(Command::new("podman").args(["kill", "--signal", "INT", &name]));
+    let status = integration_tests::wait_with_timeout(&mut tracer, "gomaptrace container");
+    assert!(
+        status.success(),
+        "{status}: {:?}",
+        stderr.try_iter().collect::<Vec<_>>()
+    );
+    let report = read_report(&json);
+    counts_match(&report, &truths);
+    assert_eq!(report["target"]["container"]["id"], id.as_str());
+    assert_eq!(report["target"]["container"]["runtime"], "podman");
+    assert_eq!(report["target"]["ns_pid"], 1);
 }
