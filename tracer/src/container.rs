@@ -207,7 +207,7 @@ fn parse_path(path: &str) -> Option<CgroupMatch> {
     None
 }
 
-/// 64 lowercase hex digits: the id docker, podman, containerd and CRI-O give containers.
+/// 64 hex digits: the id docker, podman, containerd and CRI-O give containers.
 fn is_full_id(text: &str) -> bool {
     text.len() == 64 && is_hex(text)
 }
