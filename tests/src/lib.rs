@@ -106,6 +106,24 @@ impl Fixture {
         }
     }
 
+    /// Starts the fixture through `command` (a container runtime that relays its stdin and
+    /// stdout, e.g. `podman run -i`) and waits until it says `ready`.
+    pub fn start_command(command: &mut Command) -> Fixture {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        let stdin = child.stdin.take();
+        let stdout = Lines::spawn(child.stdout.take().expect("piped"), "fixture stdout");
+        stdout.until(|line| line == "ready");
+        Fixture {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
     /// The fixture's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

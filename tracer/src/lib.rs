@@ -8,6 +8,7 @@
 //! it while it runs.
 
 pub mod abi;
+pub mod container;
 #[cfg(test)]
 mod dwarf_oracle;
 #[cfg(any(test, feature = "fixtures"))]
@@ -22,6 +23,7 @@ pub mod plan;
 pub mod privileges;
 pub mod probes;
 pub mod report;
+pub mod rootfs;
 pub mod session;
 pub mod target;
 pub mod trend;

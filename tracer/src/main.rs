@@ -44,13 +44,22 @@ enum Command {
 #[derive(Debug, Args)]
 struct TraceArgs {
     /// The Go process to trace.
-    #[arg(long, required_unless_present = "program")]
+    #[arg(long, required_unless_present_any = ["program", "container"])]
     pid: Option<u32>,
+    /// Trace the Go process of this running container: its name, full id or a unique id
+    /// prefix (at least 4 hex digits). A container with several Go processes is an error
+    /// that lists their host pids, for `--pid`.
+    #[arg(long, value_name = "NAME|ID", conflicts_with = "pid")]
+    container: Option<String>,
     /// Launch mode: start this Go program (looked up in PATH like a shell) with these
     /// arguments, every probe live before its first instruction, so maps made in `init()`
     /// have creation sites. Its stdin, stdout and stderr are its own, gomaptrace exits with
     /// its status, and the report goes to stderr.
-    #[arg(last = true, value_name = "PROGRAM [ARGS]", conflicts_with = "pid")]
+    #[arg(
+        last = true,
+        value_name = "PROGRAM [ARGS]",
+        conflicts_with_all = ["pid", "container"]
+    )]
     program: Vec<OsString>,
     /// Stop after this long (e.g. 30s, 500ms, 2m); default: until Ctrl-C, SIGTERM or the
     /// target's exit.
@@ -168,9 +177,12 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
         }
         None => None,
     };
-    let pid = match launched {
-        Some(child) => child.pid(),
-        None => args.pid.context("--pid is required")?,
+    let pid = match (launched.as_ref(), &args.container) {
+        (Some(child), _) => child.pid(),
+        (None, Some(query)) => tracer::container::go_process(&tracer::container::find(query)?)?,
+        (None, None) => args
+            .pid
+            .context("--pid, --container or a PROGRAM to launch is required")?,
     };
     let thresholds = Thresholds {
         leak_min_growth: args.leak_min_growth,

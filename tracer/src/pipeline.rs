@@ -387,6 +387,8 @@ mod tests {
                 go_version: "go1.22.10".into(),
                 exited: false,
                 peak_rss_bytes: None,
+                container: None,
+                ns_pid: None,
             },
             implementation: MapImplementation::Classic,
             start_ns: 1_000,

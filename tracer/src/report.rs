@@ -58,6 +58,32 @@ pub struct TargetInfo {
     /// what its maps hold can be larger, so a larger one is reported as unknown.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
+    /// The container it ran in, however it was named (`--pid` too); absent on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::container::ContainerInfo>,
+    /// Its pid inside its own pid namespace (the last `NSpid`), when that is not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+}
+
+impl TargetInfo {
+    /// ` in podman container NAME (ID), pid N inside` for the text report's first line, or
+    /// nothing on the host.
+    fn container_text(&self) -> String {
+        let Some(container) = &self.container else {
+            return String::new();
+        };
+        let runtime = container
+            .runtime
+            .as_deref()
+            .map(|runtime| format!("{runtime} "))
+            .unwrap_or_default();
+        let inside = self
+            .ns_pid
+            .map(|pid| format!(", pid {pid} inside"))
+            .unwrap_or_default();
+        format!(" in {runtime}container {}{inside}", container.label())
+    }
 }
 
 /// Event delivery counters.
@@ -587,10 +613,11 @@ impl Report {
             self.maps.iter().filter(|map| map.released).count() as u64 + self.released_unlisted;
         let _ = writeln!(
             text,
-            "gomaptrace: pid {} ({}, {}){}: {:.1} s, {} maps ({} released), {} events, {} lost",
+            "gomaptrace: pid {} ({}, {}){}{}: {:.1} s, {} maps ({} released), {} events, {} lost",
             target.pid,
             target.exe,
             target.go_version,
+            target.container_text(),
             if target.exited { ", exited" } else { "" },
             self.duration_s,
             self.maps.len() as u64 + self.released_unlisted,
@@ -926,6 +953,8 @@ mod tests {
                 go_version: "go1.24.11".into(),
                 exited: false,
                 peak_rss_bytes: None,
+                container: None,
+                ns_pid: None,
             },
             window: Window {
                 start_ns: 1_000_000_000,
@@ -1035,6 +1064,36 @@ mod tests {
         assert!(text.contains("0xc0000a0000"));
     }
 
+    #[test]
+    fn a_containerized_target_is_named_on_the_first_line_and_in_json() {
+        let mut report = sample();
+        report.target.container = Some(crate::container::ContainerInfo {
+            id: "342a6fb4e6124d84dd97f8e7408b8e0e7e2f062a91e377b8bf439c864b1a940b".into(),
+            name: Some("leakzoo".into()),
+            runtime: Some("podman".into()),
+            cgroup: "/libpod_parent/libpod-342a6fb4e612".into(),
+        });
+        report.target.ns_pid = Some(1);
+        let text = report.render_text(10);
+        assert!(
+            text.starts_with(
+                "gomaptrace: pid 42 (/srv/app, go1.24.11) in podman container leakzoo \
+             (342a6fb4e612), pid 1 inside: 2.0 s"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["target"]["container"]["name"], "leakzoo");
+        assert_eq!(json["target"]["ns_pid"], 1);
+        let host = serde_json::to_value(sample()).unwrap();
+        assert!(host["target"].get("container").is_none(), "{host}");
+        let old: TargetInfo = serde_json::from_str(
+            r#"{"pid": 1, "exe": "/a", "go_version": "go1.22.1", "exited": false}"#,
+        )
+        .unwrap();
+        assert_eq!((old.container, old.ns_pid), (None, None));
+    }
+
     /// A map made before the trace, written by `main.fill` (line 70), that keeps growing.
     fn written_before_the_trace() -> Report {
         const WRITER: u64 = 0x40_5000;
@@ -1082,6 +1141,8 @@ mod tests {
                 go_version: "go1.24.11".into(),
                 exited: false,
                 peak_rss_bytes: None,
+                container: None,
+                ns_pid: None,
             },
             window: Window {
                 start_ns: 1_000_000_000,
@@ -1163,6 +1224,8 @@ mod tests {
                 go_version: "go1.24.11".into(),
                 exited: false,
                 peak_rss_bytes: None,
+                container: None,
+                ns_pid: None,
             },
             window: Window {
                 start_ns: 1_000_000_000,

@@ -310,6 +310,7 @@ async fn follow_attached(
     } = live;
     let pid = target.pid();
     let start_ns = monotonic_ns();
+    let container = crate::container::of_pid(pid);
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -328,6 +329,8 @@ async fn follow_attached(
             go_version,
             exited: false,
             peak_rss_bytes: None,
+            container,
+            ns_pid: crate::container::ns_pid(pid),
         },
         implementation: plan.implementation,
         start_ns,

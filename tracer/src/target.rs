@@ -47,6 +47,9 @@ pub struct Target {
     pid: u32,
     exe: PathBuf,
     pidfd: OwnedFd,
+    /// The executable opened inside the target's own root (see [`crate::rootfs`]); `None`
+    /// when it cannot be (deleted or replaced since it started): `/proc/PID/exe` is used.
+    binary: Option<OwnedFd>,
 }
 
 impl Target {
@@ -68,7 +71,13 @@ impl Target {
                 io::ErrorKind::NotFound => TargetError::NoExecutable(pid),
                 _ => TargetError::Io { pid, source: error },
             })?;
-        Ok(Target { pid, exe, pidfd })
+        let binary = crate::rootfs::open_executable(pid, &exe).ok();
+        Ok(Target {
+            pid,
+            exe,
+            pidfd,
+            binary,
+        })
     }
 
     /// The process id.
@@ -83,9 +92,14 @@ impl Target {
     }
 
     /// A path to the executable that is valid from here whatever namespace the target is in:
-    /// use it to read the binary and to attach uprobes.
+    /// use it to read the binary and to attach uprobes. It is the file opened inside the
+    /// target's root without following symlinks out of it (`/proc/self/fd/N`, valid while
+    /// this `Target` lives), else `/proc/PID/exe`; both are the inode the target runs.
     pub fn exe_link(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/exe", self.pid))
+        match &self.binary {
+            Some(binary) => PathBuf::from(format!("/proc/self/fd/{}", binary.as_raw_fd())),
+            None => PathBuf::from(format!("/proc/{}/exe", self.pid)),
+        }
     }
 
     /// The pidfd, readable once the process has exited.

