@@ -17,6 +17,7 @@ pub mod launch;
 pub mod live;
 pub mod memory;
 pub mod model;
+pub mod overrides;
 pub mod pipeline;
 pub mod plan;
 pub mod privileges;

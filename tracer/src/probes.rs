@@ -58,6 +58,9 @@ pub enum ProbeError {
     /// The pid is zero, which the kernel reads as "every process".
     #[error("pid 0 cannot be traced")]
     PidZero,
+    /// A test-only ring buffer size ([`crate::overrides`]) the kernel would refuse.
+    #[error(transparent)]
+    RingBytes(#[from] crate::overrides::BadRingBytes),
 }
 
 /// Attached probes; dropping this value detaches them all.
@@ -120,7 +123,11 @@ impl Probes {
             } => (key_sample_mask, key_salt),
             Programs::Floor => (u32::MAX, 0),
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = crate::overrides::ring_bytes()? {
+            loader.map_max_entries(maps::EVENTS, bytes);
+        }
+        let mut ebpf = loader
             .override_global(globals::KEY_SAMPLE_MASK, &mask, true)
             .override_global(globals::KEY_SALT, &salt, true)
             .load(BPF_OBJECT)
