@@ -119,7 +119,10 @@ fn the_target_killed_mid_trace_still_gets_its_report() {
         Some(9)
     );
     let (status, stderr) = tracer.wait();
-    assert!(status.success(), "gomaptrace failed ({status}): {stderr:#?}");
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
     let report = read_report(&json);
     assert_eq!(report["target"]["exited"], true, "{}", report["target"]);
     assert_eq!(report["events"]["lost"], 0);
@@ -144,7 +147,10 @@ fn a_target_stopped_and_continued_keeps_exact_counts() {
     signal(pid, libc::SIGCONT);
     let truths = Truth::parse(&fixture.run_operations());
     let (status, stderr) = tracer.interrupt();
-    assert!(status.success(), "gomaptrace failed ({status}): {stderr:#?}");
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
     assert!(fixture.finish().success());
     let report = read_report(&json);
     assert_eq!(report["target"]["exited"], false);
@@ -203,12 +209,19 @@ fn a_ring_buffer_too_small_counts_and_shows_the_loss() {
     signal(tracer.pid(), libc::SIGINT);
     let text = tracer.stdout.rest().join("\n");
     let (status, stderr) = tracer.wait();
-    assert!(status.success(), "gomaptrace failed ({status}): {stderr:#?}");
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
     assert!(fixture.finish().success());
     let report = read_report(&json);
     let lost = report["events"]["lost"].as_u64().unwrap();
     let received = report["events"]["received"].as_u64().unwrap();
-    assert!(lost > 0, "a 4 KiB ring cannot keep up: {}", report["events"]);
+    assert!(
+        lost > 0,
+        "a 4 KiB ring cannot keep up: {}",
+        report["events"]
+    );
     assert!(
         text.contains(&format!("LOST: {lost} events were lost")),
         "the text report shows the loss: {text}"
@@ -253,7 +266,10 @@ fn an_attach_failing_halfway_detaches_everything_attached_so_far() {
     };
 
     let (probes, outputs) = Probes::attach(&good, &exe, pid, programs).expect("attach");
-    assert!(patched_code_bytes(pid) > 0, "the check sees attached probes");
+    assert!(
+        patched_code_bytes(pid) > 0,
+        "the check sees attached probes"
+    );
     probes.detach();
     drop(outputs);
     assert_eq!(patched_code_bytes(pid), 0);
@@ -298,6 +314,18 @@ impl SignalIs for std::process::ExitStatus {
     }
 }
 
+/// Copies an executable with `cp`: a file this multi-threaded process opened for writing
+/// could be inherited by a child another test forks meanwhile, and exec'ing it would then
+/// fail with "Text file busy".
+fn copy(from: &Path, to: &Path) {
+    let copied = std::process::Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp {from:?} {to:?}");
+}
+
 #[test]
 fn a_pie_deployed_over_while_running_is_traced_through_its_old_binary() {
     let built = build("maps", "1.24.11", Flavor::Pie, &[]);
@@ -305,20 +333,23 @@ fn a_pie_deployed_over_while_running_is_traced_through_its_old_binary() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let installed = dir.join("maps service");
-    std::fs::copy(&built, &installed).unwrap();
+    copy(&built, &installed);
     let json = report_path("a_pie_deployed_over_while_running_is_traced_through_its_old_binary");
 
     let mut fixture = Fixture::start(&installed);
     // A deploy: the new release is written next to the old one and renamed over it.
     let next = dir.join("maps service.new");
-    std::fs::copy(build("maps", "1.24.11", Flavor::Plain, &[]), &next).unwrap();
+    copy(&build("maps", "1.24.11", Flavor::Plain, &[]), &next);
     std::fs::rename(&next, &installed).unwrap();
 
     let pid = fixture.pid().to_string();
     let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
     let truths = Truth::parse(&fixture.run_operations());
     let (status, stderr) = tracer.interrupt();
-    assert!(status.success(), "gomaptrace failed ({status}): {stderr:#?}");
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
     assert_eq!(fixture.finish().code(), Some(3));
     std::fs::remove_dir_all(&dir).unwrap();
 

@@ -16,7 +16,9 @@ pub fn ring_bytes() -> Result<Option<u32>, BadRingBytes> {
         return Ok(None);
     };
     let value = value.to_string_lossy().into_owned();
-    parse_ring_bytes(&value).map(Some).ok_or(BadRingBytes(value))
+    parse_ring_bytes(&value)
+        .map(Some)
+        .ok_or(BadRingBytes(value))
 }
 
 fn parse_ring_bytes(value: &str) -> Option<u32> {
@@ -32,7 +34,16 @@ mod tests {
     fn only_page_multiples_that_are_powers_of_two_are_accepted() {
         assert_eq!(parse_ring_bytes("4096"), Some(4096));
         assert_eq!(parse_ring_bytes("65536"), Some(65536));
-        for bad in ["0", "4095", "6000", "2048", "-4096", "x", "4294967296", "2147483648"] {
+        for bad in [
+            "0",
+            "4095",
+            "6000",
+            "2048",
+            "-4096",
+            "x",
+            "4294967296",
+            "2147483648",
+        ] {
             assert_eq!(parse_ring_bytes(bad), None, "{bad}");
         }
     }

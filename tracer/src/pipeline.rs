@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
-use crate::sibling::create_temporary_sibling;
 use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::sibling::create_temporary_sibling;
 use crate::verdict::{Thresholds, Window};
 
 /// First bytes of every recording; the version changes whenever the event format does.

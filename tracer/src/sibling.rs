@@ -96,7 +96,11 @@ mod tests {
             .file_type()
             .is_symlink());
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        assert_eq!(left.len(), 3, "only victim, report and the planted link: {left:?}");
+        assert_eq!(
+            left.len(),
+            3,
+            "only victim, report and the planted link: {left:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -305,14 +305,19 @@ mod tests {
         );
         let data = "55d0c2b00000-55d0c2c00000 rw-p 00101000 fd:01 42   /srv/app";
         assert_eq!(executable_mapping(data, app, None), None);
-        assert_eq!(executable_mapping(line, Path::new("/srv/other"), None), None);
-        assert_eq!(executable_mapping("55d0c2a00000-55d0c2b00000 r-xp", app, None), None);
+        assert_eq!(
+            executable_mapping(line, Path::new("/srv/other"), None),
+            None
+        );
+        assert_eq!(
+            executable_mapping("55d0c2a00000-55d0c2b00000 r-xp", app, None),
+            None
+        );
     }
 
     #[test]
     fn finds_the_mapping_of_a_replaced_binary_with_spaces_in_its_path() {
-        let line =
-            "7f0000000000-7f0000100000 r-xp 00001000 fd:01 4242   /srv/my app/svc (deleted)";
+        let line = "7f0000000000-7f0000100000 r-xp 00001000 fd:01 4242   /srv/my app/svc (deleted)";
         let exe = Path::new("/srv/my app/svc (deleted)");
         let expected = Some((0x7f00_0000_0000, 0x1000));
         assert_eq!(executable_mapping(line, exe, None), expected);
@@ -322,7 +327,10 @@ mod tests {
             inode: 4242,
         };
         let elsewhere = Path::new("/proc/1/exe");
-        assert_eq!(executable_mapping(line, elsewhere, Some(identity)), expected);
+        assert_eq!(
+            executable_mapping(line, elsewhere, Some(identity)),
+            expected
+        );
         let other_inode = FileIdentity {
             inode: 4243,
             ..identity
