@@ -14,7 +14,8 @@ use tracer_common::{globals, maps, LOST_SLOT};
 
 use crate::plan::{ProbeKind, ProbePlan};
 
-/// The BPF object built from `tracer-ebpf/` by this crate's build script.
+/// The BPF object built from `tracer-ebpf/` by this crate's build script; empty when the
+/// script embedded a stub (see `build.rs`).
 static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomaptrace.bpf.o"));
 
@@ -58,6 +59,12 @@ pub enum ProbeError {
     /// The pid is zero, which the kernel reads as "every process".
     #[error("pid 0 cannot be traced")]
     PidZero,
+    /// This gomaptrace was built with an empty stand-in for its BPF programs.
+    #[error(
+        "this gomaptrace was built without its BPF programs (the BPF toolchain was missing or \
+         GOMAPTRACE_BPF=stub): run `cargo xtask build`"
+    )]
+    Stub,
     /// A test-only ring buffer size ([`crate::overrides`]) the kernel would refuse.
     #[error(transparent)]
     RingBytes(#[from] crate::overrides::BadRingBytes),
@@ -116,6 +123,9 @@ impl Probes {
         programs: Programs,
     ) -> Result<(Probes, Outputs), ProbeError> {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
+        if BPF_OBJECT.is_empty() {
+            return Err(ProbeError::Stub);
+        }
         let (mask, salt) = match programs {
             Programs::Tracing {
                 key_sample_mask,
