@@ -56,10 +56,12 @@ fn patched_code_bytes(pid: u32) -> usize {
 /// Waits until no probe is left in process `pid` (the kernel detaches a killed tracer's
 /// probes as it closes its file descriptors, which takes a moment per probe).
 fn wait_until_no_probe_is_left(pid: u32) {
-    let deadline = Instant::now() + STEP_TIMEOUT;
+    let start = Instant::now();
+    let deadline = start + STEP_TIMEOUT;
     loop {
         let patched = patched_code_bytes(pid);
         if patched == 0 {
+            eprintln!("no probe left in pid {pid} {:?} after", start.elapsed());
             return;
         }
         assert!(
@@ -217,6 +219,7 @@ fn a_ring_buffer_too_small_counts_and_shows_the_loss() {
     let report = read_report(&json);
     let lost = report["events"]["lost"].as_u64().unwrap();
     let received = report["events"]["received"].as_u64().unwrap();
+    eprintln!("4 KiB ring: {lost} events lost, {received} received");
     assert!(
         lost > 0,
         "a 4 KiB ring cannot keep up: {}",
