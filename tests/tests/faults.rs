@@ -329,24 +329,45 @@ fn copy(from: &Path, to: &Path) {
     assert!(copied.success(), "cp {from:?} {to:?}");
 }
 
-#[test]
-fn a_pie_deployed_over_while_running_is_traced_through_its_old_binary() {
-    let built = build("maps", "1.24.11", Flavor::Pie, &[]);
-    let dir = std::env::temp_dir().join(format!("gomaptrace deploy {}", std::process::id()));
+/// When the deploy renames the new release over the running binary.
+#[derive(Clone, Copy, PartialEq)]
+enum Deploy {
+    /// Before gomaptrace attaches: `/proc/PID/exe` already reads `… (deleted)`.
+    BeforeAttach,
+    /// While the probes are live, between attaching and the map operations.
+    WhileTraced,
+}
+
+/// Starts the maps fixture (`flavor`) from a path with spaces, renames a different build
+/// over it at `deploy`, and checks that the trace still has exact counts, types and
+/// creation sites: everything must come from the binary the process runs, not the file now
+/// at its path.
+fn deployed_over(flavor: Flavor, deploy: Deploy, test: &str) {
+    let built = build("maps", "1.24.11", flavor, &[]);
+    let other = if flavor == Flavor::Pie {
+        Flavor::Plain
+    } else {
+        Flavor::Pie
+    };
+    let dir = std::env::temp_dir().join(format!("gomaptrace {test} {}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let installed = dir.join("maps service");
     copy(&built, &installed);
-    let json = report_path("a_pie_deployed_over_while_running_is_traced_through_its_old_binary");
+    let next = dir.join("maps service.new");
+    copy(&build("maps", "1.24.11", other, &[]), &next);
+    let json = report_path(test);
 
     let mut fixture = Fixture::start(&installed);
     // A deploy: the new release is written next to the old one and renamed over it.
-    let next = dir.join("maps service.new");
-    copy(&build("maps", "1.24.11", Flavor::Plain, &[]), &next);
-    std::fs::rename(&next, &installed).unwrap();
-
+    if deploy == Deploy::BeforeAttach {
+        std::fs::rename(&next, &installed).unwrap();
+    }
     let pid = fixture.pid().to_string();
     let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
+    if deploy == Deploy::WhileTraced {
+        std::fs::rename(&next, &installed).unwrap();
+    }
     let truths = Truth::parse(&fixture.run_operations());
     let (status, stderr) = tracer.interrupt();
     assert!(
@@ -358,7 +379,12 @@ fn a_pie_deployed_over_while_running_is_traced_through_its_old_binary() {
 
     let report = read_report(&json);
     let exe = report["target"]["exe"].as_str().unwrap();
-    assert!(exe.ends_with("maps service (deleted)"), "{exe}");
+    let expected_exe = match deploy {
+        Deploy::BeforeAttach => "maps service (deleted)",
+        Deploy::WhileTraced => "maps service",
+    };
+    assert!(exe.ends_with(expected_exe), "{exe}");
+    assert_eq!(report["events"]["lost"], 0);
     assert_eq!(truths.len(), 16, "{truths:#?}");
     for truth in &truths {
         let name = truth.text("name");
@@ -368,9 +394,48 @@ fn a_pie_deployed_over_while_running_is_traced_through_its_old_binary() {
         let map_type = map["type"].as_str().unwrap_or_default();
         assert!(map_type.starts_with("map["), "type of {name}: {map}");
         if truth.text("created") == "after" {
+            for field in ["inserts", "overwrites", "deletes", "clears"] {
+                assert_eq!(map[field], truth.number(field), "{field} of {name}: {map}");
+            }
             let site = map["site"]["function"].as_str().unwrap_or_default();
             assert!(site.starts_with("main."), "creation site of {name}: {map}");
             assert!(map["site"]["line"].as_u64() > Some(0), "{name}: {map}");
         }
     }
+}
+
+#[test]
+fn a_pie_deployed_over_before_the_trace_is_traced_through_its_old_binary() {
+    deployed_over(
+        Flavor::Pie,
+        Deploy::BeforeAttach,
+        "a_pie_deployed_over_before_the_trace",
+    );
+}
+
+#[test]
+fn a_static_binary_deployed_over_before_the_trace_is_traced_through_its_old_binary() {
+    deployed_over(
+        Flavor::Plain,
+        Deploy::BeforeAttach,
+        "a_static_binary_deployed_over_before_the_trace",
+    );
+}
+
+#[test]
+fn a_pie_deployed_over_while_traced_keeps_its_probes_and_counts() {
+    deployed_over(
+        Flavor::Pie,
+        Deploy::WhileTraced,
+        "a_pie_deployed_over_while_traced",
+    );
+}
+
+#[test]
+fn a_static_binary_deployed_over_while_traced_keeps_its_probes_and_counts() {
+    deployed_over(
+        Flavor::Plain,
+        Deploy::WhileTraced,
+        "a_static_binary_deployed_over_while_traced",
+    );
 }
