@@ -4,11 +4,19 @@
 //! (whose `core` source is installed, and which matches bpf-linker's LLVM) with
 //! `-Z build-std=core`. rustup's proxies must stay off `PATH` for that build, and none of the
 //! variables cargo sets for this script may leak into it. `cargo xtask setup` installs the
-//! toolchain; without it this script stops with a message that says so.
+//! toolchain.
+//!
+//! `GOMAPTRACE_BPF` says whether the real object is needed: `real` (set by every `cargo
+//! xtask` command) builds it and stops with a message when the toolchain is missing; `stub`
+//! embeds an empty object; unset, the object is built when the toolchain is there and stubbed
+//! otherwise, so that `cargo check`, clippy and rust-analyzer work on a fresh clone. A
+//! gomaptrace with the stub refuses to trace with a one-line error (`probes.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Whether the real BPF object is wanted: `real`, `stub`, or unset (real when possible).
+const MODE_VAR: &str = "GOMAPTRACE_BPF";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -32,17 +40,34 @@ fn main() {
     }
 
     let linker_dir = root.join(".tools/bin");
-    for needed in [
-        Path::new(DEBIAN_CARGO),
-        Path::new(DEBIAN_RUSTC),
-        &linker_dir.join("bpf-linker"),
-    ] {
-        if !needed.exists() {
-            panic!(
-                "{} is missing: the BPF programs cannot be built. Run `cargo xtask setup` first.",
-                needed.display()
-            );
-        }
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    let embedded = out_dir.join("gomaptrace.bpf.o");
+    let toolchain = [
+        PathBuf::from(DEBIAN_CARGO),
+        PathBuf::from(DEBIAN_RUSTC),
+        linker_dir.join("bpf-linker"),
+    ];
+    println!("cargo:rerun-if-env-changed={MODE_VAR}");
+    for needed in &toolchain {
+        // A missing path reruns this script on every build, so installing it is noticed.
+        println!("cargo:rerun-if-changed={}", needed.display());
+    }
+    let missing = toolchain.iter().find(|needed| !needed.exists());
+    let mode = std::env::var(MODE_VAR).unwrap_or_default();
+    match (mode.as_str(), missing) {
+        ("stub", _) => return write_stub(&embedded, "GOMAPTRACE_BPF=stub"),
+        ("real", Some(needed)) => panic!(
+            "{} is missing: the BPF programs cannot be built. Run `cargo xtask setup` first.",
+            needed.display()
+        ),
+        ("real" | "", _) => {}
+        (other, _) => panic!("{MODE_VAR}={other}: expected `real`, `stub` or nothing"),
+    }
+    if let Some(needed) = missing {
+        return write_stub(
+            &embedded,
+            &format!("{} is missing (run `cargo xtask setup`)", needed.display()),
+        );
     }
 
     let host_arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("set by cargo");
@@ -61,11 +86,21 @@ fn main() {
             arch,
         );
         if arch == host_arch {
-            let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
-            std::fs::copy(&object, out_dir.join("gomaptrace.bpf.o"))
+            std::fs::copy(&object, &embedded)
                 .unwrap_or_else(|error| panic!("cannot copy {}: {error}", object.display()));
         }
     }
+}
+
+/// Embeds an empty object instead of the BPF programs, saying why: enough to type-check and
+/// lint the tracer, never to trace.
+fn write_stub(embedded: &Path, why: &str) {
+    println!(
+        "cargo:warning=BPF programs not built ({why}): this gomaptrace cannot trace; \
+         set {MODE_VAR}=real or use `cargo xtask build`"
+    );
+    std::fs::write(embedded, b"")
+        .unwrap_or_else(|error| panic!("cannot write {}: {error}", embedded.display()));
 }
 
 /// Builds the BPF object for one architecture's register layout (`bpf_target_arch`, the

@@ -147,6 +147,12 @@ impl Fixture {
         drop(self.stdin.take());
         wait_with_timeout(&mut self.child, "fixture")
     }
+
+    /// Kills the fixture with SIGKILL and reaps it.
+    pub fn kill(mut self) -> ExitStatus {
+        self.child.kill().expect("kill the fixture");
+        wait_with_timeout(&mut self.child, "fixture")
+    }
 }
 
 /// A running gomaptrace.
@@ -175,8 +181,28 @@ impl Tracer {
 
     /// Starts gomaptrace with `args`.
     pub fn start(args: &[&str]) -> Tracer {
+        Tracer::start_with_env(args, &[])
+    }
+
+    /// Like [`Tracer::attach`], with extra environment variables (hidden test settings).
+    pub fn attach_with_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
+        let tracer = Tracer::start_with_env(args, env);
+        let lines = tracer
+            .stderr
+            .until(|line| line.contains("attached") || line.contains("error"));
+        let last = lines.last().expect("at least one line");
+        assert!(
+            last.contains("attached"),
+            "gomaptrace did not attach: {lines:#?}"
+        );
+        tracer
+    }
+
+    /// Starts gomaptrace with `args` and extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut child = Command::new(tracer_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -196,6 +222,17 @@ impl Tracer {
         let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         assert_eq!(sent, 0, "cannot signal gomaptrace");
         self.wait()
+    }
+
+    /// gomaptrace's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills gomaptrace with SIGKILL (no chance to detach anything itself) and reaps it.
+    pub fn kill(mut self) -> ExitStatus {
+        self.child.kill().expect("kill gomaptrace");
+        wait_with_timeout(&mut self.child, "gomaptrace")
     }
 
     /// Waits for the exit; returns the status and the rest of stderr.

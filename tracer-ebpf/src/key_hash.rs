@@ -25,6 +25,9 @@ static KEY_SAMPLE_MASK: u32 = u32::MAX;
 /// field after the common `abi.Type`.
 const MAP_TYPE_KEY_OFFSET: u64 = go_type::HEADER_BYTES as u64;
 
+// The read size bound in `hash_memory` is a mask: it needs a power of two.
+const _: () = assert!(KEY_HASH_PREFIX.is_power_of_two());
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -87,14 +90,14 @@ fn hash_memory(salt: u64, address: u64, len: u64) -> Option<u32> {
         len as u32
     };
     if len > 0 {
-        // SAFETY: `len` is at most the buffer's size; a faulting read returns an error.
-        let failed = unsafe {
-            read_user_raw(
-                buffer.as_mut_ptr().cast(),
-                len & (KEY_HASH_PREFIX as u32 * 2 - 1),
-                address as *const _,
-            )
-        };
+        // `len` is 1..=KEY_HASH_PREFIX here, and for such a `len` this is `len` itself. The
+        // mask and the `+ 1` make that bound hold by arithmetic alone, so the verifier sees a
+        // size that fits the buffer whatever LLVM makes of the clamp above.
+        let size = ((len - 1) & (KEY_HASH_PREFIX as u32 - 1)) + 1;
+        // SAFETY: `size` is 1..=KEY_HASH_PREFIX, the buffer's size; a faulting read returns
+        // an error.
+        let failed =
+            unsafe { read_user_raw(buffer.as_mut_ptr().cast(), size, address as *const _) };
         if failed != 0 {
             return None;
         }

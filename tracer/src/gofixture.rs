@@ -7,6 +7,7 @@
 //! Go releases without a toolchain here (1.17, 1.18) are covered by released programs that
 //! set-up fetches instead ([`released_go_program`]).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -140,11 +141,21 @@ pub fn build_with(
         return output;
     }
     std::fs::create_dir_all(&out_dir).expect("create target/fixtures");
+    // Tests build the same fixture in parallel, in threads and in processes: one builds while
+    // the others wait, then find it fresh. The binary is written under another name and
+    // renamed, so no reader ever sees a half-written file, even one whose build was killed.
+    let _lock = BuildLock::take(&output);
+    if is_fresh(&output, &source) {
+        return output;
+    }
+    let mut partial = output.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
     let go = go_tool(version);
     let result = Command::new(&go)
         .arg("build")
         .args(["-trimpath", "-o"])
-        .arg(&output)
+        .arg(&partial)
         .args(go_args)
         .arg(".")
         .current_dir(&source)
@@ -162,7 +173,36 @@ pub fn build_with(
         "go {version} build of fixture {name} ({variant} {go_args:?} {env:?}) failed: {}",
         String::from_utf8_lossy(&result.stderr)
     );
+    std::fs::rename(&partial, &output)
+        .unwrap_or_else(|error| panic!("cannot rename {}: {error}", partial.display()));
     output
+}
+
+/// An exclusive `flock` on `<output>.lock`, released when dropped (or when the process dies).
+struct BuildLock {
+    _file: std::fs::File,
+}
+
+impl BuildLock {
+    fn take(output: &Path) -> BuildLock {
+        let mut path = output.as_os_str().to_owned();
+        path.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|error| panic!("cannot open {path:?}: {error}"));
+        // SAFETY: flock on a descriptor this value owns; it blocks until the lock is ours.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(
+            locked,
+            0,
+            "cannot lock {path:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        BuildLock { _file: file }
+    }
 }
 
 fn is_fresh(output: &Path, source: &Path) -> bool {
@@ -178,4 +218,31 @@ fn is_fresh(output: &Path, source: &Path) -> bool {
             .and_then(|meta| meta.modified())
             .is_ok_and(|modified| modified <= built)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_builds_of_one_fixture_all_get_the_whole_binary() {
+        let variant = "parallel-build-test";
+        let output =
+            workspace_root().join(format!("target/fixtures/maps-go1.24.11-amd64-{variant}"));
+        let _ = std::fs::remove_file(&output);
+        let builders: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let path = build_with("maps", "1.24.11", variant, &[], &[], "amd64");
+                    std::fs::read(path).unwrap()
+                })
+            })
+            .collect();
+        let binaries: Vec<Vec<u8>> = builders.into_iter().map(|b| b.join().unwrap()).collect();
+        assert!(binaries[0].starts_with(b"\x7fELF"));
+        assert!(binaries.iter().all(|binary| binary == &binaries[0]));
+        let mut partial = output.into_os_string();
+        partial.push(".partial");
+        assert!(!Path::new(&partial).exists());
+    }
 }

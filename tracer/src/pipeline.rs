@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
-use crate::report::{temporary_sibling, Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::sibling::create_temporary_sibling;
 use crate::verdict::{Thresholds, Window};
 
 /// First bytes of every recording; the version changes whenever the event format does.
@@ -136,8 +137,8 @@ impl Recorder {
             path: path.to_owned(),
             source,
         };
-        let temporary = temporary_sibling(path).map_err(io_error)?;
-        let mut out = BufWriter::new(File::create(&temporary).map_err(io_error)?);
+        let (temporary, file) = create_temporary_sibling(path).map_err(io_error)?;
+        let mut out = BufWriter::new(file);
         out.write_all(MAGIC).map_err(io_error)?;
         Ok(Recorder {
             path: path.to_owned(),

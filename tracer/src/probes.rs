@@ -14,7 +14,8 @@ use tracer_common::{globals, maps, LOST_SLOT};
 
 use crate::plan::{ProbeKind, ProbePlan};
 
-/// The BPF object built from `tracer-ebpf/` by this crate's build script.
+/// The BPF object built from `tracer-ebpf/` by this crate's build script; empty when the
+/// script embedded a stub (see `build.rs`).
 static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomaptrace.bpf.o"));
 
@@ -58,6 +59,15 @@ pub enum ProbeError {
     /// The pid is zero, which the kernel reads as "every process".
     #[error("pid 0 cannot be traced")]
     PidZero,
+    /// This gomaptrace was built with an empty stand-in for its BPF programs.
+    #[error(
+        "this gomaptrace was built without its BPF programs (the BPF toolchain was missing or \
+         GOMAPTRACE_BPF=stub): run `cargo xtask build`"
+    )]
+    Stub,
+    /// A test-only ring buffer size ([`crate::overrides`]) the kernel would refuse.
+    #[error(transparent)]
+    RingBytes(#[from] crate::overrides::BadRingBytes),
 }
 
 /// Attached probes; dropping this value detaches them all.
@@ -113,6 +123,9 @@ impl Probes {
         programs: Programs,
     ) -> Result<(Probes, Outputs), ProbeError> {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
+        if BPF_OBJECT.is_empty() {
+            return Err(ProbeError::Stub);
+        }
         let (mask, salt) = match programs {
             Programs::Tracing {
                 key_sample_mask,
@@ -120,7 +133,11 @@ impl Probes {
             } => (key_sample_mask, key_salt),
             Programs::Floor => (u32::MAX, 0),
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = crate::overrides::ring_bytes()? {
+            loader.map_max_entries(maps::EVENTS, bytes);
+        }
+        let mut ebpf = loader
             .override_global(globals::KEY_SAMPLE_MASK, &mask, true)
             .override_global(globals::KEY_SALT, &salt, true)
             .load(BPF_OBJECT)

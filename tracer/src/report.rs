@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::Path;
 
 use hdrhistogram::Histogram;
@@ -845,32 +845,11 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// The hidden file next to `path` that is written first and renamed over `path` once
-/// complete: the same file system, so the rename is atomic.
-pub fn temporary_sibling(path: &Path) -> io::Result<std::path::PathBuf> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
-    let mut temporary_name = std::ffi::OsString::from(".");
-    temporary_name.push(file_name);
-    temporary_name.push(format!(".tmp{}", std::process::id()));
-    Ok(path.with_file_name(temporary_name))
-}
-
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a
-/// partial file; on failure nothing is left behind.
+/// partial file; on failure nothing is left behind. See [`crate::sibling`] for why the
+/// temporary file cannot be redirected.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = temporary_sibling(path)?;
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
+    crate::sibling::write_atomically(path, bytes)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use crate::inspect::ReadMemory;
 
@@ -162,25 +163,46 @@ impl Target {
     /// How far the executable was moved when loaded: run-time address − linked address (0
     /// unless it is position independent). Found from the mapping of its executable segment
     /// in `/proc/PID/maps`; `vaddr_of` turns that mapping's file offset into the linked
-    /// address (`GoBinary::vaddr_of_file_offset`).
+    /// address (`GoBinary::vaddr_of_file_offset`). A process whose binary has no executable
+    /// mapping is an error, never a silent bias of 0 (which would misplace every address of a
+    /// PIE).
     pub fn load_bias(&self, vaddr_of: impl Fn(u64) -> Option<u64>) -> io::Result<u64> {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
-        let exe = self.exe.to_string_lossy();
-        Ok(maps
-            .lines()
-            .filter_map(|line| executable_mapping(line, &exe))
+        let identity = self.exe_identity();
+        maps.lines()
+            .filter_map(|line| executable_mapping(line, &self.exe, identity))
             .find_map(|(start, offset)| Some(start.wrapping_sub(vaddr_of(offset)?)))
-            .unwrap_or(0))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "no executable mapping of {} in /proc/{}/maps",
+                        self.exe.display(),
+                        self.pid
+                    ),
+                )
+            })
     }
 
     /// Whether the executable's code is mapped yet: a freshly exec'd process names its
     /// executable in `/proc/PID/exe` a moment before the exec maps it, and [`Self::load_bias`]
     /// needs the mapping.
     pub fn has_executable_mapping(&self) -> bool {
-        let exe = self.exe.to_string_lossy();
+        let identity = self.exe_identity();
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).is_ok_and(|maps| {
             maps.lines()
-                .any(|line| executable_mapping(line, &exe).is_some())
+                .any(|line| executable_mapping(line, &self.exe, identity).is_some())
+        })
+    }
+
+    /// The device and inode of the file the process runs, found through `/proc/PID/exe`, which
+    /// still reaches a binary deleted or replaced on disk since the process started (a deploy).
+    fn exe_identity(&self) -> Option<FileIdentity> {
+        let meta = fs::metadata(self.exe_link()).ok()?;
+        Some(FileIdentity {
+            major: libc::major(meta.dev()),
+            minor: libc::minor(meta.dev()),
+            inode: meta.ino(),
         })
     }
 }
@@ -191,14 +213,47 @@ impl ReadMemory for Target {
     }
 }
 
-/// `(start, file offset)` of an executable mapping of `exe` in a `/proc/PID/maps` line.
-fn executable_mapping(line: &str, exe: &str) -> Option<(u64, u64)> {
-    let mut fields = line.split_whitespace();
-    let range = fields.next()?;
-    let permissions = fields.next()?;
-    let offset = fields.next()?;
-    let path = fields.nth(2)?;
-    if path != exe || !permissions.contains('x') {
+/// Which file a mapping maps: `/proc/PID/maps` prints the device as `major:minor` and the
+/// inode, which identify the binary even when its path no longer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    major: u32,
+    minor: u32,
+    inode: u64,
+}
+
+/// `(start, file offset)` of an executable mapping of the binary in a `/proc/PID/maps` line.
+/// The binary is recognised by its device and inode (`identity`, when known), or by its path
+/// `exe` as `/proc/PID/exe` reads it (which ends in ` (deleted)` exactly when the mapping's
+/// does). The path is the rest of the line after five fields, so it may contain spaces.
+fn executable_mapping(
+    line: &str,
+    exe: &Path,
+    identity: Option<FileIdentity>,
+) -> Option<(u64, u64)> {
+    let mut rest = line;
+    let mut field = || {
+        let (field, tail) = rest.trim_start().split_once(char::is_whitespace)?;
+        rest = tail;
+        Some(field)
+    };
+    let range = field()?;
+    let permissions = field()?;
+    let offset = field()?;
+    let device = field()?;
+    let inode = field()?;
+    let path = rest.trim_start();
+    if !permissions.contains('x') {
+        return None;
+    }
+    let (major, minor) = device.split_once(':')?;
+    let mapped = FileIdentity {
+        major: u32::from_str_radix(major, 16).ok()?,
+        minor: u32::from_str_radix(minor, 16).ok()?,
+        inode: inode.parse().ok()?,
+    };
+    let same_file = identity == Some(mapped) || (!path.is_empty() && Path::new(path) == exe);
+    if !same_file {
         return None;
     }
     let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
@@ -256,14 +311,52 @@ mod tests {
 
     #[test]
     fn finds_the_executable_mapping() {
+        let app = Path::new("/srv/app");
         let line = "55d0c2a00000-55d0c2b00000 r-xp 00001000 fd:01 42   /srv/app";
         assert_eq!(
-            executable_mapping(line, "/srv/app"),
+            executable_mapping(line, app, None),
             Some((0x55d0_c2a0_0000, 0x1000))
         );
         let data = "55d0c2b00000-55d0c2c00000 rw-p 00101000 fd:01 42   /srv/app";
-        assert_eq!(executable_mapping(data, "/srv/app"), None);
-        assert_eq!(executable_mapping(line, "/srv/other"), None);
+        assert_eq!(executable_mapping(data, app, None), None);
+        assert_eq!(
+            executable_mapping(line, Path::new("/srv/other"), None),
+            None
+        );
+        assert_eq!(
+            executable_mapping("55d0c2a00000-55d0c2b00000 r-xp", app, None),
+            None
+        );
+    }
+
+    #[test]
+    fn finds_the_mapping_of_a_replaced_binary_with_spaces_in_its_path() {
+        let line = "7f0000000000-7f0000100000 r-xp 00001000 fd:01 4242   /srv/my app/svc (deleted)";
+        let exe = Path::new("/srv/my app/svc (deleted)");
+        let expected = Some((0x7f00_0000_0000, 0x1000));
+        assert_eq!(executable_mapping(line, exe, None), expected);
+        let identity = FileIdentity {
+            major: 0xfd,
+            minor: 1,
+            inode: 4242,
+        };
+        let elsewhere = Path::new("/proc/1/exe");
+        assert_eq!(
+            executable_mapping(line, elsewhere, Some(identity)),
+            expected
+        );
+        let other_inode = FileIdentity {
+            inode: 4243,
+            ..identity
+        };
+        assert_eq!(executable_mapping(line, elsewhere, Some(other_inode)), None);
+    }
+
+    #[test]
+    fn the_load_bias_of_a_process_is_found_or_an_error() {
+        let me = Target::open(std::process::id()).unwrap();
+        assert!(me.load_bias(Some).is_ok());
+        assert!(me.load_bias(|_| None).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    crate::ebpf_clippy::run_clippy(root)?;
     let tracer = build_tracer(root, false)?;
     run(cargo(root)
         .args(["test", "--workspace"])
