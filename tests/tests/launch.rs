@@ -188,6 +188,8 @@ fn launch_sees_init_maps(version: &str, flavor: Flavor, env: &[(&str, &str)]) {
     let report = read_report(&json);
     assert_eq!(report["target"]["exited"], false, "the window ended first");
     assert_eq!(report["events"]["lost"], 0);
+    // Armed before the exec: nothing the program does can come before it.
+    assert_eq!(report["events"]["before_arming"], 0);
     let truths = Truth::parse(&stdout);
     assert_init_maps_created(&report, &truths);
     for truth in &truths {

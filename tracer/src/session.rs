@@ -162,6 +162,7 @@ pub async fn trace(
         Err(_) if !target.is_alive() => return Err(SessionError::ExitedEarly(pid)),
         attached => attached?,
     };
+    let armed_ns = monotonic_ns();
     follow_attached(
         Live {
             target,
@@ -173,6 +174,7 @@ pub async fn trace(
             recorder,
             probes,
             outputs,
+            armed_ns,
         },
         options,
         stop,
@@ -205,6 +207,8 @@ pub async fn trace_launched(
         programs,
     } = prepare(&path, child.program().shown(), options)?;
     let (probes, outputs) = Probes::attach(&plan, &path, child.pid(), programs)?;
+    // Armed before the program runs its first instruction: its init() maps count.
+    let armed_ns = monotonic_ns();
     let (target, bias) = child.release(|offset| binary.vaddr_of_file_offset(offset))?;
     let exe = target.exe().display().to_string();
     follow_attached(
@@ -218,6 +222,7 @@ pub async fn trace_launched(
             recorder,
             probes,
             outputs,
+            armed_ns,
         },
         options,
         stop,
@@ -286,6 +291,9 @@ struct Live {
     recorder: Option<Recorder>,
     probes: Probes,
     outputs: Outputs,
+    /// When the last probe was attached (monotonic ns): events count from then on (see
+    /// [`crate::model::Model::arm`]).
+    armed_ns: u64,
 }
 
 /// The trace once the probes are live, the same for a process attached to and a program
@@ -307,9 +315,9 @@ async fn follow_attached(
         recorder,
         probes,
         outputs,
+        armed_ns: start_ns,
     } = live;
     let pid = target.pid();
-    let start_ns = monotonic_ns();
     let container = crate::container::of_pid(pid);
     on_attached(&Attached {
         probes: probes.attached(),
