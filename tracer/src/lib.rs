@@ -23,6 +23,7 @@ pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod session;
+pub mod snapshot;
 pub mod target;
 pub mod trend;
 pub mod verdict;

@@ -14,7 +14,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::SourceFrame;
-use crate::model::{MapRecord, Model, StackId};
+use crate::memory::inventory::{Capacity, Summary};
+use crate::model::{MapRecord, Model, Seen, StackId};
 use crate::plan::MapImplementation;
 use crate::trend::Confidence;
 use crate::verdict::{self, Storage, Thresholds, Verdict, Window};
@@ -41,6 +42,9 @@ pub struct Report {
     pub released_unlisted: u64,
     /// Every map seen (up to the bound above for released ones), in order of first sighting.
     pub maps: Vec<MapReport>,
+    /// What the inventory at attach did (`null` when none was taken, as in recordings made
+    /// before it existed).
+    pub inventory: Option<Summary>,
 }
 
 /// The traced process.
@@ -171,6 +175,16 @@ pub struct MapReport {
     pub unexplained: u64,
     /// The last operation's effect was never seen (the map or the target was gone first).
     pub unsettled: u64,
+    /// How it was first seen: `creation`, `event` (an operation on a map made before), or
+    /// `inventory` (found through a package-level variable at attach).
+    pub seen: Seen,
+    /// Found by the inventory and not operated on while traced: its numbers are its header's.
+    pub idle: bool,
+    /// An idle map's capacity, read from its header (`null` for maps seen in use).
+    pub capacity: Option<Capacity>,
+    /// Bytes the map would give back if rebuilt with its live entries: what it holds minus
+    /// what those entries need.
+    pub reclaimable_bytes: Option<u64>,
 }
 
 /// One stack that wrote to a map, and what its sampled operations did.
@@ -228,6 +242,8 @@ pub struct Suspect {
     pub confidence: Option<Confidence>,
     /// Estimated bytes it holds.
     pub est_bytes: Option<u64>,
+    /// Bytes it would give back if rebuilt (see [`MapReport::reclaimable_bytes`]).
+    pub reclaimable_bytes: Option<u64>,
 }
 
 /// What a site row groups its maps by.
@@ -435,6 +451,16 @@ impl ReportContext<'_> {
                 })
                 .and_then(|bytes| self.within_resident(bytes))
         };
+        let held = match (facts, record.capacity) {
+            (Some(facts), Some(capacity)) if record.idle => {
+                verdict::capacity_bytes(facts.storage, &capacity)
+                    .and_then(|bytes| self.within_resident(bytes))
+            }
+            _ => estimate(record.peak),
+        };
+        let rebuilt = facts.and_then(|facts| {
+            verdict::estimate_bytes(self.implementation, facts.storage, record.live, 0)
+        });
         let start = self.window.start_ns;
         let trend = verdict::trend(record, self.window, &self.thresholds);
         MapReport {
@@ -451,7 +477,7 @@ impl ReportContext<'_> {
             reorganisations: record.reorganisations,
             cloned: record.cloned,
             est_bytes: estimate(record.live),
-            peak_est_bytes: estimate(record.peak),
+            peak_est_bytes: held,
             first_seen_s: seconds_since(start, record.first_seen_ns),
             last_seen_s: seconds_since(start, record.last_seen_ns),
             lifetime_s: record.lifetime_ns(self.window.end_ns) as f64 / 1e9,
@@ -466,6 +492,12 @@ impl ReportContext<'_> {
             released: record.is_released(),
             unexplained: record.unexplained,
             unsettled: record.unsettled,
+            seen: record.seen,
+            idle: record.idle,
+            capacity: record.capacity.filter(|_| record.idle),
+            reclaimable_bytes: held
+                .zip(rebuilt)
+                .map(|(held, rebuilt)| held.saturating_sub(rebuilt)),
             stack,
             writers,
         }
@@ -525,6 +557,7 @@ impl Report {
                     projected_growth_1h: map.projected_growth_1h,
                     confidence: map.confidence,
                     est_bytes: map.peak_est_bytes,
+                    reclaimable_bytes: map.reclaimable_bytes,
                 })
             })
             .collect();
@@ -567,6 +600,7 @@ impl Report {
             },
             released_unlisted: model.released_unlisted(),
             maps,
+            inventory: model.inventory_summary().cloned(),
         }
     }
 
@@ -599,6 +633,7 @@ impl Report {
             self.events.lost,
         );
         self.render_suspects(&mut text);
+        self.render_idle(&mut text, max_rows);
         self.render_sites(&mut text, max_rows);
         self.render_maps(&mut text, max_rows);
         let _ = writeln!(text);
@@ -664,6 +699,52 @@ impl Report {
                         .map_or("(no write stack seen)".to_string(), Location::short),
                 );
             }
+        }
+    }
+
+    /// The inventory's line, then the idle maps it found, biggest first.
+    fn render_idle(&self, text: &mut String, max_rows: usize) {
+        let Some(inventory) = &self.inventory else {
+            return;
+        };
+        let _ = writeln!(text);
+        let _ = writeln!(
+            text,
+            "INVENTORY ({}): {} maps in view at attach, {:.1} ms; cannot see {}",
+            inventory.method, inventory.found, inventory.time_ms, inventory.blind_to
+        );
+        let mut idle: Vec<&MapReport> = self
+            .maps
+            .iter()
+            .filter(|map| map.idle && !map.released)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        idle.sort_by(|a, b| {
+            (b.peak_est_bytes, b.live, &a.addr).cmp(&(a.peak_est_bytes, a.live, &b.addr))
+        });
+        let _ = writeln!(
+            text,
+            "{:<16} {:>8} {:>9} {:>10} {:>11}  type / held by",
+            "IDLE MAP", "live", "slots", "holds", "reclaimable"
+        );
+        for map in idle.iter().take(max_rows) {
+            let _ = writeln!(
+                text,
+                "{:<16} {:>8} {:>9} {:>10} {:>11}  {} / {}",
+                map.addr,
+                map.live,
+                map.capacity
+                    .map_or("?".to_string(), |capacity| capacity.slots.to_string()),
+                map.peak_est_bytes.map_or("?".to_string(), human_bytes),
+                map.reclaimable_bytes.map_or("?".to_string(), human_bytes),
+                map.map_type.as_deref().unwrap_or("?"),
+                map.held_by,
+            );
+        }
+        if idle.len() > max_rows {
+            let _ = writeln!(text, "… and {} smaller idle maps", idle.len() - max_rows);
         }
     }
 
