@@ -244,6 +244,10 @@ pub struct Suspect {
     pub est_bytes: Option<u64>,
     /// Bytes it would give back if rebuilt (see [`MapReport::reclaimable_bytes`]).
     pub reclaimable_bytes: Option<u64>,
+    /// Found idle by the inventory: its verdict rests on its header's capacity.
+    pub idle: bool,
+    /// That capacity.
+    pub capacity: Option<Capacity>,
 }
 
 /// What a site row groups its maps by.
@@ -558,6 +562,8 @@ impl Report {
                     confidence: map.confidence,
                     est_bytes: map.peak_est_bytes,
                     reclaimable_bytes: map.reclaimable_bytes,
+                    idle: map.idle,
+                    capacity: map.capacity,
                 })
             })
             .collect();
@@ -685,6 +691,16 @@ impl Report {
                         confidence.rising, confidence.intervals, confidence.window_s
                     )),
             );
+            if let (true, Some(capacity)) = (suspect.idle, suspect.capacity) {
+                let _ = writeln!(
+                    text,
+                    "  {:<17} idle at attach: {} slots, once held ≥ {}; rebuilt it would give back ~{}",
+                    "",
+                    capacity.slots,
+                    capacity.once_held(),
+                    suspect.reclaimable_bytes.map_or("?".to_string(), human_bytes),
+                );
+            }
             if suspect.held_by != UNKNOWN_HOLDER {
                 let _ = writeln!(text, "  {:<17} held by {}", "", suspect.held_by);
             }
@@ -801,10 +817,10 @@ impl Report {
                 map.deletes,
                 map.clears,
                 map.map_type.as_deref().unwrap_or("?"),
-                if map.created {
-                    "created"
-                } else {
-                    "already in use"
+                match (map.created, map.idle) {
+                    (true, _) => "created",
+                    (false, true) => "idle at attach",
+                    (false, false) => "already in use",
                 },
                 if map.unexplained > 0 {
                     " (inexact)"
@@ -1077,6 +1093,9 @@ mod tests {
             projected_growth_1h: 3600.0,
             confidence: None,
             est_bytes: None,
+            reclaimable_bytes: None,
+            idle: false,
+            capacity: None,
         };
         report.verdicts = vec![suspect("main.cache.byID")];
         let text = report.render_text(10);

@@ -176,8 +176,9 @@ pub fn judge_idle(record: &MapRecord, thresholds: &Thresholds) -> Option<Verdict
 }
 
 /// Bytes the storage of `capacity` takes, for a map type with `storage`: its buckets or
-/// groups, the header and, for swiss maps, the directory and table headers. `None` for a
-/// size no Go map can have.
+/// groups and its header, counted as [`estimate_bytes`] counts them (a swiss directory and
+/// table headers, 8 and 32 bytes each, are left out like classic overflow buckets), so that
+/// the two compare. `None` for a size no Go map can have.
 pub fn capacity_bytes(
     storage: Storage,
     capacity: &crate::memory::inventory::Capacity,
@@ -185,19 +186,12 @@ pub fn capacity_bytes(
     if storage.bucket_bytes == 0 || storage.bucket_bytes > MAX_BUCKET_BYTES {
         return None;
     }
-    let directory = capacity.directory_len.unwrap_or(0).checked_mul(8)?;
-    let tables = capacity.tables.unwrap_or(0).checked_mul(SWISS_TABLE_BYTES)?;
     capacity
         .buckets()
         .checked_mul(storage.bucket_bytes)?
-        .checked_add(HEADER_BYTES)?
-        .checked_add(directory)?
-        .checked_add(tables)
+        .checked_add(HEADER_BYTES)
         .filter(|&bytes| bytes <= MAX_ALLOC_BYTES)
 }
-
-/// Size of a swiss `table` header.
-const SWISS_TABLE_BYTES: u64 = 32;
 
 /// Sizes of one map type's storage, read from its type descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -282,7 +282,138 @@ fn capacity(
 mod tests {
     use std::collections::HashMap;
 
+    use tracer_common::{kind, MapEvent};
+
     use super::*;
+    use crate::model::{Limits, Model, Seen};
+    use crate::verdict::{self, Thresholds, Verdict, Window};
+
+    const MAP: u64 = 0x00c0_0001_0000;
+    const SEED: u64 = 7;
+
+    fn summary(found: u64) -> Summary {
+        Summary {
+            method: METHOD.to_string(),
+            dwarf: true,
+            found,
+            paths: found,
+            truncated: false,
+            time_ms: 1.0,
+            read_ms: 0.5,
+            blind_to: BLIND_WITH_DWARF.to_string(),
+        }
+    }
+
+    /// A swiss map drained to `count` in 128 tables of 1024 slots.
+    fn drained(count: u64) -> Sighting {
+        Sighting {
+            addr: MAP,
+            words: [count, SEED],
+            capacity: Some(Capacity {
+                slots: 128 * 1024,
+                log2_buckets: None,
+                directory_len: Some(128),
+                tables: Some(128),
+            }),
+            map_type: 0x4a_0000,
+            held_by: "main.idle".to_string(),
+        }
+    }
+
+    fn event(kind: u8, count: u64, seed: u64, ktime_ns: u64) -> MapEvent {
+        MapEvent {
+            ktime_ns,
+            map: MAP,
+            count,
+            header_word: seed,
+            map_type: 0,
+            key_hash: 0,
+            kind,
+            flags: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    fn model() -> Model {
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        model.arm(100);
+        model
+    }
+
+    const WINDOW: Window = Window {
+        start_ns: 100,
+        end_ns: 10_000,
+    };
+
+    #[test]
+    fn an_idle_map_is_judged_by_its_capacity() {
+        let mut model = model();
+        model.inventory(500, summary(1), &[drained(10)]);
+        model.freeze(WINDOW.end_ns);
+        let maps = model.maps();
+        let record = maps[0];
+        assert_eq!((record.seen, record.idle, record.created), (Seen::Inventory, true, false));
+        assert_eq!((record.live, record.peak, record.unexplained), (10, 10, 0));
+        assert_eq!(record.map_type, 0x4a_0000);
+        assert_eq!(model.types_seen(), [0x4a_0000]);
+        let thresholds = Thresholds::default();
+        assert_eq!(
+            verdict::judge(record, WINDOW, &thresholds),
+            Some(Verdict::RetainsCapacity)
+        );
+        // Not when the capacity says it never held retain_min_peak entries...
+        let strict = Thresholds {
+            retain_min_peak: 100_000,
+            ..thresholds
+        };
+        assert_eq!(verdict::judge(record, WINDOW, &strict), None);
+        // ...nor when it is still full enough.
+        let mut model = self::model();
+        model.inventory(500, summary(1), &[drained(50_000)]);
+        assert_eq!(verdict::judge(model.maps()[0], WINDOW, &thresholds), None);
+    }
+
+    #[test]
+    fn an_idle_map_that_gets_events_continues_from_its_first_event() {
+        let mut model = model();
+        model.inventory(500, summary(1), &[drained(10)]);
+        // It changed between the inventory's read and its first probed event.
+        model.observe(&event(kind::ASSIGN, 12, SEED, 600)).unwrap();
+        model.observe(&event(kind::DELETE, 13, SEED, 700)).unwrap();
+        model.freeze(WINDOW.end_ns);
+        model.settle_words(MAP, [12, SEED]);
+        let maps = model.maps();
+        assert_eq!(maps.len(), 1, "the same map, not a new one");
+        let record = maps[0];
+        assert_eq!((record.seen, record.idle), (Seen::Inventory, false));
+        assert_eq!((record.inserts, record.deletes, record.live), (1, 1, 12));
+        assert_eq!(record.unexplained, 0);
+        assert_eq!(record.map_type, 0x4a_0000, "the type found by the inventory stays");
+        assert!(!record.is_released());
+    }
+
+    #[test]
+    fn another_seed_at_an_idle_maps_address_is_another_map() {
+        let mut model = model();
+        model.inventory(500, summary(1), &[drained(10)]);
+        model.observe(&event(kind::ASSIGN, 0, SEED + 1, 600)).unwrap();
+        let maps = model.maps();
+        assert_eq!(maps.len(), 2);
+        assert!(maps[0].is_released() && maps[0].seen == Seen::Inventory);
+        assert_eq!((maps[1].seen, maps[1].unexplained), (Seen::Event, 0));
+    }
+
+    #[test]
+    fn a_map_seen_by_an_event_first_keeps_its_record() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 10, SEED, 400)).unwrap();
+        model.inventory(500, summary(1), &[drained(11)]);
+        let maps = model.maps();
+        assert_eq!(maps.len(), 1);
+        assert_eq!((maps[0].seen, maps[0].idle), (Seen::Event, false));
+        assert!(maps[0].is_pending());
+        assert_eq!(model.inventory_summary().map(|summary| summary.found), Some(1));
+    }
 
     /// Target memory as a byte map.
     struct Bytes(HashMap<u64, u8>);
