@@ -29,7 +29,11 @@ fn inventory_alone(pid: u32, test: &str) -> serde_json::Value {
 /// The capacity fields the fixture printed, as the report writes them.
 fn assert_capacity(truth: &Truth, capacity: &serde_json::Value, what: &str) {
     match truth.fields.get("b") {
-        Some(b) => assert_eq!(capacity["log2_buckets"].to_string(), *b, "{what}: {capacity}"),
+        Some(b) => assert_eq!(
+            capacity["log2_buckets"].to_string(),
+            *b,
+            "{what}: {capacity}"
+        ),
         None => {
             assert_eq!(
                 capacity["directory_len"].to_string(),
@@ -50,7 +54,15 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
     let json = report_path(test);
     let mut fixture = Fixture::start(&binary);
     let pid = fixture.pid();
-    let tracer = Tracer::attach(&["--pid", &pid.to_string(), "--json", json.to_str().unwrap()]);
+    let recording = json.with_extension("gmt");
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+        "--record",
+        recording.to_str().unwrap(),
+    ]);
     // The busy map is churned while the probes go on and for a while after.
     std::thread::sleep(Duration::from_millis(1500));
     let truths = Truth::parse(&fixture.run_operations());
@@ -60,6 +72,18 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
     assert!(fixture.finish().success());
     let report = read_report(&json);
     assert_eq!(report["events"]["lost"], 0);
+    let replayed = json.with_extension("replayed.json");
+    let replay = Command::new(tracer_bin())
+        .args(["replay", recording.to_str().unwrap(), "--json"])
+        .arg(&replayed)
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        std::fs::read(&replayed).unwrap(),
+        "a replay rebuilds the inventory's maps byte for byte"
+    );
     for map in report["maps"].as_array().unwrap() {
         assert_eq!(map["unexplained"], 0, "{map}");
     }
@@ -107,19 +131,30 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
         );
 
         let alone_map = map_at(&alone, truth.text("addr"));
-        assert_eq!(alone_map["live"], truth.number("len"), "{name}: {alone_map}");
-        assert_eq!(alone_map["held_by"], truth.text("holder"), "{name}: {alone_map}");
+        assert_eq!(
+            alone_map["live"],
+            truth.number("len"),
+            "{name}: {alone_map}"
+        );
+        assert_eq!(
+            alone_map["held_by"],
+            truth.text("holder"),
+            "{name}: {alone_map}"
+        );
         assert_capacity(truth, &alone_map["capacity"], name);
-        assert_eq!(alone_map["verdicts"], map["verdicts"], "{name}: {alone_map}");
+        assert_eq!(
+            alone_map["verdicts"], map["verdicts"],
+            "{name}: {alone_map}"
+        );
     }
     let idle_map = map_at(&report, idle.text("addr"));
-    assert!(idle_map["type"].as_str().unwrap().starts_with("map[int64]"), "{idle_map}");
-    let held = idle_map["peak_est_bytes"].as_u64().unwrap();
-    let reclaimable = idle_map["reclaimable_bytes"].as_u64().unwrap();
     assert!(
-        reclaimable > held / 2 && reclaimable < held,
+        idle_map["type"].as_str().unwrap().starts_with("map[int64]"),
         "{idle_map}"
     );
+    let held = idle_map["peak_est_bytes"].as_u64().unwrap();
+    let reclaimable = idle_map["reclaimable_bytes"].as_u64().unwrap();
+    assert!(reclaimable > held / 2 && reclaimable < held, "{idle_map}");
     let suspect = report["verdicts"]
         .as_array()
         .unwrap()

@@ -538,7 +538,12 @@ impl Feed<'_> {
     /// Once the background inventory finished (or at once, waiting for it, when `wait`),
     /// passes its maps to the pipeline and keeps its roots.
     fn take_inventory(&mut self, wait: bool) {
-        if !wait && !self.inventory.as_ref().is_some_and(|handle| handle.is_finished()) {
+        if !wait
+            && !self
+                .inventory
+                .as_ref()
+                .is_some_and(|handle| handle.is_finished())
+        {
             return;
         }
         let Some(Ok(taken)) = self.inventory.take().map(std::thread::JoinHandle::join) else {

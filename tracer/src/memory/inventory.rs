@@ -221,7 +221,10 @@ fn read_u64(memory: &impl ReadMemory, addr: u64) -> Option<u64> {
 }
 
 fn read_words(memory: &impl ReadMemory, addr: u64) -> Option<[u64; 2]> {
-    Some([read_u64(memory, addr)?, read_u64(memory, addr.checked_add(8)?)?])
+    Some([
+        read_u64(memory, addr)?,
+        read_u64(memory, addr.checked_add(8)?)?,
+    ])
 }
 
 /// The capacity of the map at `addr`, whose first words are `words` (see the layouts in
@@ -352,7 +355,10 @@ mod tests {
         model.freeze(WINDOW.end_ns);
         let maps = model.maps();
         let record = maps[0];
-        assert_eq!((record.seen, record.idle, record.created), (Seen::Inventory, true, false));
+        assert_eq!(
+            (record.seen, record.idle, record.created),
+            (Seen::Inventory, true, false)
+        );
         assert_eq!((record.live, record.peak, record.unexplained), (10, 10, 0));
         assert_eq!(record.map_type, 0x4a_0000);
         assert_eq!(model.types_seen(), [0x4a_0000]);
@@ -388,7 +394,10 @@ mod tests {
         assert_eq!((record.seen, record.idle), (Seen::Inventory, false));
         assert_eq!((record.inserts, record.deletes, record.live), (1, 1, 12));
         assert_eq!(record.unexplained, 0);
-        assert_eq!(record.map_type, 0x4a_0000, "the type found by the inventory stays");
+        assert_eq!(
+            record.map_type, 0x4a_0000,
+            "the type found by the inventory stays"
+        );
         assert!(!record.is_released());
     }
 
@@ -396,7 +405,9 @@ mod tests {
     fn another_seed_at_an_idle_maps_address_is_another_map() {
         let mut model = model();
         model.inventory(500, summary(1), &[drained(10)]);
-        model.observe(&event(kind::ASSIGN, 0, SEED + 1, 600)).unwrap();
+        model
+            .observe(&event(kind::ASSIGN, 0, SEED + 1, 600))
+            .unwrap();
         let maps = model.maps();
         assert_eq!(maps.len(), 2);
         assert!(maps[0].is_released() && maps[0].seen == Seen::Inventory);
@@ -412,7 +423,10 @@ mod tests {
         assert_eq!(maps.len(), 1);
         assert_eq!((maps[0].seen, maps[0].idle), (Seen::Event, false));
         assert!(maps[0].is_pending());
-        assert_eq!(model.inventory_summary().map(|summary| summary.found), Some(1));
+        assert_eq!(
+            model.inventory_summary().map(|summary| summary.found),
+            Some(1)
+        );
     }
 
     /// Target memory as a byte map.

@@ -358,12 +358,15 @@ fn scan(dwarf: &Dwarf<'_>) -> Result<(HashMap<u64, TypeNode>, Vec<Variable>), gi
                 }
                 gimli::DW_TAG_typedef => match (kind, type_ref(&unit, entry)) {
                     (Some(KIND_MAP), _) => {
-                        let runtime_type = entry.attr_value(DW_AT_GO_RUNTIME_TYPE).and_then(
-                            |value| match value {
-                                AttributeValue::Addr(offset) => Some(offset),
-                                value => value.udata_value(),
-                            },
-                        );
+                        let runtime_type =
+                            entry
+                                .attr_value(DW_AT_GO_RUNTIME_TYPE)
+                                .and_then(|value| match value {
+                                    AttributeValue::Addr(offset) => Some(offset),
+                                    value => value.udata_value(),
+                                });
+                        // 0: the linker kept no descriptor for the type.
+                        let runtime_type = runtime_type.filter(|&offset| offset != 0);
                         types.insert(offset, TypeNode::Map(runtime_type));
                     }
                     (None | Some(KIND_ARRAY | KIND_POINTER | KIND_STRUCT), Some(target)) => {
