@@ -449,6 +449,78 @@ mod tests {
     }
 
     #[test]
+    fn the_report_lists_idle_maps_with_what_they_would_give_back() {
+        use crate::pipeline::{Note, Pipeline, Setup};
+        use crate::report::{Resolved, TargetInfo, TypeFacts};
+        use crate::verdict::Storage;
+
+        let mut pipeline = Pipeline::new(
+            Setup {
+                target: TargetInfo {
+                    pid: 7,
+                    exe: "/srv/app".into(),
+                    go_version: "go1.24.11".into(),
+                    exited: false,
+                    peak_rss_bytes: None,
+                },
+                implementation: MapImplementation::Swiss,
+                start_ns: 100,
+                thresholds: Thresholds::default(),
+                sample_one_in: 0,
+            },
+            None,
+        );
+        pipeline.note(Note::Inventory {
+            at_ns: 500,
+            summary: summary(1),
+            sightings: vec![drained(10)],
+        });
+        pipeline.note(Note::Type {
+            map_type: 0x4a_0000,
+            facts: TypeFacts {
+                name: "map[int64][]uint8".into(),
+                storage: Storage {
+                    bucket_bytes: 264,
+                    slots_per_bucket: 8,
+                },
+            },
+        });
+        pipeline.note(Note::Freeze { end_ns: 10_000 });
+        pipeline.note(Note::Finish {
+            lost: 0,
+            resolved: Resolved {
+                held_by: [(MAP, "main.idle".to_string())].into(),
+                ..Resolved::default()
+            },
+        });
+        let report = pipeline.finish().unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        let map = &json["maps"][0];
+        assert_eq!(map["seen"], "inventory");
+        assert_eq!(map["idle"], true);
+        assert_eq!(map["capacity"]["slots"], 131_072);
+        // 16,384 groups of 264 bytes and the header; 10 entries need 2 groups.
+        assert_eq!(map["peak_est_bytes"], 16_384 * 264 + 48);
+        assert_eq!(map["reclaimable_bytes"], 16_382 * 264);
+        assert_eq!(json["verdicts"][0]["verdict"], "retains-capacity");
+        assert_eq!(json["verdicts"][0]["reclaimable_bytes"], 16_382 * 264);
+        assert_eq!(json["inventory"]["found"], 1);
+        let text = report.render_text(10);
+        assert!(
+            text.contains("INVENTORY (dwarf-roots): 1 maps in view at attach"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idle at attach: 131072 slots, once held ≥ 57344"),
+            "{text}"
+        );
+        assert!(
+            text.contains("map[int64][]uint8 / main.idle"),
+            "the idle table names type and holder: {text}"
+        );
+    }
+
+    #[test]
     fn classic_capacity_is_read_from_b() {
         let mut memory = Bytes(HashMap::new());
         // count 10, flags 0, B 14, seed 0xabcd at 12.
