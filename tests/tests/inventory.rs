@@ -1,8 +1,9 @@
 //! Every map in view at attach, idle ones too (the `idle` fixture): a map filled to 100,000
 //! entries and drained to 10 before the trace, never touched while traced, is in the report
 //! with its entries and capacity equal to what the fixture reads from its own runtime
-//! header, `retains-capacity`, and named by the variable that holds it; a map churned while
-//! the probes go on stays exact; `gomaptrace inventory` alone finds the same entries; and a
+//! header, `retains-capacity`, and named by the variable that holds it; a map found idle and
+//! written later is the same map, exact from its first event; a map churned while the probes
+//! go on stays exact; `gomaptrace inventory` alone finds the same entries; and a
 //! stripped binary's report says the inventory could not see package-level variables.
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
@@ -96,6 +97,7 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
     };
     let (idle, small, busy) = (truth("idle"), truth("small"), truth("busy"));
 
+    let woken = truth("woken");
     let busy_map = map_at(&report, busy.text("addr"));
     assert_eq!(busy_map["live"], busy.number("len"), "{busy_map}");
     assert_eq!(busy_map["idle"], false, "{busy_map}");
@@ -112,7 +114,16 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
         return;
     }
     assert_eq!(inventory["dwarf"], true, "{inventory}");
-    assert!(inventory["found"].as_u64().unwrap() >= 3, "{inventory}");
+    assert!(inventory["found"].as_u64().unwrap() >= 4, "{inventory}");
+
+    // Found idle, then written: the same map, exact from its first event.
+    let woken_map = map_at(&report, woken.text("addr"));
+    assert_eq!(woken_map["seen"], "inventory", "{woken_map}");
+    assert_eq!(woken_map["idle"], false, "{woken_map}");
+    assert_eq!(woken_map["live"], woken.number("len"), "{woken_map}");
+    assert_eq!(woken_map["inserts"], 5, "{woken_map}");
+    assert_eq!(woken_map["deletes"], 2, "{woken_map}");
+    assert_eq!(woken_map["held_by"], "main.woken", "{woken_map}");
 
     for (truth, retains) in [(&idle, true), (&small, false)] {
         let name = truth.text("name");
