@@ -27,6 +27,7 @@ pub mod report;
 pub mod rootfs;
 pub mod session;
 pub mod sibling;
+pub mod snapshot;
 pub mod target;
 pub mod trend;
 pub mod verdict;

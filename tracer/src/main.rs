@@ -39,6 +39,23 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// List the maps a running Go program holds in package-level variables (idle ones too),
+    /// with their entries, capacity and memory, without attaching any probe.
+    Inventory {
+        /// The Go process to look at.
+        #[arg(long)]
+        pid: u32,
+        /// Also write the report as JSON to this file (replaced atomically).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// `retains-capacity` needs a peak (what an idle map's capacity says it once held)
+        /// of at least this many entries.
+        #[arg(long, default_value_t = Thresholds::default().retain_min_peak, value_name = "ENTRIES")]
+        retain_min_peak: u64,
+        /// `retains-capacity` needs the live count at or below this fraction of the peak.
+        #[arg(long, default_value_t = Thresholds::default().retain_max_ratio, value_name = "FRACTION")]
+        retain_max_ratio: f64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +147,22 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Replay { path, json }) => {
             replay(path, json.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Inventory {
+            pid,
+            json,
+            retain_min_peak,
+            retain_max_ratio,
+        }) => {
+            let thresholds = Thresholds {
+                retain_min_peak: *retain_min_peak,
+                retain_max_ratio: *retain_max_ratio,
+                ..Thresholds::default()
+            };
+            tracer::snapshot::inventory_report(*pid, thresholds)
+                .map_err(anyhow::Error::from)
+                .and_then(|report| emit(&report, json.as_deref()))
+                .map(|()| ExitCode::SUCCESS)
         }
         None => run(&cli.trace, &mut launched),
     };

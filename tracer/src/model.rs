@@ -46,6 +46,7 @@ use tracer_common::{
     FLAG_KEY_SAMPLED, FLAG_SEED_PENDING,
 };
 
+use crate::memory::inventory::{Capacity, Sighting, Summary};
 use crate::plan::MapImplementation;
 use crate::trend::Series;
 use crate::writers::{self, Writers};
@@ -89,6 +90,18 @@ pub struct Header {
     /// Classic maps' `B`, log2 of the bucket count (see [`classic_log2_buckets`]); 0 for swiss
     /// maps. It tells a doubling from a same-size growth.
     pub log2_buckets: u8,
+}
+
+/// How the tracer first learned of a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seen {
+    /// Its creation (or clone) was probed.
+    Creation,
+    /// An operation on it, made before the trace (or on a stack), was probed.
+    Event,
+    /// The inventory at attach found it through a package-level variable.
+    Inventory,
 }
 
 /// Interned creation stack: an index into [`Model::stacks`].
@@ -149,6 +162,12 @@ pub struct MapRecord {
     pub series: Series,
     /// Stacks of the code that wrote to it, from the sampled writes that carried one.
     pub writers: Writers,
+    /// How it was first seen.
+    pub seen: Seen,
+    /// Found by the inventory and not operated on since: its counts are its header's.
+    pub idle: bool,
+    /// The capacity its header showed when the inventory read it, while it stays idle.
+    pub capacity: Option<Capacity>,
     seed: u32,
     seed_pending: bool,
     pending: Option<Pending>,
@@ -181,6 +200,9 @@ impl MapRecord {
             log2_buckets: 0,
             series: Series::new(now_ns, header.count),
             writers: Writers::default(),
+            seen: if created { Seen::Creation } else { Seen::Event },
+            idle: false,
+            capacity: None,
             seed: header.seed,
             seed_pending: false,
             pending: None,
@@ -448,6 +470,7 @@ pub struct Model {
     before_arming: u64,
     armed_ns: u64,
     window_end_ns: Option<u64>,
+    inventory: Option<Summary>,
 }
 
 impl Model {
@@ -470,7 +493,38 @@ impl Model {
             before_arming: 0,
             armed_ns: 0,
             window_end_ns: None,
+            inventory: None,
         }
+    }
+
+    /// Takes in the maps the inventory found at `at_ns`. A map already seen by an event
+    /// keeps its record (events win); the others enter idle, with their header's count as
+    /// their live count and peak. An idle map's first event is its baseline, as for any
+    /// map first seen in use: it continues the same record when the seed matches, and is a
+    /// new map (the old one freed) when not, so counts stay exact from the arming instant.
+    pub fn inventory(&mut self, at_ns: u64, summary: Summary, sightings: &[Sighting]) {
+        self.inventory = Some(summary);
+        for sighting in sightings {
+            if self.maps.contains_key(&sighting.addr) {
+                continue;
+            }
+            let header = self.header_from_words(sighting.words);
+            let mut record = MapRecord::new(sighting.addr, false, header, at_ns);
+            record.seen = Seen::Inventory;
+            record.idle = true;
+            record.capacity = sighting.capacity;
+            record.log2_buckets = sighting
+                .capacity
+                .and_then(|capacity| capacity.log2_buckets)
+                .unwrap_or(0);
+            self.maps.insert(sighting.addr, record);
+            self.note_type(sighting.addr, sighting.map_type);
+        }
+    }
+
+    /// What the inventory did, once it finished.
+    pub fn inventory_summary(&self) -> Option<&Summary> {
+        self.inventory.as_ref()
     }
 
     /// Counts only events from `at_ns` on: the monotonic time by which every probe was
@@ -615,6 +669,10 @@ impl Model {
         let operation = operation(event)?;
         let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
         let known = self.maps.get(&event.map);
+        if readable && known.is_some_and(|record| record.idle && record.owns(header)) {
+            self.wake(event.map, header, now);
+        }
+        let known = self.maps.get(&event.map);
         if readable && known.is_some_and(|record| !record.owns(header)) {
             self.begin(MapRecord::new(event.map, false, header, now));
         }
@@ -638,6 +696,16 @@ impl Model {
         self.follow_key(addr, change);
         self.note_type(addr, event.map_type);
         Ok(())
+    }
+
+    /// The first event on a map the inventory found idle: the same map (its seed matched)
+    /// starts over from this event's header, as a map first seen in use does.
+    fn wake(&mut self, addr: u64, header: Header, now: u64) {
+        let mut fresh = MapRecord::new(addr, false, header, now);
+        fresh.seen = Seen::Inventory;
+        if let Some(idle) = self.maps.insert(addr, fresh) {
+            self.note_type(addr, idle.map_type);
+        }
     }
 
     /// Remembers the map's type the first time an operation passes it.

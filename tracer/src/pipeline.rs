@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::memory::inventory::{Sighting, Summary};
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
 use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
@@ -82,6 +83,15 @@ pub enum Note {
     Exited {
         /// When it was noticed.
         at_ns: u64,
+    },
+    /// The inventory at attach finished: the maps it found, read at `at_ns`.
+    Inventory {
+        /// When it finished reading (monotonic ns).
+        at_ns: u64,
+        /// What it did.
+        summary: Summary,
+        /// The maps.
+        sightings: Vec<Sighting>,
     },
     /// The trace is over.
     Finish {
@@ -245,6 +255,11 @@ impl Pipeline {
                 self.model.abandon_pending();
                 self.model.release_all(at_ns);
             }
+            Note::Inventory {
+                at_ns,
+                summary,
+                sightings,
+            } => self.model.inventory(at_ns, summary, &sightings),
             Note::Finish { lost, resolved } => {
                 self.model.abandon_pending();
                 self.lost = lost;

@@ -14,7 +14,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::SourceFrame;
-use crate::model::{MapRecord, Model, StackId};
+use crate::memory::inventory::{Capacity, Summary};
+use crate::model::{MapRecord, Model, Seen, StackId};
 use crate::plan::MapImplementation;
 use crate::trend::Confidence;
 use crate::verdict::{self, Storage, Thresholds, Verdict, Window};
@@ -41,6 +42,9 @@ pub struct Report {
     pub released_unlisted: u64,
     /// Every map seen (up to the bound above for released ones), in order of first sighting.
     pub maps: Vec<MapReport>,
+    /// What the inventory at attach did (`null` when none was taken, as in recordings made
+    /// before it existed).
+    pub inventory: Option<Summary>,
 }
 
 /// The traced process.
@@ -197,6 +201,16 @@ pub struct MapReport {
     pub unexplained: u64,
     /// The last operation's effect was never seen (the map or the target was gone first).
     pub unsettled: u64,
+    /// How it was first seen: `creation`, `event` (an operation on a map made before), or
+    /// `inventory` (found through a package-level variable at attach).
+    pub seen: Seen,
+    /// Found by the inventory and not operated on while traced: its numbers are its header's.
+    pub idle: bool,
+    /// An idle map's capacity, read from its header (`null` for maps seen in use).
+    pub capacity: Option<Capacity>,
+    /// Bytes the map would give back if rebuilt with its live entries: what it holds minus
+    /// what those entries need.
+    pub reclaimable_bytes: Option<u64>,
 }
 
 /// One stack that wrote to a map, and what its sampled operations did.
@@ -254,6 +268,12 @@ pub struct Suspect {
     pub confidence: Option<Confidence>,
     /// Estimated bytes it holds.
     pub est_bytes: Option<u64>,
+    /// Bytes it would give back if rebuilt (see [`MapReport::reclaimable_bytes`]).
+    pub reclaimable_bytes: Option<u64>,
+    /// Found idle by the inventory: its verdict rests on its header's capacity.
+    pub idle: bool,
+    /// That capacity.
+    pub capacity: Option<Capacity>,
 }
 
 /// What a site row groups its maps by.
@@ -461,6 +481,16 @@ impl ReportContext<'_> {
                 })
                 .and_then(|bytes| self.within_resident(bytes))
         };
+        let held = match (facts, record.capacity) {
+            (Some(facts), Some(capacity)) if record.idle => {
+                verdict::capacity_bytes(facts.storage, &capacity)
+                    .and_then(|bytes| self.within_resident(bytes))
+            }
+            _ => estimate(record.peak),
+        };
+        let rebuilt = facts.and_then(|facts| {
+            verdict::estimate_bytes(self.implementation, facts.storage, record.live, 0)
+        });
         let start = self.window.start_ns;
         let trend = verdict::trend(record, self.window, &self.thresholds);
         MapReport {
@@ -477,7 +507,7 @@ impl ReportContext<'_> {
             reorganisations: record.reorganisations,
             cloned: record.cloned,
             est_bytes: estimate(record.live),
-            peak_est_bytes: estimate(record.peak),
+            peak_est_bytes: held,
             first_seen_s: seconds_since(start, record.first_seen_ns),
             last_seen_s: seconds_since(start, record.last_seen_ns),
             lifetime_s: record.lifetime_ns(self.window.end_ns) as f64 / 1e9,
@@ -492,6 +522,12 @@ impl ReportContext<'_> {
             released: record.is_released(),
             unexplained: record.unexplained,
             unsettled: record.unsettled,
+            seen: record.seen,
+            idle: record.idle,
+            capacity: record.capacity.filter(|_| record.idle),
+            reclaimable_bytes: held
+                .zip(rebuilt)
+                .map(|(held, rebuilt)| held.saturating_sub(rebuilt)),
             stack,
             writers,
         }
@@ -551,6 +587,9 @@ impl Report {
                     projected_growth_1h: map.projected_growth_1h,
                     confidence: map.confidence,
                     est_bytes: map.peak_est_bytes,
+                    reclaimable_bytes: map.reclaimable_bytes,
+                    idle: map.idle,
+                    capacity: map.capacity,
                 })
             })
             .collect();
@@ -593,6 +632,7 @@ impl Report {
             },
             released_unlisted: model.released_unlisted(),
             maps,
+            inventory: model.inventory_summary().cloned(),
         }
     }
 
@@ -626,6 +666,7 @@ impl Report {
             self.events.lost,
         );
         self.render_suspects(&mut text);
+        self.render_idle(&mut text, max_rows);
         self.render_sites(&mut text, max_rows);
         self.render_maps(&mut text, max_rows);
         let _ = writeln!(text);
@@ -677,6 +718,16 @@ impl Report {
                         confidence.rising, confidence.intervals, confidence.window_s
                     )),
             );
+            if let (true, Some(capacity)) = (suspect.idle, suspect.capacity) {
+                let _ = writeln!(
+                    text,
+                    "  {:<17} idle at attach: {} slots, once held ≥ {}; rebuilt it would give back ~{}",
+                    "",
+                    capacity.slots,
+                    capacity.once_held(),
+                    suspect.reclaimable_bytes.map_or("?".to_string(), human_bytes),
+                );
+            }
             if suspect.held_by != UNKNOWN_HOLDER {
                 let _ = writeln!(text, "  {:<17} held by {}", "", suspect.held_by);
             }
@@ -691,6 +742,52 @@ impl Report {
                         .map_or("(no write stack seen)".to_string(), Location::short),
                 );
             }
+        }
+    }
+
+    /// The inventory's line, then the idle maps it found, biggest first.
+    fn render_idle(&self, text: &mut String, max_rows: usize) {
+        let Some(inventory) = &self.inventory else {
+            return;
+        };
+        let _ = writeln!(text);
+        let _ = writeln!(
+            text,
+            "INVENTORY ({}): {} maps in view at attach, {:.1} ms; cannot see {}",
+            inventory.method, inventory.found, inventory.time_ms, inventory.blind_to
+        );
+        let mut idle: Vec<&MapReport> = self
+            .maps
+            .iter()
+            .filter(|map| map.idle && !map.released)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        idle.sort_by(|a, b| {
+            (b.peak_est_bytes, b.live, &a.addr).cmp(&(a.peak_est_bytes, a.live, &b.addr))
+        });
+        let _ = writeln!(
+            text,
+            "{:<16} {:>8} {:>9} {:>10} {:>11}  type / held by",
+            "IDLE MAP", "live", "slots", "holds", "reclaimable"
+        );
+        for map in idle.iter().take(max_rows) {
+            let _ = writeln!(
+                text,
+                "{:<16} {:>8} {:>9} {:>10} {:>11}  {} / {}",
+                map.addr,
+                map.live,
+                map.capacity
+                    .map_or("?".to_string(), |capacity| capacity.slots.to_string()),
+                map.peak_est_bytes.map_or("?".to_string(), human_bytes),
+                map.reclaimable_bytes.map_or("?".to_string(), human_bytes),
+                map.map_type.as_deref().unwrap_or("?"),
+                map.held_by,
+            );
+        }
+        if idle.len() > max_rows {
+            let _ = writeln!(text, "… and {} smaller idle maps", idle.len() - max_rows);
         }
     }
 
@@ -747,10 +844,10 @@ impl Report {
                 map.deletes,
                 map.clears,
                 map.map_type.as_deref().unwrap_or("?"),
-                if map.created {
-                    "created"
-                } else {
-                    "already in use"
+                match (map.created, map.idle) {
+                    (true, _) => "created",
+                    (false, true) => "idle at attach",
+                    (false, false) => "already in use",
                 },
                 if map.unexplained > 0 {
                     " (inexact)"
@@ -1004,6 +1101,9 @@ mod tests {
             projected_growth_1h: 3600.0,
             confidence: None,
             est_bytes: None,
+            reclaimable_bytes: None,
+            idle: false,
+            capacity: None,
         };
         report.verdicts = vec![suspect("main.cache.byID")];
         let text = report.render_text(10);

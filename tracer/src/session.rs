@@ -12,7 +12,8 @@ use tokio::io::unix::AsyncFd;
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
 use crate::launch::{LaunchError, Launched};
-use crate::memory::roots::Roots;
+use crate::memory::inventory::{self, Taken};
+use crate::memory::roots::{Roots, RootsError};
 use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
@@ -324,10 +325,13 @@ async fn follow_attached(
         pid,
         go_version: go_version.clone(),
     });
-    // The roots are read from DWARF while the trace runs; they are needed only at the end.
-    let roots = std::thread::spawn({
+    // The inventory (and the roots it reads from DWARF, needed again at the end) runs in
+    // the background while the trace runs: the trace does not wait for it.
+    let inventory = std::thread::spawn({
         let exe = target.exe_link();
-        move || Roots::from_file(&exe)
+        let implementation = plan.implementation;
+        let types_start = binary.types_start();
+        move || inventory::take(&exe, pid, bias, implementation, types_start)
     });
 
     let setup = Setup {
@@ -362,11 +366,14 @@ async fn follow_attached(
         inspected: &inspected,
         types_resolved: 0,
         peak_resident: None,
+        inventory: Some(inventory),
+        roots: None,
     };
     feed.read_resident();
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
         .await?;
+    feed.take_inventory(true);
     feed.note(Note::Freeze {
         end_ns: monotonic_ns(),
     });
@@ -389,8 +396,8 @@ async fn follow_attached(
             at_ns: monotonic_ns(),
         });
     }
-    let held_by = match (exited, roots.join()) {
-        (false, Ok(Ok(roots))) => inspected.held_by(&roots, pipeline.model()),
+    let held_by = match (exited, feed.roots.take()) {
+        (false, Some(Ok(roots))) => inspected.held_by(&roots, pipeline.model()),
         _ => BTreeMap::new(),
     };
     let resolved = Resolved {
@@ -487,6 +494,10 @@ struct Feed<'a> {
     /// The target's peak resident memory at the last reading: read while it runs, since an
     /// exited target has no status left to read.
     peak_resident: Option<u64>,
+    /// The inventory, while it runs in the background.
+    inventory: Option<std::thread::JoinHandle<Taken>>,
+    /// The roots it read, once it finished.
+    roots: Option<Result<Roots, RootsError>>,
 }
 
 impl Feed<'_> {
@@ -535,12 +546,35 @@ impl Feed<'_> {
         }
     }
 
+    /// Once the background inventory finished (or at once, waiting for it, when `wait`),
+    /// passes its maps to the pipeline and keeps its roots.
+    fn take_inventory(&mut self, wait: bool) {
+        if !wait
+            && !self
+                .inventory
+                .as_ref()
+                .is_some_and(|handle| handle.is_finished())
+        {
+            return;
+        }
+        let Some(Ok(taken)) = self.inventory.take().map(std::thread::JoinHandle::join) else {
+            return;
+        };
+        self.roots = Some(taken.roots);
+        self.note(Note::Inventory {
+            at_ns: monotonic_ns(),
+            summary: taken.summary,
+            sightings: taken.sightings,
+        });
+    }
+
     /// Feeds every waiting record, then reads the types that appeared, while the target is
     /// still there to read them from.
     fn drain(&mut self, events: &mut RingBuf<MapData>) {
         while let Some(record) = events.next() {
             self.pipeline.record(&record);
         }
+        self.take_inventory(false);
         let fresh: Vec<u64> = self.pipeline.model().types_seen()[self.types_resolved..].to_vec();
         self.types_resolved += fresh.len();
         for map_type in fresh {

@@ -151,6 +151,9 @@ pub fn judge(record: &MapRecord, window: Window, thresholds: &Thresholds) -> Opt
     if record.is_released() {
         return None;
     }
+    if record.idle {
+        return judge_idle(record, thresholds);
+    }
     if trend(record, window, thresholds).is_some_and(|trend| is_leak(&trend, thresholds)) {
         return Some(Verdict::NeverReleased);
     }
@@ -159,6 +162,35 @@ pub fn judge(record: &MapRecord, window: Window, thresholds: &Thresholds) -> Opt
         return Some(Verdict::RetainsCapacity);
     }
     None
+}
+
+/// The verdict on a map the inventory found and no operation touched since: its header is
+/// all there is. Its peak is what its capacity says it once held (see
+/// [`crate::memory::inventory::Capacity::once_held`]), judged with the same thresholds as a
+/// map seen shrinking: `retains-capacity` when that peak is at least `retain_min_peak` and
+/// its entries are at most `retain_max_ratio` of it.
+pub fn judge_idle(record: &MapRecord, thresholds: &Thresholds) -> Option<Verdict> {
+    let once_held = record.capacity?.once_held();
+    let shrunk = (record.live as f64) <= once_held as f64 * thresholds.retain_max_ratio;
+    (once_held >= thresholds.retain_min_peak && shrunk).then_some(Verdict::RetainsCapacity)
+}
+
+/// Bytes the storage of `capacity` takes, for a map type with `storage`: its buckets or
+/// groups and its header, counted as [`estimate_bytes`] counts them (a swiss directory and
+/// table headers, 8 and 32 bytes each, are left out like classic overflow buckets), so that
+/// the two compare. `None` for a size no Go map can have.
+pub fn capacity_bytes(
+    storage: Storage,
+    capacity: &crate::memory::inventory::Capacity,
+) -> Option<u64> {
+    if storage.bucket_bytes == 0 || storage.bucket_bytes > MAX_BUCKET_BYTES {
+        return None;
+    }
+    capacity
+        .buckets()
+        .checked_mul(storage.bucket_bytes)?
+        .checked_add(HEADER_BYTES)
+        .filter(|&bytes| bytes <= MAX_ALLOC_BYTES)
 }
 
 /// Sizes of one map type's storage, read from its type descriptor.

@@ -118,6 +118,13 @@ impl GoBinary {
         })
     }
 
+    /// Where static type descriptors start, as linked (`runtime.types`): a map type's
+    /// DWARF `DW_AT_go_runtime_type` offset counts from here, which turns a package
+    /// variable's type into the descriptor pointer the runtime passes to map functions.
+    pub fn types_start(&self) -> Option<u64> {
+        self.types.map(TypesRange::start)
+    }
+
     /// The Go release that built the binary: selects struct offsets and symbol names.
     pub fn go_version(&self) -> &GoVersion {
         &self.version

@@ -114,6 +114,12 @@ impl TypesRange {
             })
     }
 
+    /// Where the static descriptors start, as linked: DWARF's `DW_AT_go_runtime_type`
+    /// offsets count from here.
+    pub(super) fn start(self) -> u64 {
+        self.start
+    }
+
     /// Whether the linked address `vaddr` holds a static descriptor.
     fn contains(self, vaddr: u64) -> bool {
         vaddr >= self.start && self.end.is_none_or(|end| vaddr < end)

@@ -45,6 +45,9 @@ const MAX_SECTION_BYTES: u64 = 1 << 30;
 
 /// Go's own DWARF attribute holding a type's `reflect.Kind`.
 const DW_AT_GO_KIND: gimli::DwAt = gimli::DwAt(0x2900);
+/// Go's own DWARF attribute holding a type's offset from `runtime.types`: where its run-time
+/// descriptor (name, bucket size) is.
+const DW_AT_GO_RUNTIME_TYPE: gimli::DwAt = gimli::DwAt(0x2904);
 const KIND_ARRAY: u64 = 17;
 const KIND_MAP: u64 = 21;
 const KIND_POINTER: u64 = 22;
@@ -87,6 +90,9 @@ pub struct MapRoot {
     /// each later offset, read the pointer there and add the offset; the word at the last
     /// location is the map pointer (what `%p` prints).
     pub offsets: Vec<u64>,
+    /// The map type's offset from `runtime.types` (DWARF's `DW_AT_go_runtime_type`): where
+    /// its descriptor is, for the type's name and bucket size; `None` when DWARF omits it.
+    pub runtime_type: Option<u64>,
 }
 
 impl MapRoot {
@@ -114,6 +120,7 @@ impl MapRoot {
 pub struct Roots {
     roots: Vec<MapRoot>,
     truncated: bool,
+    dwarf: bool,
 }
 
 impl Roots {
@@ -142,6 +149,11 @@ impl Roots {
         &self.roots
     }
 
+    /// Whether the binary has DWARF: without it, no variable can be seen.
+    pub fn has_dwarf(&self) -> bool {
+        self.dwarf
+    }
+
     /// Whether paths were left out because a bound was reached.
     pub fn truncated(&self) -> bool {
         self.truncated
@@ -158,6 +170,20 @@ impl Roots {
         bias: u64,
         wanted: impl Fn(u64) -> bool,
     ) -> BTreeMap<u64, String> {
+        self.best(memory, bias, wanted)
+            .into_iter()
+            .map(|(map, root)| (map, root.path.clone()))
+            .collect()
+    }
+
+    /// Every map `wanted` accepts that some path reaches now, with the path that names it
+    /// best (see [`Roots::resolve`]).
+    pub fn best(
+        &self,
+        memory: &impl ReadMemory,
+        bias: u64,
+        wanted: impl Fn(u64) -> bool,
+    ) -> BTreeMap<u64, &MapRoot> {
         let mut words: HashMap<u64, Option<u64>> = HashMap::new();
         let mut read = |addr: u64| {
             *words.entry(addr).or_insert_with(|| {
@@ -181,9 +207,7 @@ impl Roots {
                 })
                 .or_insert(root);
         }
-        best.into_iter()
-            .map(|(map, root)| (map, root.path.clone()))
-            .collect()
+        best
     }
 }
 
@@ -267,8 +291,9 @@ fn inflate(name: &'static str, section: &object::Section<'_, '_>) -> Result<Vec<
 /// What the walk needs of one DWARF type, keyed by its `.debug_info` offset.
 #[derive(Debug)]
 enum TypeNode {
-    /// A Go map type (a typedef of kind map): the word there is the map pointer.
-    Map,
+    /// A Go map type (a typedef of kind map): the word there is the map pointer. It holds
+    /// the type's offset from `runtime.types`, when DWARF gives it.
+    Map(Option<u64>),
     /// A named type: the same layout as the type it names.
     Alias(u64),
     /// A pointer: the pointee may hold maps.
@@ -333,7 +358,16 @@ fn scan(dwarf: &Dwarf<'_>) -> Result<(HashMap<u64, TypeNode>, Vec<Variable>), gi
                 }
                 gimli::DW_TAG_typedef => match (kind, type_ref(&unit, entry)) {
                     (Some(KIND_MAP), _) => {
-                        types.insert(offset, TypeNode::Map);
+                        let runtime_type =
+                            entry
+                                .attr_value(DW_AT_GO_RUNTIME_TYPE)
+                                .and_then(|value| match value {
+                                    AttributeValue::Addr(offset) => Some(offset),
+                                    value => value.udata_value(),
+                                });
+                        // 0: the linker kept no descriptor for the type.
+                        let runtime_type = runtime_type.filter(|&offset| offset != 0);
+                        types.insert(offset, TypeNode::Map(runtime_type));
                     }
                     (None | Some(KIND_ARRAY | KIND_POINTER | KIND_STRUCT), Some(target)) => {
                         types.insert(offset, TypeNode::Alias(target));
@@ -456,6 +490,7 @@ fn type_ref(unit: &Unit<'_>, entry: &Entry<'_>) -> Option<u64> {
 struct RelativePath {
     suffix: String,
     offsets: Vec<u64>,
+    runtime_type: Option<u64>,
 }
 
 /// Walks types below variables, remembering each (type, remaining depth) once.
@@ -479,9 +514,10 @@ impl Walker<'_> {
         }
         let mut found = Vec::new();
         match self.types.get(&ty) {
-            Some(TypeNode::Map) => found.push(RelativePath {
+            Some(&TypeNode::Map(runtime_type)) => found.push(RelativePath {
                 suffix: String::new(),
                 offsets: vec![0],
+                runtime_type,
             }),
             Some(&TypeNode::Alias(target)) => {
                 found.extend(self.paths(target, depth).iter().cloned())
@@ -494,6 +530,7 @@ impl Walker<'_> {
                     found.push(RelativePath {
                         suffix: inner.suffix.clone(),
                         offsets,
+                        runtime_type: inner.runtime_type,
                     });
                 }
             }
@@ -537,6 +574,7 @@ fn shifted(inner: &RelativePath, step: &str, offset: u64) -> Option<RelativePath
     Some(RelativePath {
         suffix: format!("{step}{}", inner.suffix),
         offsets,
+        runtime_type: inner.runtime_type,
     })
 }
 
@@ -559,12 +597,14 @@ fn walk(types: &HashMap<u64, TypeNode>, variables: Vec<Variable>) -> Roots {
                 path: format!("{}{}", variable.name, path.suffix),
                 address: variable.address,
                 offsets: path.offsets.clone(),
+                runtime_type: path.runtime_type,
             });
         }
     }
     Roots {
         roots,
         truncated: walker.truncated,
+        dwarf: true,
     }
 }
 
@@ -662,7 +702,7 @@ mod tests {
             byte_size: element_size * count,
         };
         let mut types = HashMap::from([
-            (MAP, TypeNode::Map),
+            (MAP, TypeNode::Map(None)),
             (
                 NODE,
                 TypeNode::Struct(vec![
@@ -728,6 +768,7 @@ mod tests {
             path: path.into(),
             address: 0x1000,
             offsets,
+            runtime_type: None,
         };
         let roots = Roots {
             roots: vec![
@@ -738,6 +779,7 @@ mod tests {
                 root("pkg.alias", vec![40]),
             ],
             truncated: false,
+            dwarf: true,
         };
         let bias = 0x10_0000;
         let memory = Words(HashMap::from([

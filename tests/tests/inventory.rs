@@ -1,0 +1,194 @@
+//! Every map in view at attach, idle ones too (the `idle` fixture): a map filled to 100,000
+//! entries and drained to 10 before the trace, never touched while traced, is in the report
+//! with its entries and capacity equal to what the fixture reads from its own runtime
+//! header, `retains-capacity`, and named by the variable that holds it; a map found idle and
+//! written later is the same map, exact from its first event; a map churned while the probes
+//! go on stays exact; `gomaptrace inventory` alone finds the same entries; and a
+//! stripped binary's report says the inventory could not see package-level variables.
+//!
+//! These tests load BPF programs: they need root and fail (never skip) without it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::{
+    build, map_at, read_report, report_path, tracer_bin, Fixture, Flavor, Tracer, Truth,
+};
+
+/// Runs `gomaptrace inventory` on `pid` and returns its JSON report.
+fn inventory_alone(pid: u32, test: &str) -> serde_json::Value {
+    let json = report_path(&format!("{test}-alone"));
+    let output = Command::new(tracer_bin())
+        .args(["inventory", "--pid", &pid.to_string(), "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    read_report(&json)
+}
+
+/// The capacity fields the fixture printed, as the report writes them.
+fn assert_capacity(truth: &Truth, capacity: &serde_json::Value, what: &str) {
+    match truth.fields.get("b") {
+        Some(b) => assert_eq!(
+            capacity["log2_buckets"].to_string(),
+            *b,
+            "{what}: {capacity}"
+        ),
+        None => {
+            assert_eq!(
+                capacity["directory_len"].to_string(),
+                truth.text("dirlen"),
+                "{what}: {capacity}"
+            );
+            assert_eq!(
+                capacity["slots"].to_string(),
+                truth.text("slots"),
+                "{what}: {capacity}"
+            );
+        }
+    }
+}
+
+fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)], test: &str) {
+    let binary = build("idle", version, flavor, env);
+    let json = report_path(test);
+    let mut fixture = Fixture::start(&binary);
+    let pid = fixture.pid();
+    let recording = json.with_extension("gmt");
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+        "--record",
+        recording.to_str().unwrap(),
+    ]);
+    // The busy map is churned while the probes go on and for a while after.
+    std::thread::sleep(Duration::from_millis(1500));
+    let truths = Truth::parse(&fixture.run_operations());
+    let alone = inventory_alone(pid, test);
+    let (status, stderr) = tracer.interrupt();
+    assert!(status.success(), "gomaptrace failed: {stderr:#?}");
+    assert!(fixture.finish().success());
+    let report = read_report(&json);
+    assert_eq!(report["events"]["lost"], 0);
+    let replayed = json.with_extension("replayed.json");
+    let replay = Command::new(tracer_bin())
+        .args(["replay", recording.to_str().unwrap(), "--json"])
+        .arg(&replayed)
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        std::fs::read(&replayed).unwrap(),
+        "a replay rebuilds the inventory's maps byte for byte"
+    );
+    for map in report["maps"].as_array().unwrap() {
+        assert_eq!(map["unexplained"], 0, "{map}");
+    }
+    let truth = |name: &str| {
+        truths
+            .iter()
+            .find(|truth| truth.text("name") == name)
+            .unwrap_or_else(|| panic!("no {name} line: {truths:#?}"))
+            .clone()
+    };
+    let (idle, small, busy) = (truth("idle"), truth("small"), truth("busy"));
+
+    let woken = truth("woken");
+    let busy_map = map_at(&report, busy.text("addr"));
+    assert_eq!(busy_map["live"], busy.number("len"), "{busy_map}");
+    assert_eq!(busy_map["idle"], false, "{busy_map}");
+
+    let inventory = &report["inventory"];
+    if flavor == Flavor::Stripped {
+        assert_eq!(inventory["dwarf"], false, "{inventory}");
+        assert_eq!(inventory["found"], 0, "{inventory}");
+        assert!(
+            inventory["blind_to"].as_str().unwrap().contains("no DWARF"),
+            "{inventory}"
+        );
+        assert_eq!(alone["inventory"]["found"], 0, "{alone}");
+        return;
+    }
+    assert_eq!(inventory["dwarf"], true, "{inventory}");
+    assert!(inventory["found"].as_u64().unwrap() >= 4, "{inventory}");
+
+    // Found idle, then written: the same map, exact from its first event.
+    let woken_map = map_at(&report, woken.text("addr"));
+    assert_eq!(woken_map["seen"], "inventory", "{woken_map}");
+    assert_eq!(woken_map["idle"], false, "{woken_map}");
+    assert_eq!(woken_map["live"], woken.number("len"), "{woken_map}");
+    assert_eq!(woken_map["inserts"], 5, "{woken_map}");
+    assert_eq!(woken_map["deletes"], 2, "{woken_map}");
+    assert_eq!(woken_map["held_by"], "main.woken", "{woken_map}");
+
+    for (truth, retains) in [(&idle, true), (&small, false)] {
+        let name = truth.text("name");
+        let map = map_at(&report, truth.text("addr"));
+        assert_eq!(map["live"], truth.number("len"), "{name}: {map}");
+        assert_eq!(map["seen"], "inventory", "{name}: {map}");
+        assert_eq!(map["created"], false, "{name}: {map}");
+        assert_eq!(map["idle"], true, "{name}: {map}");
+        assert_eq!(map["held_by"], truth.text("holder"), "{name}: {map}");
+        assert_capacity(truth, &map["capacity"], name);
+        let verdicts = map["verdicts"].as_array().unwrap();
+        assert_eq!(
+            verdicts.iter().any(|verdict| verdict == "retains-capacity"),
+            retains,
+            "{name}: {map}"
+        );
+
+        let alone_map = map_at(&alone, truth.text("addr"));
+        assert_eq!(
+            alone_map["live"],
+            truth.number("len"),
+            "{name}: {alone_map}"
+        );
+        assert_eq!(
+            alone_map["held_by"],
+            truth.text("holder"),
+            "{name}: {alone_map}"
+        );
+        assert_capacity(truth, &alone_map["capacity"], name);
+        assert_eq!(
+            alone_map["verdicts"], map["verdicts"],
+            "{name}: {alone_map}"
+        );
+    }
+    let idle_map = map_at(&report, idle.text("addr"));
+    assert!(
+        idle_map["type"].as_str().unwrap().starts_with("map[int64]"),
+        "{idle_map}"
+    );
+    let held = idle_map["peak_est_bytes"].as_u64().unwrap();
+    let reclaimable = idle_map["reclaimable_bytes"].as_u64().unwrap();
+    assert!(reclaimable > held / 2 && reclaimable < held, "{idle_map}");
+    let suspect = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|suspect| suspect["addr"] == idle.text("addr"))
+        .expect("the idle map is a suspect");
+    assert_eq!(suspect["held_by"], "main.idle");
+}
+
+macro_rules! inventory_tests {
+    ($($test:ident: $version:literal, $flavor:ident, $env:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            idle_maps_are_inventoried($version, Flavor::$flavor, $env, stringify!($test));
+        }
+    )*};
+}
+
+inventory_tests! {
+    inventory_go1_19: "1.19", Plain, &[];
+    inventory_go1_21: "1.21.13", Plain, &[];
+    inventory_go1_24: "1.24.11", Plain, &[];
+    inventory_go1_24_noswissmap: "1.24.11", Plain, &[("GOEXPERIMENT", "noswissmap")];
+    inventory_go1_27: "1.27.3", Plain, &[];
+    inventory_go1_27_stripped: "1.27.3", Stripped, &[];
+}

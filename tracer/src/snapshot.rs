@@ -1,0 +1,105 @@
+//! `gomaptrace inventory --pid N`: the inventory alone, no probes, for a quick look at a
+//! service where even a short trace is not wanted.
+//!
+//! The inventory's maps go through the same pipeline as a trace's (a window of zero length,
+//! no events), so the report, its verdicts on idle maps and its JSON are those of a trace:
+//! the same entries a trace's inventory finds.
+
+use std::collections::BTreeMap;
+
+use crate::inspect::{self, GoBinary};
+use crate::memory::inventory;
+use crate::pipeline::{Note, Pipeline, Setup};
+use crate::plan::MapImplementation;
+use crate::privileges;
+use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
+use crate::session::SessionError;
+use crate::target::Target;
+use crate::verdict::{Storage, Thresholds};
+
+/// Takes the inventory of process `pid` and reports it, judged with `thresholds`. The
+/// target is never stopped; nothing is attached to it.
+pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, SessionError> {
+    let target = Target::open(pid)?;
+    privileges::check()?;
+    let exe = target.exe().display().to_string();
+    let binary = GoBinary::open(&target.exe_link()).map_err(|source| SessionError::Inspect {
+        exe: exe.clone(),
+        source,
+    })?;
+    let implementation = MapImplementation::of(&binary);
+    let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
+    let start_ns = monotonic_ns();
+    let taken = inventory::take(
+        &target.exe_link(),
+        pid,
+        bias,
+        implementation,
+        binary.types_start(),
+    );
+    let mut pipeline = Pipeline::new(
+        Setup {
+            target: TargetInfo {
+                pid,
+                exe,
+                go_version: binary.raw_go_version().to_string(),
+                exited: false,
+                peak_rss_bytes: target.peak_resident_bytes().ok(),
+                container: crate::container::of_pid(pid),
+                ns_pid: crate::container::ns_pid(pid),
+            },
+            implementation,
+            start_ns,
+            thresholds,
+            sample_one_in: 0,
+        },
+        None,
+    );
+    let held_by: BTreeMap<u64, String> = taken
+        .sightings
+        .iter()
+        .map(|sighting| (sighting.addr, sighting.held_by.clone()))
+        .collect();
+    pipeline.note(Note::Inventory {
+        at_ns: start_ns,
+        summary: taken.summary,
+        sightings: taken.sightings,
+    });
+    for &map_type in pipeline.model().types_seen().to_vec().iter() {
+        if let Ok(info) = inspect::map_type_info(&target, &binary, bias, map_type) {
+            pipeline.note(Note::Type {
+                map_type,
+                facts: TypeFacts {
+                    name: info.name,
+                    storage: Storage {
+                        bucket_bytes: info.bucket_bytes,
+                        slots_per_bucket: info.slots_per_bucket,
+                    },
+                },
+            });
+        }
+    }
+    if let Ok(peak_bytes) = target.peak_resident_bytes() {
+        pipeline.note(Note::Resident { peak_bytes });
+    }
+    pipeline.note(Note::Freeze { end_ns: start_ns });
+    pipeline.note(Note::Finish {
+        lost: 0,
+        resolved: Resolved {
+            frames: BTreeMap::new(),
+            types: BTreeMap::new(),
+            held_by,
+        },
+    });
+    Ok(pipeline.finish()?)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
