@@ -14,6 +14,7 @@ mod dwarf_oracle;
 pub mod gofixture;
 pub mod inspect;
 pub mod live;
+pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod plan;
