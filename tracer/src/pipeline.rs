@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::memory::release::{Dropped, ReleaseDetection};
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
 use crate::report::{temporary_sibling, Report, ReportContext, Resolved, TargetInfo, TypeFacts};
@@ -74,6 +75,13 @@ pub enum Note {
         /// When it was noticed.
         at_ns: u64,
     },
+    /// How this trace notices maps the program dropped (see [`crate::memory::release`]).
+    ReleaseDetection {
+        /// The method.
+        method: ReleaseDetection,
+    },
+    /// The target's memory says an idle map may be gone; the model decides.
+    Dropped(Dropped),
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -186,6 +194,7 @@ pub struct Pipeline {
     window_end_ns: Option<u64>,
     lost: u64,
     recorder: Option<Recorder>,
+    release_detection: Option<ReleaseDetection>,
 }
 
 impl Pipeline {
@@ -201,6 +210,7 @@ impl Pipeline {
             window_end_ns: None,
             lost: 0,
             recorder,
+            release_detection: None,
         }
     }
 
@@ -235,6 +245,8 @@ impl Pipeline {
                 self.model.abandon_pending();
                 self.model.release_all(at_ns);
             }
+            Note::ReleaseDetection { method } => self.release_detection = Some(method),
+            Note::Dropped(dropped) => self.model.dropped(&dropped),
             Note::Finish { lost, resolved } => {
                 self.model.abandon_pending();
                 self.lost = lost;
@@ -282,7 +294,9 @@ impl Pipeline {
             sample_one_in: self.setup.sample_one_in,
             resolved: &self.resolved,
         };
-        Report::new(&self.model, &context)
+        let mut report = Report::new(&self.model, &context);
+        report.release_detection = self.release_detection;
+        report
     }
 }
 

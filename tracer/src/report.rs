@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::SourceFrame;
+use crate::memory::release::ReleaseDetection;
 use crate::model::{MapRecord, Model, StackId};
 use crate::plan::MapImplementation;
 use crate::verdict::{self, Storage, Thresholds, Verdict, Window};
@@ -40,6 +41,10 @@ pub struct Report {
     pub released_unlisted: u64,
     /// Every map seen (up to the bound above for released ones), in order of first sighting.
     pub maps: Vec<MapReport>,
+    /// How maps the program dropped were noticed: `heap` (allocation bits) or `header`
+    /// (reused memory only); absent when the trace did not check (recordings made before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_detection: Option<ReleaseDetection>,
 }
 
 /// The traced process.
@@ -436,6 +441,7 @@ impl Report {
                 untracked,
             },
             released_unlisted: model.released_unlisted(),
+            release_detection: None,
             maps,
         }
     }

@@ -11,6 +11,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
+use crate::memory::release::{self, Detector};
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError};
 use crate::privileges::{self, PrivilegeError};
@@ -26,6 +27,10 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// After the window ends, how long the probes stay attached so that the next operation on
 /// each busy map classifies its last one. Quiet maps are settled from memory afterwards.
 const SETTLE_GRACE: Duration = Duration::from_millis(200);
+
+/// How often idle maps are checked against the target's memory for a drop (see
+/// [`crate::memory::release`]).
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What can stop a trace before it starts; each message is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +205,10 @@ pub async fn trace(
         },
     };
     let mut pipeline = Pipeline::new(setup, recorder);
+    let detector = Detector::new(&binary, bias, plan.implementation);
+    pipeline.note(Note::ReleaseDetection {
+        method: detector.method(),
+    });
     let inspected = Inspected {
         target,
         binary,
@@ -211,6 +220,7 @@ pub async fn trace(
         pipeline: &mut pipeline,
         inspected: &inspected,
         types_resolved: 0,
+        detector,
     };
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
@@ -304,6 +314,8 @@ struct Feed<'a> {
     inspected: &'a Inspected,
     /// How many of the model's types have been looked at.
     types_resolved: usize,
+    /// Finds the maps the program dropped.
+    detector: Detector,
 }
 
 impl Feed<'_> {
@@ -333,6 +345,9 @@ impl Feed<'_> {
         let mut view_tick = tokio::time::interval(options.tick);
         view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         view_tick.tick().await;
+        let mut release_tick = tokio::time::interval(RELEASE_INTERVAL);
+        release_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        release_tick.tick().await;
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(StopReason::Signal),
@@ -345,6 +360,7 @@ impl Feed<'_> {
                 }
                 _ = drain_tick.tick() => self.drain(events.get_mut()),
                 _ = view_tick.tick() => on_tick(self.pipeline),
+                _ = release_tick.tick() => self.release_dropped(events.get_mut()),
             }
         }
     }
@@ -361,6 +377,23 @@ impl Feed<'_> {
             if let Some(facts) = self.inspected.type_facts(map_type) {
                 self.pipeline.note(Note::Type { map_type, facts });
             }
+        }
+    }
+
+    /// Checks idle maps against the target's memory and passes on those that may be gone.
+    /// Events are drained before (so idleness is current) and after the reads (so a map
+    /// used while it was read has a newer event, and the model keeps it).
+    fn release_dropped(&mut self, events: &mut RingBuf<MapData>) {
+        self.drain(events);
+        let now_ns = monotonic_ns();
+        let candidates = self.detector.pick(self.pipeline.model(), now_ns);
+        let mut dropped = Vec::new();
+        for chunk in candidates.chunks(release::CHUNK) {
+            dropped.extend(self.detector.inspect(&self.inspected.target, chunk, now_ns));
+            self.drain(events);
+        }
+        for dropped in dropped {
+            self.pipeline.note(Note::Dropped(dropped));
         }
     }
 
