@@ -225,6 +225,10 @@ pub async fn trace(
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
         .await?;
+    if inspected.target.is_alive() {
+        // Counted as of the end of the window, not as of the last tick.
+        feed.release_dropped(events.get_mut());
+    }
     feed.note(Note::Freeze {
         end_ns: monotonic_ns(),
     });

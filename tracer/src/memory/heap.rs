@@ -17,8 +17,13 @@
 //!    has object `i` allocated when `i < freeindex` (handed out since the sweep) or its bit in
 //!    `allocBits` is set (it survived the last collection) — `mspan.isFree` in mbitmap.go.
 //!    A span not yet swept after a collection (`sweepgen` 2 less) keeps exactly the objects
-//!    whose bit in `gcmarkBits` the collector set. Other states (being swept, cached before
-//!    the sweep) are read as unknown.
+//!    whose bit in `gcmarkBits` the collector set — except under the Green Tea collector
+//!    (default from Go 1.26, `GOEXPERIMENT=greenteagc` in 1.25), which keeps the marks of
+//!    small-object spans at the end of the span until the sweep moves them into
+//!    `gcmarkBits` (runtime/mgcmark_greenteagc.go): there an unswept span is unknown.
+//!    Other states (being swept, cached before the sweep) are read as unknown.
+//!    `runtime.GC()` returns with every span swept, and the background sweeper finishes
+//!    soon after any collection, so unknown spans do not stay unknown.
 //!
 //! The target is never paused, so a read can tear. Every `Free` answer is read twice: the
 //! span's fields and `mheap_.sweepgen` must be the same before and after the bit was read, or
@@ -167,6 +172,8 @@ pub struct Heap {
     mheap: u64,
     layout: HeapLayout,
     arena_base_offset: u64,
+    /// Whether an unswept span's marks are all in `gcmarkBits` (not under Green Tea).
+    marks_in_gcmark_bits: bool,
 }
 
 /// The span fields a decision depends on.
@@ -202,9 +209,13 @@ impl Heap {
         let version = *binary.go_version();
         let layout =
             layout(version, binary.arch()).ok_or(HeapUnavailable::UnknownLayout(version))?;
+        let experiments = binary.raw_go_version();
+        let green_tea = !experiments.contains("nogreenteagc")
+            && (version.minor >= 26 || experiments.contains("greenteagc"));
         Ok(Heap {
             mheap: mheap.wrapping_add(bias),
             layout,
+            marks_in_gcmark_bits: !green_tea,
             arena_base_offset: match binary.arch() {
                 Arch::Amd64 => 0xffff_8000_0000_0000,
                 Arch::Arm64 => 0,
@@ -231,7 +242,7 @@ impl Heap {
             arena + self.layout.arena_spans + page * 8,
         )?)?;
         let span = self.read_span(memory, span_addr)?;
-        let state = match decide(&span, sweepgen, addr)? {
+        let state = match decide(&span, sweepgen, addr, self.marks_in_gcmark_bits)? {
             Decision::Known(state) => state,
             Decision::Bit { bits, index } => {
                 let byte = read_exact(memory, nonzero(bits)? + index / 8, 1)?[0];
@@ -279,7 +290,12 @@ impl Heap {
 }
 
 /// The span-level rules of the module documentation; `None` for unknown.
-fn decide(span: &Span, heap_sweepgen: u32, addr: u64) -> Option<Decision> {
+fn decide(
+    span: &Span,
+    heap_sweepgen: u32,
+    addr: u64,
+    marks_in_gcmark_bits: bool,
+) -> Option<Decision> {
     let bytes = span.npages.checked_mul(PAGE_BYTES)?;
     if addr < span.start || addr - span.start >= bytes || span.npages > PAGES_PER_ARENA * 64 {
         return None;
@@ -302,7 +318,7 @@ fn decide(span: &Span, heap_sweepgen: u32, addr: u64) -> Option<Decision> {
             index,
         });
     }
-    if span.sweepgen == heap_sweepgen.wrapping_sub(2) {
+    if marks_in_gcmark_bits && span.sweepgen == heap_sweepgen.wrapping_sub(2) {
         return Some(Decision::Bit {
             bits: span.gcmark_bits,
             index,

@@ -74,6 +74,7 @@ fn fake(span_sweepgen: u32, state: u8) -> Fake {
         mheap: MHEAP,
         layout,
         arena_base_offset: 0xffff_8000_0000_0000,
+        marks_in_gcmark_bits: true,
     };
     let mut memory = FakeMemory::default();
     memory.put(MHEAP + layout.mheap_sweepgen, &SWEEPGEN.to_le_bytes());
@@ -128,6 +129,14 @@ fn an_unswept_span_answers_from_the_mark_bits() {
         heap.object_state(&memory, object(6)),
         ObjectState::Allocated
     );
+}
+
+#[test]
+fn an_unswept_span_under_green_tea_is_unknown() {
+    let Fake { mut heap, memory } = fake(SWEEPGEN - 2, SPAN_IN_USE);
+    heap.marks_in_gcmark_bits = false;
+    assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Unknown);
+    assert_eq!(heap.object_state(&memory, object(6)), ObjectState::Unknown);
 }
 
 #[test]
