@@ -392,7 +392,11 @@ impl Feed<'_> {
         let now_ns = monotonic_ns();
         let candidates = self.detector.pick(self.pipeline.model(), now_ns);
         let mut dropped = Vec::new();
+        let started = Instant::now();
         for chunk in candidates.chunks(release::CHUNK) {
+            if started.elapsed() > release::BUDGET {
+                break;
+            }
             dropped.extend(self.detector.inspect(&self.inspected.target, chunk, now_ns));
             self.drain(events);
         }

@@ -32,6 +32,8 @@
 //! Struct layouts come from [`layout`], a table per Go release and architecture, checked
 //! against every installed toolchain's runtime DWARF in the unit tests.
 
+use std::collections::HashMap;
+
 use crate::inspect::{Arch, GoBinary, GoVersion, ReadMemory};
 
 /// Bytes per runtime page (`_PageSize`), the unit of `heapArena.spans`.
@@ -174,6 +176,9 @@ pub struct Heap {
     arena_base_offset: u64,
     /// Whether an unswept span's marks are all in `gcmarkBits` (not under Green Tea).
     marks_in_gcmark_bits: bool,
+    /// `heapArena` addresses by arena index, once read: the runtime never moves or frees an
+    /// arena's metadata. At most one entry per 64 MiB of heap the target ever had.
+    arenas: HashMap<u64, u64>,
 }
 
 /// The span fields a decision depends on.
@@ -216,6 +221,7 @@ impl Heap {
             mheap: mheap.wrapping_add(bias),
             layout,
             marks_in_gcmark_bits: !green_tea,
+            arenas: HashMap::new(),
             arena_base_offset: match binary.arch() {
                 Arch::Amd64 => 0xffff_8000_0000_0000,
                 Arch::Arm64 => 0,
@@ -224,18 +230,13 @@ impl Heap {
     }
 
     /// Whether the heap object containing `addr` is allocated right now.
-    pub fn object_state(&self, memory: &dyn ReadMemory, addr: u64) -> ObjectState {
+    pub fn object_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> ObjectState {
         self.try_state(memory, addr).unwrap_or(ObjectState::Unknown)
     }
 
-    fn try_state(&self, memory: &dyn ReadMemory, addr: u64) -> Option<ObjectState> {
+    fn try_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> Option<ObjectState> {
         let sweepgen = read_u32(memory, self.mheap + self.layout.mheap_sweepgen)?;
-        let l2 = nonzero(read_u64(memory, self.mheap + self.layout.mheap_arenas)?)?;
-        let index = addr.wrapping_sub(self.arena_base_offset) / ARENA_BYTES;
-        if index >= ARENA_L2_ENTRIES {
-            return None;
-        }
-        let arena = nonzero(read_u64(memory, l2 + index * 8)?)?;
+        let arena = self.arena(memory, addr)?;
         let page = (addr / PAGE_BYTES) % PAGES_PER_ARENA;
         let span_addr = nonzero(read_u64(
             memory,
@@ -262,6 +263,21 @@ impl Heap {
             }
         }
         Some(state)
+    }
+
+    /// The `heapArena` of the arena holding `addr`; `None` outside the heap.
+    fn arena(&mut self, memory: &dyn ReadMemory, addr: u64) -> Option<u64> {
+        let index = addr.wrapping_sub(self.arena_base_offset) / ARENA_BYTES;
+        if index >= ARENA_L2_ENTRIES {
+            return None;
+        }
+        if let Some(&arena) = self.arenas.get(&index) {
+            return Some(arena);
+        }
+        let l2 = nonzero(read_u64(memory, self.mheap + self.layout.mheap_arenas)?)?;
+        let arena = nonzero(read_u64(memory, l2 + index * 8)?)?;
+        self.arenas.insert(index, arena);
+        Some(arena)
     }
 
     fn read_span(&self, memory: &dyn ReadMemory, span: u64) -> Option<Span> {

@@ -29,9 +29,14 @@ use crate::plan::MapImplementation;
 /// not dropped, and its header is not read while an operation may be changing it.
 pub const IDLE_NS: u64 = 1_000_000_000;
 
-/// At most this many maps are checked per tick (a few reads of the target's memory each);
-/// the next tick goes on from where this one stopped, so every idle map is reached in turn.
-pub const BATCH: usize = 16_384;
+/// At most this many maps are picked per tick (a few reads of the target's memory each, about
+/// 4 µs a map measured on this VM); the caller may stop earlier (see [`BUDGET`]), and the
+/// next pick goes on after the last map inspected, so every idle map is reached in turn.
+pub const BATCH: usize = 65_536;
+
+/// The caller stops inspecting once a tick has spent this long, which bounds the cost of
+/// release detection to about a tenth of a core at one tick a second.
+pub const BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The caller drains events between chunks of this many checks, so that a long check never
 /// lets the ring buffer fill.
@@ -69,7 +74,7 @@ pub struct Dropped {
 pub struct Detector {
     heap: Option<Heap>,
     implementation: MapImplementation,
-    /// Maps at or below this address were checked in the current round.
+    /// The last map inspected: the next pick starts after it.
     cursor: u64,
 }
 
@@ -92,9 +97,9 @@ impl Detector {
         }
     }
 
-    /// Picks up to [`BATCH`] maps of `model` idle since `now_ns - IDLE_NS`, going on from
-    /// where the previous pick stopped.
-    pub fn pick(&mut self, model: &Model, now_ns: u64) -> Vec<Candidate> {
+    /// Picks up to [`BATCH`] maps of `model` idle since `now_ns - IDLE_NS`, in address order
+    /// starting after the last map inspected.
+    pub fn pick(&self, model: &Model, now_ns: u64) -> Vec<Candidate> {
         let mut idle: Vec<Candidate> = model
             .live_maps()
             .filter(|record| record.last_seen_ns.saturating_add(IDLE_NS) <= now_ns)
@@ -107,28 +112,27 @@ impl Detector {
         idle.sort_unstable_by_key(|candidate| candidate.addr);
         let next = idle.partition_point(|candidate| candidate.addr <= self.cursor);
         idle.rotate_left(next);
-        let more = idle.len() > BATCH;
         idle.truncate(BATCH);
-        self.cursor = match idle.last() {
-            Some(last) if more => last.addr,
-            _ => 0,
-        };
         idle
     }
 
     /// Reads the memory of each candidate, and returns those it says may be gone, for the
-    /// model to decide; `now_ns` is when the check began.
+    /// model to decide; `now_ns` is when the check began. The next pick goes on after the
+    /// last of them.
     pub fn inspect(
-        &self,
+        &mut self,
         memory: &dyn ReadMemory,
         candidates: &[Candidate],
         now_ns: u64,
     ) -> Vec<Dropped> {
+        if let Some(last) = candidates.last() {
+            self.cursor = last.addr;
+        }
         candidates
             .iter()
             .filter_map(|candidate| {
                 let words = read_words(memory, candidate.addr);
-                let freed = self.heap.as_ref().is_some_and(|heap| {
+                let freed = self.heap.as_mut().is_some_and(|heap| {
                     heap.object_state(memory, candidate.addr) == ObjectState::Free
                 });
                 let reseeded = words.is_some_and(|words| {
@@ -325,16 +329,19 @@ mod tests {
             .map(|i| 0xc000_0000 + i * 64)
             .collect();
         let model = model_with(&addrs);
+        let memory = Headers(HashMap::new());
         let mut detector = header_detector();
         let first = detector.pick(&model, 10 * SECOND);
         assert_eq!(first.len(), BATCH);
         assert_eq!(first[0].addr, addrs[0]);
+        // Only part of it is inspected: the next pick goes on after that part.
+        detector.inspect(&memory, &first[..100], 10 * SECOND);
         let second = detector.pick(&model, 10 * SECOND);
-        assert_eq!(second[0].addr, addrs[BATCH]);
-        assert_eq!(second.len(), BATCH);
-        // The second pick wrapped round: the third goes on after its last map.
+        assert_eq!(second[0].addr, addrs[100]);
+        // Inspected to the end of the addresses: the next pick wraps round.
+        detector.inspect(&memory, &second[..BATCH - 90], 10 * SECOND);
         let third = detector.pick(&model, 10 * SECOND);
-        assert_eq!(third[0].addr, addrs[BATCH - 10]);
+        assert_eq!(third[0].addr, addrs[0]);
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn fake(span_sweepgen: u32, state: u8) -> Fake {
         layout,
         arena_base_offset: 0xffff_8000_0000_0000,
         marks_in_gcmark_bits: true,
+        arenas: HashMap::new(),
     };
     let mut memory = FakeMemory::default();
     memory.put(MHEAP + layout.mheap_sweepgen, &SWEEPGEN.to_le_bytes());
@@ -105,8 +106,8 @@ fn object(index: u64) -> u64 {
 #[test]
 fn a_swept_span_answers_from_freeindex_and_alloc_bits() {
     for sweepgen in [SWEEPGEN, SWEEPGEN + 3] {
-        let Fake { heap, memory } = fake(sweepgen, SPAN_IN_USE);
-        let state = |index| heap.object_state(&memory, object(index));
+        let Fake { mut heap, memory } = fake(sweepgen, SPAN_IN_USE);
+        let mut state = |index| heap.object_state(&memory, object(index));
         assert_eq!(state(0), ObjectState::Allocated);
         assert_eq!(state(3), ObjectState::Allocated);
         assert_eq!(state(4), ObjectState::Free);
@@ -122,7 +123,7 @@ fn a_swept_span_answers_from_freeindex_and_alloc_bits() {
 
 #[test]
 fn an_unswept_span_answers_from_the_mark_bits() {
-    let Fake { heap, memory } = fake(SWEEPGEN - 2, SPAN_IN_USE);
+    let Fake { mut heap, memory } = fake(SWEEPGEN - 2, SPAN_IN_USE);
     assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Free);
     assert_eq!(heap.object_state(&memory, object(5)), ObjectState::Free);
     assert_eq!(
@@ -142,14 +143,14 @@ fn an_unswept_span_under_green_tea_is_unknown() {
 #[test]
 fn spans_being_swept_cached_unswept_or_not_heap_are_unknown() {
     for sweepgen in [SWEEPGEN - 1, SWEEPGEN + 1] {
-        let Fake { heap, memory } = fake(sweepgen, SPAN_IN_USE);
+        let Fake { mut heap, memory } = fake(sweepgen, SPAN_IN_USE);
         assert_eq!(heap.object_state(&memory, object(6)), ObjectState::Unknown);
     }
     // A goroutine stack (mSpanManual).
-    let Fake { heap, memory } = fake(SWEEPGEN, 2);
+    let Fake { mut heap, memory } = fake(SWEEPGEN, 2);
     assert_eq!(heap.object_state(&memory, object(6)), ObjectState::Unknown);
     // Outside the span, outside any arena, or in an arena never mapped.
-    let Fake { heap, memory } = fake(SWEEPGEN, SPAN_IN_USE);
+    let Fake { mut heap, memory } = fake(SWEEPGEN, SPAN_IN_USE);
     assert_eq!(
         heap.object_state(&memory, START + PAGE_BYTES),
         ObjectState::Unknown
@@ -164,7 +165,7 @@ fn spans_being_swept_cached_unswept_or_not_heap_are_unknown() {
 
 #[test]
 fn a_dead_span_holds_nothing() {
-    let Fake { heap, memory } = fake(SWEEPGEN, SPAN_DEAD);
+    let Fake { mut heap, memory } = fake(SWEEPGEN, SPAN_DEAD);
     assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Free);
 }
 
@@ -177,7 +178,10 @@ fn a_read_torn_by_the_runtime_is_never_free() {
         (MHEAP + 65856, (SWEEPGEN + 2).to_le_bytes()),
     ];
     for (addr, value) in changes {
-        let Fake { heap, mut memory } = fake(SWEEPGEN, SPAN_IN_USE);
+        let Fake {
+            mut heap,
+            mut memory,
+        } = fake(SWEEPGEN, SPAN_IN_USE);
         let changed = value
             .iter()
             .enumerate()
