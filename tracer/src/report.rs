@@ -487,6 +487,19 @@ impl Report {
         } else {
             let _ = writeln!(text, "lost events: 0");
         }
+        match self.release_detection {
+            Some(ReleaseDetection::Heap) => {
+                let _ = writeln!(text, "dropped maps: released when the heap frees them");
+            }
+            Some(ReleaseDetection::Header) => {
+                let _ = writeln!(
+                    text,
+                    "dropped maps: released once their memory is reused (no symbols to read \
+                     the heap)"
+                );
+            }
+            None => {}
+        }
         text
     }
 
