@@ -12,8 +12,10 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
+use std::process::Command;
+
 use integration_tests::{
-    build, map_at, report_path, trace_ground_truth, Flavor, GroundTruthRun, Truth,
+    build, map_at, report_path, trace_ground_truth, tracer_bin, Flavor, GroundTruthRun, Truth,
 };
 
 /// Maps the fixture makes at each site.
@@ -74,13 +76,27 @@ fn dropped_maps_are_released(
     test: &str,
 ) {
     let binary = build("release", version, flavor, env);
+    let json = report_path(test);
+    let recording = json.with_extension("gmt");
     let GroundTruthRun {
         truths,
         report,
         fixture_exit,
-    } = trace_ground_truth(&binary, &report_path(test), &[]);
+    } = trace_ground_truth(&binary, &json, &["--record", recording.to_str().unwrap()]);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);
+    // The releases are recorded inputs: a replay makes the same decisions.
+    let replayed = json.with_extension("replayed.json");
+    let replay = Command::new(tracer_bin())
+        .args(["replay", recording.to_str().unwrap(), "--json"])
+        .arg(&replayed)
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        std::fs::read(&replayed).unwrap()
+    );
     assert_eq!(
         report["release_detection"], method,
         "go{version} {flavor:?}"
