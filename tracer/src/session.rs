@@ -32,6 +32,12 @@ const SETTLE_GRACE: Duration = Duration::from_millis(200);
 /// [`crate::memory::release`]).
 const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long what a release check found waits before it reaches the pipeline: long enough for
+/// every event from before the check's reads to be committed to the ring buffer and drained
+/// (a record is committed microseconds after it is reserved), short enough that a dropped map
+/// does not linger.
+const DROP_DELAY: Duration = Duration::from_millis(50);
+
 /// What can stop a trace before it starts; each message is one line for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -222,6 +228,7 @@ pub async fn trace(
         types_resolved: 0,
         detector,
         drops: Vec::new(),
+        drops_at: Instant::now(),
     };
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
@@ -322,8 +329,10 @@ struct Feed<'a> {
     types_resolved: usize,
     /// Finds the maps the program dropped.
     detector: Detector,
-    /// What the last check found, passed on at the next one (see `release_dropped`).
+    /// What the last check found, passed on after [`DROP_DELAY`] (see `release_dropped`).
     drops: Vec<Dropped>,
+    /// When `drops` were found.
+    drops_at: Instant,
 }
 
 impl Feed<'_> {
@@ -379,6 +388,9 @@ impl Feed<'_> {
         while let Some(record) = events.next() {
             self.pipeline.record(&record);
         }
+        if self.drops_at.elapsed() >= DROP_DELAY {
+            self.apply_drops();
+        }
         let fresh: Vec<u64> = self.pipeline.model().types_seen()[self.types_resolved..].to_vec();
         self.types_resolved += fresh.len();
         for map_type in fresh {
@@ -388,14 +400,13 @@ impl Feed<'_> {
         }
     }
 
-    /// Checks idle maps against the target's memory, and passes on what the previous check
-    /// found. A map used while it was read has an event from before the read, and the model
-    /// keeps a map with an event since its check; holding the findings until the next check
-    /// (or until the probes are gone) lets every such event reach the model first, even one
-    /// queued behind a ring-buffer record another CPU had not committed yet.
+    /// Checks idle maps against the target's memory. A map used while it was read has an
+    /// event from before the read, and the model keeps a map with an event since its check;
+    /// holding the findings for [`DROP_DELAY`] of draining (or until the probes are gone)
+    /// lets every such event reach the model first, even one queued behind a ring-buffer
+    /// record another CPU had not committed yet.
     fn release_dropped(&mut self, events: &mut RingBuf<MapData>) {
         self.drain(events);
-        self.apply_drops();
         let now_ns = monotonic_ns();
         let candidates = self.detector.pick(self.pipeline.model(), now_ns);
         let mut dropped = Vec::new();
@@ -407,7 +418,9 @@ impl Feed<'_> {
             dropped.extend(self.detector.inspect(&self.inspected.target, chunk, now_ns));
             self.drain(events);
         }
-        self.drops = dropped;
+        // Findings not yet passed on wait with these.
+        self.drops.extend(dropped);
+        self.drops_at = Instant::now();
     }
 
     /// Passes the findings of the last check to the pipeline.
