@@ -27,7 +27,8 @@
 //!
 //! The target is never paused, so a read can tear. Every `Free` answer is read twice: the
 //! span's fields and `mheap_.sweepgen` must be the same before and after the bit was read, or
-//! the answer is [`ObjectState::Unknown`]. A torn read is never `Free`.
+//! the answer is [`ObjectState::Unknown`]. A torn read is never `Free`. Addresses are
+//! answered in batches that read each span and bitmap byte once.
 //!
 //! Struct layouts come from [`layout`], a table per Go release and architecture, checked
 //! against every installed toolchain's runtime DWARF in the unit tests.
@@ -200,6 +201,17 @@ struct Span {
     elemsize: u64,
 }
 
+/// What one batch of [`Heap::object_states`] read, so each is read once.
+#[derive(Default)]
+struct Reads {
+    /// `heapArena.spans` entry address → the span there.
+    entries: HashMap<u64, Option<u64>>,
+    /// Span address → its fields.
+    spans: HashMap<u64, Option<Span>>,
+    /// Bitmap byte address → its value.
+    bytes: HashMap<u64, Option<u8>>,
+}
+
 /// What the span says before its bitmap is read.
 enum Decision {
     Known(ObjectState),
@@ -247,38 +259,81 @@ impl Heap {
 
     /// Whether the heap object containing `addr` is allocated right now.
     pub fn object_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> ObjectState {
-        self.try_state(memory, addr).unwrap_or(ObjectState::Unknown)
+        self.object_states(memory, &[addr])[0]
     }
 
-    fn try_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> Option<ObjectState> {
-        let sweepgen = read_u32(memory, self.mheap + self.layout.mheap_sweepgen)?;
+    /// [`Heap::object_state`] of each of `addrs`, reading each span, spans entry and bitmap
+    /// byte once for all of them. Every `Free` answer is confirmed at the end: its span's
+    /// fields and `mheap_.sweepgen` must read as they did before its bit was read.
+    pub fn object_states(&mut self, memory: &dyn ReadMemory, addrs: &[u64]) -> Vec<ObjectState> {
+        let Some(sweepgen) = read_u32(memory, self.mheap + self.layout.mheap_sweepgen) else {
+            return vec![ObjectState::Unknown; addrs.len()];
+        };
+        let mut reads = Reads::default();
+        let mut states: Vec<(ObjectState, u64)> = addrs
+            .iter()
+            .map(|&addr| {
+                self.try_state(memory, addr, sweepgen, &mut reads)
+                    .unwrap_or((ObjectState::Unknown, 0))
+            })
+            .collect();
+        if states.iter().any(|(state, _)| *state == ObjectState::Free) {
+            let still = read_u32(memory, self.mheap + self.layout.mheap_sweepgen);
+            let mut unchanged: HashMap<u64, bool> = HashMap::new();
+            for (state, span_addr) in &mut states {
+                if *state != ObjectState::Free {
+                    continue;
+                }
+                let confirmed = still == Some(sweepgen)
+                    && *unchanged.entry(*span_addr).or_insert_with(|| {
+                        let before = reads.spans.get(span_addr).copied().flatten();
+                        before.is_some() && self.read_span(memory, *span_addr) == before
+                    });
+                if !confirmed {
+                    *state = ObjectState::Unknown;
+                }
+            }
+        }
+        states.into_iter().map(|(state, _)| state).collect()
+    }
+
+    /// The state of the object at `addr` and the address of its span.
+    fn try_state(
+        &mut self,
+        memory: &dyn ReadMemory,
+        addr: u64,
+        sweepgen: u32,
+        reads: &mut Reads,
+    ) -> Option<(ObjectState, u64)> {
         let arena = self.arena(memory, addr)?;
         let page = (addr / PAGE_BYTES) % PAGES_PER_ARENA;
-        let span_addr = nonzero(read_u64(
-            memory,
-            arena + self.layout.arena_spans + page * 8,
-        )?)?;
-        let span = self.read_span(memory, span_addr)?;
+        let entry = arena + self.layout.arena_spans + page * 8;
+        let span_addr = *reads
+            .entries
+            .entry(entry)
+            .or_insert_with(|| read_u64(memory, entry).and_then(nonzero));
+        let span_addr = span_addr?;
+        let span = *reads
+            .spans
+            .entry(span_addr)
+            .or_insert_with(|| self.read_span(memory, span_addr));
+        let span = span?;
         let state = match decide(&span, sweepgen, addr, self.marks_in_gcmark_bits)? {
             Decision::Known(state) => state,
             Decision::Bit { bits, index } => {
-                let byte = read_exact(memory, nonzero(bits)? + index / 8, 1)?[0];
-                if byte & (1 << (index % 8)) != 0 {
+                let at = nonzero(bits)? + index / 8;
+                let byte = *reads
+                    .bytes
+                    .entry(at)
+                    .or_insert_with(|| read_exact(memory, at, 1).map(|byte| byte[0]));
+                if byte? & (1 << (index % 8)) != 0 {
                     span.allocated(index)
                 } else {
                     ObjectState::Free
                 }
             }
         };
-        if state == ObjectState::Free {
-            // Only a read that did not race with the runtime can say Free.
-            let again = self.read_span(memory, span_addr)?;
-            let still = read_u32(memory, self.mheap + self.layout.mheap_sweepgen)?;
-            if again != span || still != sweepgen {
-                return None;
-            }
-        }
-        Some(state)
+        Some((state, span_addr))
     }
 
     /// The `heapArena` of the arena holding `addr`; `None` outside the heap.

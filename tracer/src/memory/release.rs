@@ -141,16 +141,24 @@ impl Detector {
         if let Some(last) = candidates.last() {
             self.cursor = last.addr;
         }
+        let words: Vec<Option<[u64; 2]>> = candidates
+            .iter()
+            .map(|candidate| read_words(memory, candidate.addr))
+            .collect();
+        let states = match self.heap.as_mut() {
+            Some(heap) => {
+                let addrs: Vec<u64> = candidates.iter().map(|candidate| candidate.addr).collect();
+                heap.object_states(memory, &addrs)
+            }
+            None => vec![ObjectState::Unknown; candidates.len()],
+        };
         candidates
             .iter()
-            .filter_map(|candidate| {
-                let words = read_words(memory, candidate.addr);
-                let state = self
-                    .heap
-                    .as_mut()
-                    .map(|heap| heap.object_state(memory, candidate.addr));
-                let freed = state == Some(ObjectState::Free);
-                let reused = matches!(state, Some(ObjectState::Allocated { start, size })
+            .zip(words)
+            .zip(states)
+            .filter_map(|((candidate, words), state)| {
+                let freed = state == ObjectState::Free;
+                let reused = matches!(state, ObjectState::Allocated { start, size }
                     if start != candidate.addr || size < self.header_bytes);
                 let reseeded = words.is_some_and(|words| {
                     seed_from_word(words[1], self.implementation.seed_shift()) != candidate.seed

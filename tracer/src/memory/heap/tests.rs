@@ -127,6 +127,24 @@ fn a_swept_span_answers_from_freeindex_and_alloc_bits() {
 }
 
 #[test]
+fn a_batch_reads_each_span_and_bitmap_byte_once() {
+    let Fake { mut heap, memory } = fake(SWEEPGEN, SPAN_IN_USE);
+    let addrs: Vec<u64> = (0..8).map(object).collect();
+    let states = heap.object_states(&memory, &addrs);
+    let one_by_one: Vec<ObjectState> = addrs
+        .iter()
+        .map(|&addr| heap.object_state(&memory, addr))
+        .collect();
+    assert_eq!(states, one_by_one);
+    assert_eq!(states[4], ObjectState::Free);
+    let before = memory.reads.get();
+    heap.object_states(&memory, &addrs);
+    // sweepgen, spans entry, span, one bitmap byte; then sweepgen and span to confirm Free
+    // (the arena is already known).
+    assert_eq!(memory.reads.get() - before, 6);
+}
+
+#[test]
 fn an_unswept_span_answers_from_the_mark_bits() {
     let Fake { mut heap, memory } = fake(SWEEPGEN - 2, SPAN_IN_USE);
     assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Free);
