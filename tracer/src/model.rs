@@ -47,6 +47,7 @@ use tracer_common::{
 };
 
 use crate::memory::inventory::{Capacity, Sighting, Summary};
+use crate::memory::release::Dropped;
 use crate::plan::MapImplementation;
 use crate::trend::Series;
 use crate::writers::{self, Writers};
@@ -236,6 +237,16 @@ impl MapRecord {
         self.seed_pending || header.seed == self.seed || reseeded
     }
 
+    /// Whether `header`, read from memory the map may no longer own, is its own last state:
+    /// its exact seed, and a count its pending operation explains. Freed memory can be
+    /// reused, zeroed or returned to the system at any time, so anything else is not used.
+    fn is_last_state(&self, header: Header) -> bool {
+        header.seed == self.seed
+            && !self.seed_pending
+            && self.pending.is_some()
+            && self.could_follow(header)
+    }
+
     /// Accounts for the pending operation now that the header reads `observed`, and says
     /// what happened to the sampled key it carried (and when the operation ran).
     fn resolve(&mut self, observed: Header) -> Option<(KeyChange, u64)> {
@@ -357,6 +368,11 @@ impl MapRecord {
     /// Whether the last operation still waits for a count.
     pub fn is_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// The hash seed the map is known by: tells it from a later map at the same address.
+    pub fn seed(&self) -> u32 {
+        self.seed
     }
 }
 
@@ -898,6 +914,41 @@ impl Model {
         gone.sort_by_key(|record| (record.first_seen_ns, record.addr));
         for record in gone {
             self.release(record, now);
+        }
+    }
+
+    /// Maps not known to be released, in no particular order: the ones whose memory is
+    /// checked for a drop.
+    pub fn live_maps(&self) -> impl Iterator<Item = &MapRecord> + '_ {
+        self.maps.values()
+    }
+
+    /// The target's memory says the map at `dropped.addr` may be gone. It is released (at
+    /// `dropped.at_ns`) only if it is still the map that was checked (same seed, no event
+    /// since), and then only when the heap freed it or holds another object there, or its
+    /// header now reads as another map or another object. A freed map's header still holds
+    /// its last count, which settles its last operation when it reads as the map's own last
+    /// state.
+    pub fn dropped(&mut self, dropped: &Dropped) {
+        let header = dropped.words.map(|words| self.header_from_words(words));
+        let Some(record) = self.maps.get_mut(&dropped.addr) else {
+            return;
+        };
+        if record.seed != dropped.seed || record.last_seen_ns != dropped.last_seen_ns {
+            return;
+        }
+        let owned = header.filter(|&header| record.owns(header));
+        let other = dropped.reused || header.is_some_and(|_| owned.is_none());
+        if !dropped.freed && !other {
+            return;
+        }
+        let last_state = owned.filter(|&header| !other && record.is_last_state(header));
+        if let Some(header) = last_state {
+            let change = record.resolve(header);
+            self.follow_key(dropped.addr, change);
+        }
+        if let Some(gone) = self.maps.remove(&dropped.addr) {
+            self.release(gone, dropped.at_ns);
         }
     }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::memory::inventory::{Sighting, Summary};
+use crate::memory::release::{Dropped, ReleaseDetection};
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
 use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
@@ -93,6 +94,13 @@ pub enum Note {
         /// The maps.
         sightings: Vec<Sighting>,
     },
+    /// How this trace notices maps the program dropped (see [`crate::memory::release`]).
+    ReleaseDetection {
+        /// The method.
+        method: ReleaseDetection,
+    },
+    /// The target's memory says an idle map may be gone; the model decides.
+    Dropped(Dropped),
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -205,6 +213,7 @@ pub struct Pipeline {
     window_end_ns: Option<u64>,
     lost: u64,
     recorder: Option<Recorder>,
+    release_detection: Option<ReleaseDetection>,
 }
 
 impl Pipeline {
@@ -220,6 +229,7 @@ impl Pipeline {
             window_end_ns: None,
             lost: 0,
             recorder,
+            release_detection: None,
         }
     }
 
@@ -260,6 +270,8 @@ impl Pipeline {
                 summary,
                 sightings,
             } => self.model.inventory(at_ns, summary, &sightings),
+            Note::ReleaseDetection { method } => self.release_detection = Some(method),
+            Note::Dropped(dropped) => self.model.dropped(&dropped),
             Note::Finish { lost, resolved } => {
                 self.model.abandon_pending();
                 self.lost = lost;
@@ -308,7 +320,9 @@ impl Pipeline {
             sample_one_in: self.setup.sample_one_in,
             resolved: &self.resolved,
         };
-        Report::new(&self.model, &context)
+        let mut report = Report::new(&self.model, &context);
+        report.release_detection = self.release_detection;
+        report
     }
 }
 

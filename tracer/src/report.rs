@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inspect::SourceFrame;
 use crate::memory::inventory::{Capacity, Summary};
+use crate::memory::release::ReleaseDetection;
 use crate::model::{MapRecord, Model, Seen, StackId};
 use crate::plan::MapImplementation;
 use crate::trend::Confidence;
@@ -45,6 +46,10 @@ pub struct Report {
     /// What the inventory at attach did (`null` when none was taken, as in recordings made
     /// before it existed).
     pub inventory: Option<Summary>,
+    /// How maps the program dropped were noticed: `heap` (allocation bits) or `header`
+    /// (reused memory only); absent when the trace did not check (recordings made before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_detection: Option<ReleaseDetection>,
 }
 
 /// The traced process.
@@ -631,6 +636,7 @@ impl Report {
                 untracked,
             },
             released_unlisted: model.released_unlisted(),
+            release_detection: None,
             maps,
             inventory: model.inventory_summary().cloned(),
         }
@@ -678,6 +684,19 @@ impl Report {
             );
         } else {
             let _ = writeln!(text, "lost events: 0");
+        }
+        match self.release_detection {
+            Some(ReleaseDetection::Heap) => {
+                let _ = writeln!(text, "dropped maps: released when the heap frees them");
+            }
+            Some(ReleaseDetection::Header) => {
+                let _ = writeln!(
+                    text,
+                    "dropped maps: released once their memory is reused (no symbols to read \
+                     the heap)"
+                );
+            }
+            None => {}
         }
         text
     }

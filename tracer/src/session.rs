@@ -13,6 +13,7 @@ use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError};
 use crate::launch::{LaunchError, Launched};
 use crate::memory::inventory::{self, Taken};
+use crate::memory::release::{self, Detector, Dropped};
 use crate::memory::roots::{Roots, RootsError};
 use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
@@ -30,6 +31,16 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// After the window ends, how long the probes stay attached so that the next operation on
 /// each busy map classifies its last one. Quiet maps are settled from memory afterwards.
 const SETTLE_GRACE: Duration = Duration::from_millis(200);
+
+/// How often idle maps are checked against the target's memory for a drop (see
+/// [`crate::memory::release`]).
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long what a release check found waits before it reaches the pipeline: long enough for
+/// every event from before the check's reads to be committed to the ring buffer and drained
+/// (a record is committed microseconds after it is reserved), short enough that a dropped map
+/// does not linger.
+const DROP_DELAY: Duration = Duration::from_millis(50);
 
 /// What can stop a trace before it starts; each message is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +365,10 @@ async fn follow_attached(
         },
     };
     let mut pipeline = Pipeline::new(setup, recorder);
+    let detector = Detector::new(&binary, bias, plan.implementation);
+    pipeline.note(Note::ReleaseDetection {
+        method: detector.method(),
+    });
     let inspected = Inspected {
         target,
         binary,
@@ -368,18 +383,26 @@ async fn follow_attached(
         peak_resident: None,
         inventory: Some(inventory),
         roots: None,
+        detector,
+        drops: Vec::new(),
+        drops_at: Instant::now(),
     };
     feed.read_resident();
     let stop_reason = feed
         .follow(&mut events, options, stop, &mut on_tick)
         .await?;
     feed.take_inventory(true);
+    if inspected.target.is_alive() {
+        // Counted as of the end of the window, not as of the last tick.
+        feed.release_dropped(events.get_mut());
+    }
     feed.note(Note::Freeze {
         end_ns: monotonic_ns(),
     });
     feed.settle_from_events(&mut events).await;
     probes.detach();
     feed.drain(events.get_mut());
+    feed.apply_drops();
     let lost = Outputs {
         events: events.into_inner(),
         lost,
@@ -498,6 +521,12 @@ struct Feed<'a> {
     inventory: Option<std::thread::JoinHandle<Taken>>,
     /// The roots it read, once it finished.
     roots: Option<Result<Roots, RootsError>>,
+    /// Finds the maps the program dropped.
+    detector: Detector,
+    /// What the last check found, passed on after [`DROP_DELAY`] (see `release_dropped`).
+    drops: Vec<Dropped>,
+    /// When `drops` were found.
+    drops_at: Instant,
 }
 
 impl Feed<'_> {
@@ -527,6 +556,9 @@ impl Feed<'_> {
         let mut view_tick = tokio::time::interval(options.tick);
         view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         view_tick.tick().await;
+        let mut release_tick = tokio::time::interval(RELEASE_INTERVAL);
+        release_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        release_tick.tick().await;
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(StopReason::Signal),
@@ -542,6 +574,7 @@ impl Feed<'_> {
                     self.read_resident();
                     on_tick(self.pipeline);
                 }
+                _ = release_tick.tick() => self.release_dropped(events.get_mut()),
             }
         }
     }
@@ -575,6 +608,9 @@ impl Feed<'_> {
             self.pipeline.record(&record);
         }
         self.take_inventory(false);
+        if self.drops_at.elapsed() >= DROP_DELAY {
+            self.apply_drops();
+        }
         let fresh: Vec<u64> = self.pipeline.model().types_seen()[self.types_resolved..].to_vec();
         self.types_resolved += fresh.len();
         for map_type in fresh {
@@ -588,6 +624,36 @@ impl Feed<'_> {
     fn read_resident(&mut self) {
         if let Ok(peak) = self.inspected.target.peak_resident_bytes() {
             self.peak_resident = Some(peak);
+        }
+    }
+
+    /// Checks idle maps against the target's memory. A map used while it was read has an
+    /// event from before the read, and the model keeps a map with an event since its check;
+    /// holding the findings for [`DROP_DELAY`] of draining (or until the probes are gone)
+    /// lets every such event reach the model first, even one queued behind a ring-buffer
+    /// record another CPU had not committed yet.
+    fn release_dropped(&mut self, events: &mut RingBuf<MapData>) {
+        self.drain(events);
+        let now_ns = monotonic_ns();
+        let candidates = self.detector.pick(self.pipeline.model(), now_ns);
+        let mut dropped = Vec::new();
+        let started = Instant::now();
+        for chunk in candidates.chunks(release::CHUNK) {
+            if started.elapsed() > release::BUDGET {
+                break;
+            }
+            dropped.extend(self.detector.inspect(&self.inspected.target, chunk, now_ns));
+            self.drain(events);
+        }
+        // Findings not yet passed on wait with these.
+        self.drops.extend(dropped);
+        self.drops_at = Instant::now();
+    }
+
+    /// Passes the findings of the last check to the pipeline.
+    fn apply_drops(&mut self) {
+        for dropped in std::mem::take(&mut self.drops) {
+            self.pipeline.note(Note::Dropped(dropped));
         }
     }
 

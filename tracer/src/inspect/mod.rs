@@ -14,6 +14,7 @@ mod amd64;
 mod arm64;
 mod buildinfo;
 mod creation;
+mod data;
 mod elf;
 mod error;
 mod lines;
