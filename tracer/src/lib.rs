@@ -12,6 +12,7 @@ pub mod abi;
 mod dwarf_oracle;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
+pub mod export;
 pub mod inspect;
 pub mod live;
 pub mod memory;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tracer::export::{self, json, Export, Exports};
 use tracer::live::LiveView;
 use tracer::pipeline;
 use tracer::report::Report;
@@ -34,6 +35,9 @@ enum Command {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// List at most this many maps in the JSON besides the suspects' (the biggest).
+        #[arg(long, default_value_t = json::DEFAULT_MAX_MAPS, value_name = "N")]
+        max_maps: usize,
     },
 }
 
@@ -96,6 +100,30 @@ struct TraceArgs {
     /// How often the live view refreshes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     refresh: Duration,
+    /// Write the live maps as a gzipped pprof profile to this file, keyed by creation (or
+    /// writer) stack: `go tool pprof -top PATH`. Replaced atomically every `--interval`.
+    #[arg(long, value_name = "PATH")]
+    pprof: Option<PathBuf>,
+    /// Append an HdrHistogram interval log to this file every `--interval` (tags
+    /// map_peak_entries, map_lifetime_us, entry_lifetime_us, map_est_bytes).
+    #[arg(long, value_name = "PATH")]
+    hlog: Option<PathBuf>,
+    /// Draw live entries and estimated bytes over time of the top suspects and sites to
+    /// this SVG file, redrawn every `--interval`.
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while tracing (e.g. 127.0.0.1:9464),
+    /// updated every `--interval`.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// How often the exports (`--json`, `--pprof`, `--hlog`, `--plot`, `--serve`) are
+    /// written while tracing.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+    /// List at most this many maps in the JSON besides the suspects' (the biggest by
+    /// memory); the others are counted in `maps_unlisted`, and in `sites` and `histograms`.
+    #[arg(long, default_value_t = json::DEFAULT_MAX_MAPS, value_name = "N")]
+    max_maps: usize,
     /// Attach empty programs at the same sites instead (measures the uprobe cost itself).
     #[arg(long, hide = true)]
     floor: bool,
@@ -107,7 +135,11 @@ const TEXT_ROWS: usize = 20;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Some(Command::Replay { path, json }) => replay(path, json.as_deref()),
+        Some(Command::Replay {
+            path,
+            json,
+            max_maps,
+        }) => replay(path, json.as_deref(), *max_maps),
         None => run(&cli.trace),
     };
     match result {
@@ -119,15 +151,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay(path: &std::path::Path, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn replay(
+    path: &std::path::Path,
+    json: Option<&std::path::Path>,
+    max_maps: usize,
+) -> anyhow::Result<()> {
     let report = pipeline::replay(path)?;
-    emit(&report, json)
+    emit(&report, json, max_maps)
 }
 
-fn emit(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn emit(report: &Report, json: Option<&std::path::Path>, max_maps: usize) -> anyhow::Result<()> {
     print!("{}", report.render_text(TEXT_ROWS));
     if let Some(path) = json {
-        report
+        json::limited(report, max_maps)
             .write_json(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -153,7 +189,10 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
         thresholds,
         record: args.record.clone(),
         floor: args.floor,
-        tick: args.refresh.max(Duration::from_millis(100)),
+        tick: args
+            .refresh
+            .min(args.interval)
+            .max(Duration::from_millis(100)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,9 +201,10 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
     let on_terminal = std::io::stdout().is_terminal();
     let tick_s = options.tick.as_secs_f64();
     let mut view = LiveView::new();
-    let stop = {
+    let (stop, mut exports) = {
         let _in_runtime = runtime.enter();
-        stop_signal().context("cannot handle Ctrl-C and SIGTERM")?
+        let stop = stop_signal().context("cannot handle Ctrl-C and SIGTERM")?;
+        (stop, exports(args, pid)?)
     };
     let outcome = runtime.block_on(session::trace(
         pid,
@@ -177,6 +217,7 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
             );
         },
         |pipeline| {
+            exports.tick(pipeline, session::monotonic_ns());
             if on_terminal {
                 print!("{}", view.render_screen(pipeline, tick_s));
             } else {
@@ -190,7 +231,37 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
     if outcome.stop == StopReason::TargetExited {
         eprintln!("gomaptrace: pid {pid} exited; the report covers what was seen until then");
     }
-    emit(&outcome.report, args.json.as_deref())
+    emit(&outcome.report, args.json.as_deref(), args.max_maps)?;
+    exports.finish(&outcome.report, &outcome.histograms)?;
+    Ok(())
+}
+
+/// The exports asked for, each checked now so that a bad path or address fails before any
+/// probe is attached. Must run inside the tokio runtime (the metrics server is a task on it).
+fn exports(args: &TraceArgs, pid: u32) -> anyhow::Result<Exports> {
+    let mut outputs: Vec<Box<dyn Export>> = Vec::new();
+    for path in [&args.json, &args.pprof, &args.plot].into_iter().flatten() {
+        export::check_writable(path)?;
+    }
+    if let Some(path) = &args.json {
+        outputs.push(Box::new(json::Json::new(path.clone(), args.max_maps)));
+    }
+    if let Some(path) = &args.pprof {
+        outputs.push(Box::new(export::pprof::Pprof::new(path.clone())));
+    }
+    if let Some(path) = &args.hlog {
+        outputs.push(Box::new(export::hlog::Hlog::create(path.clone())?));
+    }
+    if let Some(path) = &args.plot {
+        outputs.push(Box::new(export::plot::Plot::new(path.clone())));
+    }
+    if let Some(addr) = &args.serve {
+        let container = export::prometheus::cgroup_of(pid);
+        outputs.push(Box::new(export::prometheus::Metrics::serve(
+            addr, container,
+        )?));
+    }
+    Ok(Exports::new(outputs, args.interval))
 }
 
 /// The error and its causes on one line. Library errors already quote their cause in their

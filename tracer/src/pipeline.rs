@@ -194,6 +194,9 @@ pub struct Pipeline {
     window_end_ns: Option<u64>,
     lost: u64,
     recorder: Option<Recorder>,
+    /// Frames of the stacks resolved while tracing, for snapshots; not recorded (the final
+    /// resolution at [`Note::Finish`] is).
+    live_frames: std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>>,
 }
 
 impl Pipeline {
@@ -209,7 +212,39 @@ impl Pipeline {
             window_end_ns: None,
             lost: 0,
             recorder,
+            live_frames: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Frames of stack addresses resolved while tracing, so that snapshots name sites.
+    pub fn add_live_frames(
+        &mut self,
+        frames: std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>>,
+    ) {
+        self.live_frames.extend(frames);
+    }
+
+    /// The report as it stands at `now_ns`, with the frames resolved so far, for the outputs
+    /// written at every interval (see [`crate::export`]).
+    pub fn snapshot(&self, now_ns: u64) -> Report {
+        let mut resolved = self.resolved.clone();
+        if resolved.frames.is_empty() {
+            resolved.frames = self.live_frames.clone();
+        }
+        let window = Window {
+            start_ns: self.setup.start_ns,
+            end_ns: self.window_end_ns.unwrap_or(now_ns).max(self.setup.start_ns),
+        };
+        let context = ReportContext {
+            target: self.setup.target.clone(),
+            window,
+            lost: self.lost,
+            implementation: self.setup.implementation,
+            thresholds: self.setup.thresholds,
+            sample_one_in: self.setup.sample_one_in,
+            resolved: &resolved,
+        };
+        Report::new(&self.model, &context)
     }
 
     /// One raw ring-buffer record.

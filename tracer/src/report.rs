@@ -39,6 +39,8 @@ pub struct Report {
     /// Released maps beyond the tracer's memory bound, counted in `sites` and `histograms`
     /// but not listed in `maps`.
     pub released_unlisted: u64,
+    /// Maps left out of `maps` by `--max-maps` (counted in `sites` and `histograms`).
+    pub maps_unlisted: u64,
     /// Every map seen (up to the bound above for released ones), in order of first sighting.
     pub maps: Vec<MapReport>,
 }
@@ -566,6 +568,7 @@ impl Report {
                 untracked,
             },
             released_unlisted: model.released_unlisted(),
+            maps_unlisted: 0,
             maps,
         }
     }

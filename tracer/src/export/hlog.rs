@@ -1,0 +1,106 @@
+//! `--hlog PATH`: an HdrHistogram interval log (the standard format, V2 deflate encoding,
+//! which Java's HistogramLogAnalyzer and HistogramLogProcessor require), one interval per
+//! `--interval`, one tag per distribution.
+//!
+//! Each interval's histograms describe every map known at the interval's end (maps still
+//! alive count their lifetime so far), like the report's `histograms`: a reader wanting the
+//! whole trace takes the last interval of each tag, and the series of intervals shows how the
+//! distributions moved.
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+
+use super::{Export, ExportError, Snapshot};
+
+/// The tags of the log, one per distribution.
+pub const TAGS: [&str; 4] = [
+    "map_peak_entries",
+    "map_lifetime_us",
+    "entry_lifetime_us",
+    "map_est_bytes",
+];
+
+/// An interval log being appended to.
+pub struct Hlog {
+    path: PathBuf,
+    out: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+    /// Seconds since the probes were attached at the end of the last interval written.
+    last_at_s: f64,
+}
+
+impl Hlog {
+    /// Creates (or truncates) `path` and writes the log's header: the start time, which
+    /// every interval's timestamp is relative to, and a legend.
+    pub fn create(path: PathBuf) -> Result<Hlog, ExportError> {
+        let file = File::create(&path).map_err(|source| ExportError::write(&path, source))?;
+        let mut out = BufWriter::new(file);
+        let mut serializer = V2DeflateSerializer::new();
+        let now = SystemTime::now();
+        IntervalLogWriterBuilder::new()
+            .add_comment("gomaptrace map distributions; tags: map_peak_entries (entries), map_lifetime_us and entry_lifetime_us (microseconds), map_est_bytes (bytes)")
+            .with_start_time(now)
+            .with_base_time(now)
+            .begin_log_with(&mut out, &mut serializer)
+            .map(drop)
+            .and_then(|()| {
+                writeln!(
+                    out,
+                    "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
+                )
+            })
+            .and_then(|()| out.flush())
+            .map_err(|source| ExportError::write(&path, source))?;
+        Ok(Hlog {
+            path,
+            out,
+            serializer,
+            last_at_s: 0.0,
+        })
+    }
+}
+
+/// What the maps still alive hold (the report's `peak_est_bytes`), one value per map.
+fn est_bytes(snapshot: &Snapshot<'_>) -> Histogram<u64> {
+    let mut histogram = Histogram::new(3).expect("3 significant digits is a valid precision");
+    for map in snapshot.report.maps.iter().filter(|map| !map.released) {
+        if let Some(bytes) = map.peak_est_bytes {
+            histogram.saturating_record(bytes);
+        }
+    }
+    histogram
+}
+
+impl Export for Hlog {
+    fn write(&mut self, snapshot: &Snapshot<'_>) -> Result<(), ExportError> {
+        let start = Duration::from_secs_f64(self.last_at_s.max(0.0));
+        let length = Duration::from_secs_f64((snapshot.at_s - self.last_at_s).max(0.0));
+        let bytes = est_bytes(snapshot);
+        let histograms = [
+            &snapshot.histograms.map_peak_entries,
+            &snapshot.histograms.map_lifetime_us,
+            &snapshot.histograms.entry_lifetime_us,
+            &bytes,
+        ];
+        let path = self.path.clone();
+        let failed = |reason: String| ExportError::write(&path, std::io::Error::other(reason));
+        let mut writer = IntervalLogWriterBuilder::new()
+            .begin_log_with(&mut self.out, &mut self.serializer)
+            .map_err(|error| failed(error.to_string()))?;
+        for (tag, histogram) in TAGS.iter().zip(histograms) {
+            let tag = Tag::new(tag).expect("tags have no commas or spaces");
+            writer
+                .write_histogram(histogram, start, length, Some(tag))
+                .map_err(|error| failed(error.to_string()))?;
+        }
+        self.out.flush().map_err(|source| ExportError::write(&self.path, source))?;
+        self.last_at_s = snapshot.at_s;
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Exports for capacity reviews: the trace as files and an endpoint that existing tools read
+//! (pprof, HdrHistogram interval logs, an SVG plot, Prometheus, the JSON report).
+//!
+//! Every output reads a [`Snapshot`] — the report as it stands and the model's raw
+//! distributions — and does its own I/O; the model stays free of it. [`Exports`] calls each
+//! output once per `--interval` while tracing and once more with the final report.
+
+pub mod hlog;
+pub mod json;
+pub mod plot;
+pub mod pprof;
+pub mod prometheus;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::model::Histograms;
+use crate::pipeline::Pipeline;
+use crate::report::Report;
+
+/// What every output reads: the report so far (or the final one) and the distributions
+/// behind its histograms, at full resolution.
+pub struct Snapshot<'a> {
+    /// The report as of `at_s`.
+    pub report: &'a Report,
+    /// The model's distributions as of `at_s`.
+    pub histograms: &'a Histograms,
+    /// Seconds since the probes were attached.
+    pub at_s: f64,
+    /// This is the last snapshot of the trace.
+    pub last: bool,
+}
+
+/// Why an output could not be written; one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A file could not be created or replaced.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The plot could not be drawn.
+    #[error("cannot draw {path}: {reason}")]
+    Draw {
+        /// The SVG file.
+        path: PathBuf,
+        /// What the drawing library said.
+        reason: String,
+    },
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Serve {
+        /// The address asked for.
+        addr: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+impl ExportError {
+    /// A write error for `path`.
+    pub fn write(path: &std::path::Path, source: std::io::Error) -> ExportError {
+        ExportError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// One output, called at every interval and at the end.
+pub trait Export {
+    /// Writes (or publishes) what `snapshot` says.
+    fn write(&mut self, snapshot: &Snapshot<'_>) -> Result<(), ExportError>;
+}
+
+/// Every output asked for, and when each interval is due.
+pub struct Exports {
+    outputs: Vec<Box<dyn Export>>,
+    interval: Duration,
+    last: Instant,
+}
+
+impl Exports {
+    /// Outputs written every `interval` (and at the end).
+    pub fn new(outputs: Vec<Box<dyn Export>>, interval: Duration) -> Exports {
+        Exports {
+            outputs,
+            interval,
+            last: Instant::now(),
+        }
+    }
+
+    /// No output asked for: nothing to snapshot while tracing.
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    /// Called on every tick of the trace: when an interval is due, snapshots the pipeline and
+    /// writes every output. A failed write is reported on stderr and tried again next
+    /// interval; the trace goes on (the final write reports it as an error).
+    pub fn tick(&mut self, pipeline: &Pipeline, now_ns: u64) {
+        if self.outputs.is_empty() || self.last.elapsed() < self.interval {
+            return;
+        }
+        self.last = Instant::now();
+        let report = pipeline.snapshot(now_ns);
+        let histograms = pipeline.model().histograms(now_ns);
+        let snapshot = Snapshot {
+            report: &report,
+            histograms: &histograms,
+            at_s: report.duration_s,
+            last: false,
+        };
+        for output in &mut self.outputs {
+            if let Err(error) = output.write(&snapshot) {
+                eprintln!("gomaptrace: {error}");
+            }
+        }
+    }
+
+    /// Writes every output with the final report; the first failure is returned after all
+    /// outputs were tried.
+    pub fn finish(&mut self, report: &Report, histograms: &Histograms) -> Result<(), ExportError> {
+        let snapshot = Snapshot {
+            report,
+            histograms,
+            at_s: report.duration_s,
+            last: true,
+        };
+        let mut first_error = None;
+        for output in &mut self.outputs {
+            if let Err(error) = output.write(&snapshot) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Fails now, with the error a write would give, when a file cannot be created next to
+/// `path` (where atomic replacement writes it first).
+pub fn check_writable(path: &std::path::Path) -> Result<(), ExportError> {
+    let temporary =
+        crate::report::temporary_sibling(path).map_err(|source| ExportError::write(path, source))?;
+    std::fs::File::create(&temporary).map_err(|source| ExportError::write(path, source))?;
+    let _ = std::fs::remove_file(&temporary);
+    Ok(())
+}
+
+/// `function (file:line)` with the file's directories dropped: how outputs name a site.
+pub fn short_site(site: &crate::report::Location) -> String {
+    let file = site.file.rsplit('/').next().unwrap_or(&site.file);
+    format!("{} ({file}:{})", site.function, site.line)
+}
