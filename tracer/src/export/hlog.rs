@@ -71,7 +71,8 @@ fn est_bytes(snapshot: &Snapshot<'_>) -> Histogram<u64> {
     let mut histogram = Histogram::new(3).expect("3 significant digits is a valid precision");
     for map in snapshot.report.maps.iter().filter(|map| !map.released) {
         if let Some(bytes) = map.peak_est_bytes {
-            histogram.saturating_record(bytes);
+            // Auto-resizing: any u64 fits (a saturating record would clamp instead).
+            let _ = histogram.record(bytes);
         }
     }
     histogram

@@ -80,8 +80,13 @@ pub trait Export {
 pub struct Exports {
     outputs: Vec<Box<dyn Export>>,
     interval: Duration,
-    last: Instant,
+    /// When the next interval is due.
+    next: Instant,
 }
+
+/// How early an interval may be written: ticks jitter around the interval they are set to,
+/// and one a few ms short must not push the write to the next tick.
+const SLACK: Duration = Duration::from_millis(100);
 
 impl Exports {
     /// Outputs written every `interval` (and at the end).
@@ -89,7 +94,7 @@ impl Exports {
         Exports {
             outputs,
             interval,
-            last: Instant::now(),
+            next: Instant::now() + interval,
         }
     }
 
@@ -102,10 +107,11 @@ impl Exports {
     /// writes every output. A failed write is reported on stderr and tried again next
     /// interval; the trace goes on (the final write reports it as an error).
     pub fn tick(&mut self, pipeline: &Pipeline, now_ns: u64) {
-        if self.outputs.is_empty() || self.last.elapsed() < self.interval {
+        let now = Instant::now();
+        if self.outputs.is_empty() || now + SLACK < self.next {
             return;
         }
-        self.last = Instant::now();
+        self.next = (self.next + self.interval).max(now + self.interval - SLACK);
         let report = pipeline.snapshot(now_ns);
         let histograms = pipeline.model().histograms(now_ns);
         let snapshot = Snapshot {

@@ -25,10 +25,12 @@ const TOP: usize = 5;
 /// One named line: time, live entries, estimated bytes.
 #[derive(Default)]
 struct Series {
+    name: String,
     points: Vec<(f64, f64, f64)>,
 }
 
-/// The plot and the series it is drawn from.
+/// The plot and the series it is drawn from, by id: a site's name, or a suspect map's
+/// address (never shown: a suspect is named by its verdict, type and site).
 pub struct Plot {
     path: PathBuf,
     series: BTreeMap<String, Series>,
@@ -43,23 +45,36 @@ impl Plot {
         }
     }
 
-    /// Adds the values at this snapshot: every series followed gets a point, and the top
-    /// suspects and sites not followed yet start a series while there is room.
+    /// Adds the values at this snapshot: every series followed gets a point (a suspect map
+    /// keeps its line after its verdict goes, until it is released), and the top suspects
+    /// and sites not followed yet start a series while there is room.
     fn sample(&mut self, report: &Report, at_s: f64) {
-        let current = current_values(report);
-        let mut ranked: Vec<(&String, &(u64, u64, bool))> = current.iter().collect();
-        ranked.sort_by_key(|(name, (_, bytes, suspect))| {
-            (!*suspect, std::cmp::Reverse(*bytes), (*name).clone())
+        let mut candidates: Vec<(String, String)> = report
+            .verdicts
+            .iter()
+            .take(TOP)
+            .map(|suspect| (suspect.addr.clone(), suspect_name(suspect)))
+            .collect();
+        let mut sites: Vec<&crate::report::SiteReport> = report.sites.iter().collect();
+        sites.sort_by_key(|site| {
+            (
+                std::cmp::Reverse(site.est_bytes.unwrap_or(0)),
+                std::cmp::Reverse(site.live_entries),
+            )
         });
-        let suspects = ranked.iter().filter(|(_, value)| value.2).take(TOP);
-        let sites = ranked.iter().filter(|(_, value)| !value.2).take(TOP);
-        for (name, _) in suspects.chain(sites) {
-            if self.series.len() < MAX_SERIES && !self.series.contains_key(*name) {
-                self.series.insert((*name).clone(), Series::default());
+        candidates.extend(sites.iter().take(TOP).map(|site| {
+            let name = site_name(site);
+            (name.clone(), name)
+        }));
+        for (id, name) in candidates {
+            if self.series.len() < MAX_SERIES && !self.series.contains_key(&id) {
+                let points = Vec::new();
+                self.series.insert(id, Series { name, points });
             }
         }
-        for (name, series) in &mut self.series {
-            let (entries, bytes, _) = current.get(name).copied().unwrap_or((0, 0, false));
+        let current = current_values(report);
+        for (id, series) in &mut self.series {
+            let (entries, bytes) = current.get(id).copied().unwrap_or((0, 0));
             series.points.push((at_s, entries as f64, bytes as f64));
             if series.points.len() > MAX_POINTS {
                 let mut index = 0;
@@ -72,7 +87,11 @@ impl Plot {
     }
 
     fn draw(&self) -> Result<String, String> {
-        let mut drawn: Vec<(&String, &Series)> = self.series.iter().collect();
+        let mut drawn: Vec<(&String, &Series)> = self
+            .series
+            .values()
+            .map(|series| (&series.name, series))
+            .collect();
         drawn.sort_by(|a, b| {
             let peak = |series: &Series| {
                 series
@@ -156,33 +175,41 @@ impl Plot {
     }
 }
 
-/// Live entries, estimated bytes and whether it is a suspect, per series name, now.
-fn current_values(report: &Report) -> BTreeMap<String, (u64, u64, bool)> {
-    let mut values: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
-    for suspect in &report.verdicts {
-        let place = match (&suspect.site, &suspect.written_at) {
-            (Some(site), _) => short_site(site),
-            (None, Some(writer)) => format!("written at {}", short_site(writer)),
-            (None, None) => "created before the trace".to_string(),
-        };
-        let name = format!(
-            "{} {} {place}",
-            suspect.verdict.name(),
-            suspect.map_type.as_deref().unwrap_or("map")
+/// How a suspect's line is named: verdict, type and where it comes from.
+fn suspect_name(suspect: &crate::report::Suspect) -> String {
+    let place = match (&suspect.site, &suspect.written_at) {
+        (Some(site), _) => short_site(site),
+        (None, Some(writer)) => format!("written at {}", short_site(writer)),
+        (None, None) => "created before the trace".to_string(),
+    };
+    format!(
+        "{} {} {place}",
+        suspect.verdict.name(),
+        suspect.map_type.as_deref().unwrap_or("map")
+    )
+}
+
+/// How a site's line is named.
+fn site_name(site: &crate::report::SiteReport) -> String {
+    match (&site.site, site.by) {
+        (Some(location), SiteKind::Creation) => format!("site {}", short_site(location)),
+        (Some(location), SiteKind::Writer) => format!("site {} (written)", short_site(location)),
+        (None, _) => "site unknown".to_string(),
+    }
+}
+
+/// Live entries and estimated bytes now, by series id: every site, and every map not known
+/// released (by address).
+fn current_values(report: &Report) -> BTreeMap<String, (u64, u64)> {
+    let mut values: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for map in report.maps.iter().filter(|map| !map.released) {
+        values.insert(
+            map.addr.clone(),
+            (map.live, map.peak_est_bytes.unwrap_or(0)),
         );
-        let value = values.entry(name).or_insert((0, 0, true));
-        value.0 += suspect.live;
-        value.1 += suspect.est_bytes.unwrap_or(0);
     }
     for site in &report.sites {
-        let name = match (&site.site, site.by) {
-            (Some(location), SiteKind::Creation) => format!("site {}", short_site(location)),
-            (Some(location), SiteKind::Writer) => {
-                format!("site {} (written)", short_site(location))
-            }
-            (None, _) => "site unknown".to_string(),
-        };
-        let value = values.entry(name).or_insert((0, 0, false));
+        let value = values.entry(site_name(site)).or_insert((0, 0));
         value.0 += site.live_entries;
         value.1 += site.est_bytes.unwrap_or(0);
     }

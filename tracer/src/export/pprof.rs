@@ -36,7 +36,12 @@ impl Pprof {
 }
 
 impl Export for Pprof {
+    /// At every interval, and at the end unless the target exited: its maps are all released
+    /// then, and the last interval's profile is the one worth keeping.
     fn write(&mut self, snapshot: &Snapshot<'_>) -> Result<(), ExportError> {
+        if snapshot.last && snapshot.report.target.exited {
+            return Ok(());
+        }
         let bytes = gzipped(&profile(snapshot.report, unix_now_ns()))
             .map_err(|source| ExportError::write(&self.path, source))?;
         crate::report::write_atomically(&self.path, &bytes)
