@@ -108,7 +108,12 @@ fn file_exports_are_read_by_their_tools() {
     let map = map_at(&report, cache.text("addr"));
     assert_eq!(map["live"], cache.number("len"));
     assert_eq!(map["unexplained"], 0);
-    for name in [LEAK, "main.handleRequest", "main.loadSettings", "main.newQueue"] {
+    for name in [
+        LEAK,
+        "main.handleRequest",
+        "main.loadSettings",
+        "main.newQueue",
+    ] {
         assert!(
             report["sites"]
                 .as_array()
@@ -276,7 +281,10 @@ fn prometheus_scrapes_the_metrics_endpoint() {
     // Our own scrape first: OpenMetrics text, bounded labels, no addresses.
     let metrics = http_get(metrics_port, "/metrics").expect("gomaptrace serves /metrics");
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
-    assert!(!metrics.contains("0xc0"), "no address is a label: {metrics}");
+    assert!(
+        !metrics.contains("0xc0"),
+        "no address is a label: {metrics}"
+    );
     assert!(
         metrics.contains(&format!("gomaptrace_target_info{{pid=\"{pid}\"")),
         "{metrics}"
@@ -294,7 +302,10 @@ fn prometheus_scrapes_the_metrics_endpoint() {
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let prometheus = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
         .stdout(Stdio::null())
         .stderr(log)

@@ -10,9 +10,9 @@
 pub mod abi;
 #[cfg(test)]
 mod dwarf_oracle;
+pub mod export;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
-pub mod export;
 pub mod inspect;
 pub mod live;
 pub mod memory;

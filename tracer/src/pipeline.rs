@@ -233,7 +233,10 @@ impl Pipeline {
         }
         let window = Window {
             start_ns: self.setup.start_ns,
-            end_ns: self.window_end_ns.unwrap_or(now_ns).max(self.setup.start_ns),
+            end_ns: self
+                .window_end_ns
+                .unwrap_or(now_ns)
+                .max(self.setup.start_ns),
         };
         let context = ReportContext {
             target: self.setup.target.clone(),

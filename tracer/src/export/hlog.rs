@@ -100,7 +100,9 @@ impl Export for Hlog {
                 .write_histogram(histogram, start, length, Some(tag))
                 .map_err(|error| failed(error.to_string()))?;
         }
-        self.out.flush().map_err(|source| ExportError::write(&self.path, source))?;
+        self.out
+            .flush()
+            .map_err(|source| ExportError::write(&self.path, source))?;
         self.last_at_s = snapshot.at_s;
         Ok(())
     }

@@ -149,8 +149,8 @@ impl Exports {
 /// Fails now, with the error a write would give, when a file cannot be created next to
 /// `path` (where atomic replacement writes it first).
 pub fn check_writable(path: &std::path::Path) -> Result<(), ExportError> {
-    let temporary =
-        crate::report::temporary_sibling(path).map_err(|source| ExportError::write(path, source))?;
+    let temporary = crate::report::temporary_sibling(path)
+        .map_err(|source| ExportError::write(path, source))?;
     std::fs::File::create(&temporary).map_err(|source| ExportError::write(path, source))?;
     let _ = std::fs::remove_file(&temporary);
     Ok(())

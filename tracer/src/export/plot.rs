@@ -26,6 +26,8 @@ const TOP: usize = 5;
 #[derive(Default)]
 struct Series {
     name: String,
+    /// A suspect map's line: drawn wider, under its site's, so that both show.
+    suspect: bool,
     points: Vec<(f64, f64, f64)>,
 }
 
@@ -49,11 +51,11 @@ impl Plot {
     /// keeps its line after its verdict goes, until it is released), and the top suspects
     /// and sites not followed yet start a series while there is room.
     fn sample(&mut self, report: &Report, at_s: f64) {
-        let mut candidates: Vec<(String, String)> = report
+        let mut candidates: Vec<(String, String, bool)> = report
             .verdicts
             .iter()
             .take(TOP)
-            .map(|suspect| (suspect.addr.clone(), suspect_name(suspect)))
+            .map(|suspect| (suspect.addr.clone(), suspect_name(suspect), true))
             .collect();
         let mut sites: Vec<&crate::report::SiteReport> = report.sites.iter().collect();
         sites.sort_by_key(|site| {
@@ -64,12 +66,17 @@ impl Plot {
         });
         candidates.extend(sites.iter().take(TOP).map(|site| {
             let name = site_name(site);
-            (name.clone(), name)
+            (name.clone(), name, false)
         }));
-        for (id, name) in candidates {
+        for (id, name, suspect) in candidates {
             if self.series.len() < MAX_SERIES && !self.series.contains_key(&id) {
                 let points = Vec::new();
-                self.series.insert(id, Series { name, points });
+                let series = Series {
+                    name,
+                    suspect,
+                    points,
+                };
+                self.series.insert(id, series);
             }
         }
         let current = current_values(report);
@@ -103,6 +110,7 @@ impl Plot {
             peak(b.1).total_cmp(&peak(a.1)).then(a.0.cmp(b.0))
         });
         drawn.truncate(DRAWN);
+        drawn.sort_by_key(|(_, series)| !series.suspect);
         let end_s = self
             .series
             .values()
@@ -149,15 +157,17 @@ impl Plot {
                     .map_err(|error| error.to_string())?;
                 for (index, (name, series)) in drawn.iter().enumerate() {
                     let color = Palette99::pick(index).to_rgba();
-                    let points = series.points.iter().map(|point| {
-                        (point.0, if column == 1 { point.1 } else { point.2 })
-                    });
+                    let width = if series.suspect { 6 } else { 2 };
+                    let points = series
+                        .points
+                        .iter()
+                        .map(|point| (point.0, if column == 1 { point.1 } else { point.2 }));
                     chart
-                        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                        .draw_series(LineSeries::new(points, color.stroke_width(width)))
                         .map_err(|error| error.to_string())?
                         .label(name.as_str())
                         .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
                         });
                 }
                 chart

@@ -155,7 +155,11 @@ pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
     let mut order: Vec<Key> = Vec::new();
     for map in report.maps.iter().filter(|map| !map.released) {
         let (stack, by) = program_stack(map);
-        let verdicts: Vec<String> = map.verdicts.iter().map(|verdict| verdict.name().to_string()).collect();
+        let verdicts: Vec<String> = map
+            .verdicts
+            .iter()
+            .map(|verdict| verdict.name().to_string())
+            .collect();
         let key = (
             stack,
             map.map_type.clone().unwrap_or_default(),

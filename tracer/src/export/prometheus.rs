@@ -76,8 +76,7 @@ impl Metrics {
 async fn answer(mut stream: tokio::net::TcpStream, text: &Mutex<String>) -> std::io::Result<()> {
     let mut request = Vec::new();
     let mut buffer = [0u8; 1024];
-    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < MAX_REQUEST
-    {
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < MAX_REQUEST {
         let read = stream.read(&mut buffer).await?;
         if read == 0 {
             break;
@@ -175,7 +174,11 @@ struct SiteTotals {
 /// The labels of a site: where it is, what it groups by, and the type of its biggest map.
 fn site_labels(site: Option<&Location>, by: SiteKind, map_type: &str) -> Labels {
     let (function, file, line) = match site {
-        Some(site) => (site.function.clone(), site.file.clone(), site.line.to_string()),
+        Some(site) => (
+            site.function.clone(),
+            site.file.clone(),
+            site.line.to_string(),
+        ),
         None => ("unknown".to_string(), String::new(), String::new()),
     };
     let by = match by {
@@ -250,7 +253,9 @@ pub fn encode(snapshot: &Snapshot<'_>, container: &str) -> String {
             .get(&(site.site.as_ref(), site.by))
             .map_or("", |(_, name)| name.as_str());
         let labels = site_labels(site.site.as_ref(), site.by, map_type);
-        set(&live, &entries, &bytes, &created, &suspects, &labels, totals);
+        set(
+            &live, &entries, &bytes, &created, &suspects, &labels, totals,
+        );
     }
     if ranked.len() > TOP_SITES {
         let mut labels = site_labels(None, SiteKind::Creation, "");
