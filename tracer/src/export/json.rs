@@ -106,7 +106,8 @@ pub(crate) mod tests {
         Report::new(&model, &context)
     }
 
-    fn with_maps(bytes: &[u64], suspect: usize) -> Report {
+    /// A report listing maps holding `bytes` each, the one at `suspect` flagged.
+    pub(crate) fn with_maps(bytes: &[u64], suspect: usize) -> Report {
         let mut report = empty_report();
         let template = crate::report::MapReport {
             addr: String::new(),

@@ -247,3 +247,82 @@ fn unix_now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::WriterReport;
+
+    fn frame(function: &str, line: u32) -> Location {
+        Location {
+            function: function.to_string(),
+            file: "app/main.go".to_string(),
+            line,
+        }
+    }
+
+    fn decoded(profile: &proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
+        let name = |id: u64| {
+            let location = &profile.location[id as usize - 1];
+            let function = &profile.function[location.line[0].function_id as usize - 1];
+            profile.string_table[function.name as usize].clone()
+        };
+        profile
+            .sample
+            .iter()
+            .map(|sample| {
+                let stack = sample.location_id.iter().map(|&id| name(id)).collect();
+                (stack, sample.value.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_maps_are_summed_per_program_stack_from_their_site() {
+        let mut report = crate::export::json::tests::with_maps(&[100, 200, 400, 800], 9);
+        let runtime = frame("runtime.makemap_small", 1);
+        let site = frame("main.newCache", 30);
+        for map in &mut report.maps[..2] {
+            map.stack = vec![runtime.clone(), site.clone(), frame("main.main", 60)];
+            map.site = Some(site.clone());
+            map.live = 5;
+        }
+        let writer = frame("main.store", 44);
+        report.maps[2].writers = vec![WriterReport {
+            site: Some(writer.clone()),
+            stack: vec![
+                frame("runtime.mapassign", 1),
+                writer,
+                frame("main.main", 70),
+            ],
+            inserts: 3,
+            deletes: 0,
+        }];
+        report.maps[3].released = true;
+        let profile = profile(&report, 0);
+        assert_eq!(
+            decoded(&profile),
+            vec![
+                (
+                    vec!["main.newCache".into(), "main.main".into()],
+                    vec![300, 10, 2]
+                ),
+                (
+                    vec!["main.store".into(), "main.main".into()],
+                    vec![400, 0, 1]
+                ),
+            ]
+        );
+        let default = &profile.string_table[profile.default_sample_type as usize];
+        assert_eq!(default, "inuse_space");
+        let bytes = gzipped(&profile).unwrap();
+        assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
+    }
+
+    #[test]
+    fn a_map_with_no_stack_is_named_so() {
+        let report = crate::export::json::tests::with_maps(&[10], 9);
+        let profile = profile(&report, 0);
+        assert_eq!(decoded(&profile)[0].0, vec![UNKNOWN_STACK.to_string()]);
+    }
+}
