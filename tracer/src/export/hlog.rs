@@ -33,36 +33,39 @@ pub struct Hlog {
     serializer: V2DeflateSerializer,
     /// Seconds since the probes were attached at the end of the last interval written.
     last_at_s: f64,
+    /// The header is written with the first interval, when the attach time is known.
+    started: bool,
 }
 
 impl Hlog {
-    /// Creates (or truncates) `path` and writes the log's header: the start time, which
-    /// every interval's timestamp is relative to, and a legend.
+    /// Creates (or truncates) `path`, so that an unwritable path fails before tracing.
     pub fn create(path: PathBuf) -> Result<Hlog, ExportError> {
         let file = File::create(&path).map_err(|source| ExportError::write(&path, source))?;
-        let mut out = BufWriter::new(file);
-        let mut serializer = V2DeflateSerializer::new();
-        let now = SystemTime::now();
-        IntervalLogWriterBuilder::new()
-            .add_comment("gomaptrace map distributions; tags: map_peak_entries (entries), map_lifetime_us and entry_lifetime_us (microseconds), map_est_bytes (bytes)")
-            .with_start_time(now)
-            .with_base_time(now)
-            .begin_log_with(&mut out, &mut serializer)
-            .map(drop)
-            .and_then(|()| {
-                writeln!(
-                    out,
-                    "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
-                )
-            })
-            .and_then(|()| out.flush())
-            .map_err(|source| ExportError::write(&path, source))?;
         Ok(Hlog {
             path,
-            out,
-            serializer,
+            out: BufWriter::new(file),
+            serializer: V2DeflateSerializer::new(),
             last_at_s: 0.0,
+            started: false,
         })
+    }
+
+    /// Writes the log's header: the time the probes were attached (`at_s` seconds ago),
+    /// which every interval's timestamp is relative to, and the legend.
+    fn start(&mut self, at_s: f64) -> std::io::Result<()> {
+        let attached = SystemTime::now()
+            .checked_sub(Duration::from_secs_f64(at_s.max(0.0)))
+            .unwrap_or_else(SystemTime::now);
+        IntervalLogWriterBuilder::new()
+            .add_comment("gomaptrace map distributions; tags: map_peak_entries (entries), map_lifetime_us and entry_lifetime_us (microseconds), map_est_bytes (bytes)")
+            .with_start_time(attached)
+            .with_base_time(attached)
+            .begin_log_with(&mut self.out, &mut self.serializer)
+            .map(drop)?;
+        writeln!(
+            self.out,
+            "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
+        )
     }
 }
 
@@ -80,6 +83,11 @@ fn est_bytes(snapshot: &Snapshot<'_>) -> Histogram<u64> {
 
 impl Export for Hlog {
     fn write(&mut self, snapshot: &Snapshot<'_>) -> Result<(), ExportError> {
+        if !self.started {
+            self.start(snapshot.at_s)
+                .map_err(|source| ExportError::write(&self.path, source))?;
+            self.started = true;
+        }
         let start = Duration::from_secs_f64(self.last_at_s.max(0.0));
         let length = Duration::from_secs_f64((snapshot.at_s - self.last_at_s).max(0.0));
         let bytes = est_bytes(snapshot);

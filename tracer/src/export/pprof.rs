@@ -49,6 +49,9 @@ impl Export for Pprof {
     }
 }
 
+/// The one mapping: the target's executable, already symbolized (so pprof does not try to).
+const MAPPING_ID: u64 = 1;
+
 /// The function that names a map with no creation stack and no writer stack seen.
 pub const UNKNOWN_STACK: &str = "[created before the trace; no write seen]";
 
@@ -106,7 +109,7 @@ impl Tables {
         let id = self.locations.len() as u64 + 1;
         self.locations.push(proto::Location {
             id,
-            mapping_id: 0,
+            mapping_id: MAPPING_ID,
             address: 0,
             line: vec![proto::Line {
                 function_id,
@@ -203,6 +206,18 @@ pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
         });
     }
     let default_sample_type = tables.string("inuse_space");
+    let mapping = vec![proto::Mapping {
+        id: MAPPING_ID,
+        memory_start: 0,
+        memory_limit: 0,
+        file_offset: 0,
+        filename: tables.string(&report.target.exe),
+        build_id: 0,
+        has_functions: true,
+        has_filenames: true,
+        has_line_numbers: true,
+        has_inline_frames: true,
+    }];
     let comment = vec![tables.string(&format!(
         "gomaptrace: pid {} ({}, {})",
         report.target.pid, report.target.exe, report.target.go_version
@@ -210,7 +225,7 @@ pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
     proto::Profile {
         sample_type,
         sample: samples,
-        mapping: Vec::new(),
+        mapping,
         location: tables.locations,
         function: tables.functions,
         string_table: tables.strings,
