@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum Task {
     },
     /// Measure what tracing costs a Go program: untraced, empty probes, gomaptrace, bpftrace.
     Bench(bench::BenchOptions),
+    /// Trace a service making 20,000 maps a second for 30 minutes with every export on;
+    /// record the tracer's memory each minute, its CPU and the outputs' sizes. Not in CI.
+    Soak(soak::SoakOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run_all(&root),
         Task::Demo { duration } => demo::run_demo(&root, &duration),
         Task::Bench(options) => bench::run_bench(&root, &options),
+        Task::Soak(options) => soak::run_soak(&root, &options),
     }
 }
 
