@@ -224,30 +224,27 @@ impl Pipeline {
         self.live_frames.extend(frames);
     }
 
-    /// The report as it stands at `now_ns`, with the frames resolved so far, for the outputs
-    /// written at every interval (see [`crate::export`]).
-    pub fn snapshot(&self, now_ns: u64) -> Report {
+    /// A copy of everything the report is built from, as it stands at `now_ns`, with the
+    /// frames resolved so far: cheap to take on the event loop, and turned into a report
+    /// elsewhere (see [`crate::export`]).
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
         let mut resolved = self.resolved.clone();
         if resolved.frames.is_empty() {
             resolved.frames = self.live_frames.clone();
         }
-        let window = Window {
-            start_ns: self.setup.start_ns,
-            end_ns: self
-                .window_end_ns
-                .unwrap_or(now_ns)
-                .max(self.setup.start_ns),
-        };
-        let context = ReportContext {
-            target: self.setup.target.clone(),
-            window,
+        Snapshot {
+            model: self.model.clone(),
+            setup: self.setup.clone(),
+            resolved,
+            window: Window {
+                start_ns: self.setup.start_ns,
+                end_ns: self
+                    .window_end_ns
+                    .unwrap_or(now_ns)
+                    .max(self.setup.start_ns),
+            },
             lost: self.lost,
-            implementation: self.setup.implementation,
-            thresholds: self.setup.thresholds,
-            sample_one_in: self.setup.sample_one_in,
-            resolved: &resolved,
-        };
-        Report::new(&self.model, &context)
+        }
     }
 
     /// One raw ring-buffer record.
@@ -331,6 +328,36 @@ impl Pipeline {
             resolved: &self.resolved,
         };
         Report::new(&self.model, &context)
+    }
+}
+
+/// Everything a report is built from, copied at one instant of a trace.
+pub struct Snapshot {
+    model: Model,
+    setup: Setup,
+    resolved: Resolved,
+    window: Window,
+    lost: u64,
+}
+
+impl Snapshot {
+    /// The report as of the snapshot.
+    pub fn report(&self) -> Report {
+        let context = ReportContext {
+            target: self.setup.target.clone(),
+            window: self.window,
+            lost: self.lost,
+            implementation: self.setup.implementation,
+            thresholds: self.setup.thresholds,
+            sample_one_in: self.setup.sample_one_in,
+            resolved: &self.resolved,
+        };
+        Report::new(&self.model, &context)
+    }
+
+    /// The model's distributions as of the snapshot.
+    pub fn histograms(&self) -> crate::model::Histograms {
+        self.model.histograms(self.window.end_ns)
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Every output reads a [`Snapshot`] — the report as it stands and the model's raw
 //! distributions — and does its own I/O; the model stays free of it. [`Exports`] calls each
-//! output once per `--interval` while tracing and once more with the final report.
+//! output once per `--interval` while tracing (from a worker thread, off the event loop) and
+//! once more with the final report.
 
 pub mod hlog;
 pub mod json;
@@ -12,6 +13,8 @@ pub mod pprof;
 pub mod prometheus;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::Histograms;
@@ -71,17 +74,30 @@ impl ExportError {
 }
 
 /// One output, called at every interval and at the end.
-pub trait Export {
+pub trait Export: Send {
     /// Writes (or publishes) what `snapshot` says.
     fn write(&mut self, snapshot: &Snapshot<'_>) -> Result<(), ExportError>;
 }
 
 /// Every output asked for, and when each interval is due.
+///
+/// The event loop only copies the pipeline ([`Pipeline::snapshot`]); a worker thread builds
+/// the report from the copy and writes the outputs, so that the ring buffer keeps being
+/// drained meanwhile. At most one copy is in flight: an interval that falls due while the
+/// worker is still busy is skipped, so memory holds at most one copy of the model and one
+/// report besides the live model.
 pub struct Exports {
-    outputs: Vec<Box<dyn Export>>,
+    worker: Option<Worker>,
     interval: Duration,
     /// When the next interval is due.
     next: Instant,
+}
+
+/// The thread that writes the outputs, and how to reach it.
+struct Worker {
+    sender: std::sync::mpsc::SyncSender<crate::pipeline::Snapshot>,
+    busy: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Box<dyn Export>>>,
 }
 
 /// How early an interval may be written: ticks jitter around the interval they are set to,
@@ -91,45 +107,41 @@ const SLACK: Duration = Duration::from_millis(100);
 impl Exports {
     /// Outputs written every `interval` (and at the end).
     pub fn new(outputs: Vec<Box<dyn Export>>, interval: Duration) -> Exports {
+        let worker = (!outputs.is_empty()).then(|| Worker::start(outputs));
         Exports {
-            outputs,
+            worker,
             interval,
             next: Instant::now() + interval,
         }
     }
 
-    /// No output asked for: nothing to snapshot while tracing.
-    pub fn is_empty(&self) -> bool {
-        self.outputs.is_empty()
-    }
-
-    /// Called on every tick of the trace: when an interval is due, snapshots the pipeline and
-    /// writes every output. A failed write is reported on stderr and tried again next
-    /// interval; the trace goes on (the final write reports it as an error).
+    /// Called on every tick of the trace: when an interval is due and the worker is free,
+    /// hands it a snapshot of the pipeline.
     pub fn tick(&mut self, pipeline: &Pipeline, now_ns: u64) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
         let now = Instant::now();
-        if self.outputs.is_empty() || now + SLACK < self.next {
+        if now + SLACK < self.next {
             return;
         }
         self.next = (self.next + self.interval).max(now + self.interval - SLACK);
-        let report = pipeline.snapshot(now_ns);
-        let histograms = pipeline.model().histograms(now_ns);
-        let snapshot = Snapshot {
-            report: &report,
-            histograms: &histograms,
-            at_s: report.duration_s,
-            last: false,
-        };
-        for output in &mut self.outputs {
-            if let Err(error) = output.write(&snapshot) {
-                eprintln!("gomaptrace: {error}");
-            }
+        if worker.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if worker.sender.send(pipeline.snapshot(now_ns)).is_err() {
+            worker.busy.store(false, Ordering::Release);
         }
     }
 
-    /// Writes every output with the final report; the first failure is returned after all
-    /// outputs were tried.
+    /// Waits for the worker, then writes every output with the final report; the first
+    /// failure is returned after all outputs were tried.
     pub fn finish(&mut self, report: &Report, histograms: &Histograms) -> Result<(), ExportError> {
+        let Some(worker) = self.worker.take() else {
+            return Ok(());
+        };
+        drop(worker.sender);
+        let mut outputs = worker.thread.join().unwrap_or_default();
         let snapshot = Snapshot {
             report,
             histograms,
@@ -137,12 +149,47 @@ impl Exports {
             last: true,
         };
         let mut first_error = None;
-        for output in &mut self.outputs {
+        for output in &mut outputs {
             if let Err(error) = output.write(&snapshot) {
                 first_error.get_or_insert(error);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Worker {
+    fn start(mut outputs: Vec<Box<dyn Export>>) -> Worker {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<crate::pipeline::Snapshot>(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let busy = Arc::clone(&busy);
+            move || {
+                for copy in receiver {
+                    let report = copy.report();
+                    let histograms = copy.histograms();
+                    drop(copy);
+                    let snapshot = Snapshot {
+                        report: &report,
+                        histograms: &histograms,
+                        at_s: report.duration_s,
+                        last: false,
+                    };
+                    for output in &mut outputs {
+                        if let Err(error) = output.write(&snapshot) {
+                            eprintln!("gomaptrace: {error}");
+                        }
+                    }
+                    busy.store(false, Ordering::Release);
+                }
+                outputs
+            }
+        });
+        Worker {
+            sender,
+            busy,
+            thread,
+        }
     }
 }
 
