@@ -12,7 +12,7 @@ pub mod plot;
 pub mod pprof;
 pub mod prometheus;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ pub enum ExportError {
 
 impl ExportError {
     /// A write error for `path`.
-    pub fn write(path: &std::path::Path, source: std::io::Error) -> ExportError {
+    pub fn write(path: &Path, source: std::io::Error) -> ExportError {
         ExportError::Write {
             path: path.to_owned(),
             source,
@@ -195,7 +195,7 @@ impl Worker {
 
 /// Fails now, with the error a write would give, when a file cannot be created next to
 /// `path` (where atomic replacement writes it first).
-pub fn check_writable(path: &std::path::Path) -> Result<(), ExportError> {
+pub fn check_writable(path: &Path) -> Result<(), ExportError> {
     let temporary = crate::report::temporary_sibling(path)
         .map_err(|source| ExportError::write(path, source))?;
     std::fs::File::create(&temporary).map_err(|source| ExportError::write(path, source))?;
@@ -207,4 +207,63 @@ pub fn check_writable(path: &std::path::Path) -> Result<(), ExportError> {
 pub fn short_site(site: &crate::report::Location) -> String {
     let file = site.file.rsplit('/').next().unwrap_or(&site.file);
     format!("{} ({file}:{})", site.function, site.line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Setup;
+    use crate::plan::MapImplementation;
+    use crate::report::TargetInfo;
+    use crate::verdict::Thresholds;
+
+    fn pipeline() -> Pipeline {
+        let setup = Setup {
+            target: TargetInfo {
+                pid: 1,
+                exe: "/bin/app".to_string(),
+                go_version: "go1.24.11".to_string(),
+                exited: false,
+                peak_rss_bytes: None,
+            },
+            implementation: MapImplementation::Swiss,
+            start_ns: 1_000,
+            thresholds: Thresholds::default(),
+            sample_one_in: 64,
+        };
+        Pipeline::new(setup, None)
+    }
+
+    #[test]
+    fn intervals_are_written_off_the_loop_and_the_end_after_them() {
+        let dir = std::env::temp_dir().join(format!("gomaptrace-exports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (json_path, hlog_path) = (dir.join("report.json"), dir.join("maps.hlog"));
+        let outputs: Vec<Box<dyn Export>> = vec![
+            Box::new(json::Json::new(json_path.clone(), 10)),
+            Box::new(hlog::Hlog::create(hlog_path.clone()).unwrap()),
+        ];
+        let mut exports = Exports::new(outputs, Duration::ZERO);
+        let pipeline = pipeline();
+        exports.tick(&pipeline, 2_000_000_000);
+        let report = pipeline.snapshot(3_000_000_000).report();
+        let histograms = pipeline.model().histograms(3_000_000_000);
+        exports.finish(&report, &histograms).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+        assert_eq!(written["maps_unlisted"], 0);
+        let log = std::fs::read_to_string(&hlog_path).unwrap();
+        let intervals = log.lines().filter(|line| line.starts_with("Tag=")).count();
+        assert_eq!(intervals, 2 * hlog::TAGS.len(), "{log}");
+        assert_eq!(log.matches("#[StartTime:").count(), 1, "{log}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unwritable_paths_fail_before_tracing() {
+        let error = check_writable(Path::new("/nonexistent/dir/report.json")).unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("cannot write /nonexistent/dir/report.json"));
+    }
 }
