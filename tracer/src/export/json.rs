@@ -37,14 +37,27 @@ pub fn limited(report: &Report, max_maps: usize) -> Report {
     for &index in others.iter().take(max_maps) {
         keep[index] = true;
     }
-    let mut listed = report.clone();
-    let mut index = 0;
-    listed.maps.retain(|_| {
-        index += 1;
-        keep[index - 1]
-    });
-    listed.maps_unlisted += (report.maps.len() - listed.maps.len()) as u64;
-    listed
+    let maps: Vec<_> = report
+        .maps
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &kept)| kept)
+        .map(|(map, _)| map.clone())
+        .collect();
+    // Field by field, so that only the listed maps are copied (a report of an hours-long
+    // trace is mostly maps).
+    Report {
+        target: report.target.clone(),
+        duration_s: report.duration_s,
+        events: report.events.clone(),
+        verdicts: report.verdicts.clone(),
+        sites: report.sites.clone(),
+        histograms: report.histograms.clone(),
+        entries: report.entries.clone(),
+        released_unlisted: report.released_unlisted,
+        maps_unlisted: report.maps_unlisted + (report.maps.len() - maps.len()) as u64,
+        maps,
+    }
 }
 
 /// The JSON report, rewritten at every interval.
