@@ -81,8 +81,11 @@ impl Plot {
         }
         let current = current_values(report);
         for (id, series) in &mut self.series {
-            let (entries, bytes) = current.get(id).copied().unwrap_or((0, 0));
-            series.points.push((at_s, entries as f64, bytes as f64));
+            let (entries, bytes) = current.get(id).copied().unwrap_or((0, Some(0)));
+            // Unknown bytes (no type read yet, or a sum beyond what the target ever had
+            // resident) are NaN: left out of the line, not drawn as zero.
+            let bytes = bytes.map_or(f64::NAN, |bytes| bytes as f64);
+            series.points.push((at_s, entries as f64, bytes));
             if series.points.len() > MAX_POINTS {
                 let mut index = 0;
                 series.points.retain(|_| {
@@ -161,7 +164,8 @@ impl Plot {
                     let points = series
                         .points
                         .iter()
-                        .map(|point| (point.0, if column == 1 { point.1 } else { point.2 }));
+                        .map(|point| (point.0, if column == 1 { point.1 } else { point.2 }))
+                        .filter(|point| !point.1.is_nan());
                     chart
                         .draw_series(LineSeries::new(points, color.stroke_width(width)))
                         .map_err(|error| error.to_string())?
@@ -208,20 +212,17 @@ fn site_name(site: &crate::report::SiteReport) -> String {
     }
 }
 
-/// Live entries and estimated bytes now, by series id: every site, and every map not known
-/// released (by address).
-fn current_values(report: &Report) -> BTreeMap<String, (u64, u64)> {
-    let mut values: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// Live entries and estimated bytes now (`None`: unknown), by series id: every site, and
+/// every map not known released (by address).
+fn current_values(report: &Report) -> BTreeMap<String, (u64, Option<u64>)> {
+    let mut values: BTreeMap<String, (u64, Option<u64>)> = BTreeMap::new();
     for map in report.maps.iter().filter(|map| !map.released) {
-        values.insert(
-            map.addr.clone(),
-            (map.live, map.peak_est_bytes.unwrap_or(0)),
-        );
+        values.insert(map.addr.clone(), (map.live, map.peak_est_bytes));
     }
     for site in &report.sites {
-        let value = values.entry(site_name(site)).or_insert((0, 0));
+        let value = values.entry(site_name(site)).or_insert((0, Some(0)));
         value.0 += site.live_entries;
-        value.1 += site.est_bytes.unwrap_or(0);
+        value.1 = value.1.zip(site.est_bytes).map(|(sum, bytes)| sum + bytes);
     }
     values
 }
@@ -269,6 +270,27 @@ mod tests {
         assert!(points.len() <= MAX_POINTS);
         assert_eq!(points[0].0, 0.0);
         assert!(points.last().unwrap().0 >= (MAX_POINTS * 2) as f64);
+    }
+
+    #[test]
+    fn unknown_bytes_are_left_out_not_zero() {
+        let mut report = crate::export::json::tests::empty_report();
+        let site = crate::report::SiteReport {
+            site: None,
+            by: SiteKind::Creation,
+            maps_created: 1,
+            live_maps: 1,
+            live_entries: 7,
+            est_bytes: None,
+            suspects: 0,
+        };
+        report.sites.push(site);
+        let mut plot = Plot::new(PathBuf::from("unused.svg"));
+        plot.sample(&report, 1.0);
+        let point = plot.series["site unknown"].points[0];
+        assert_eq!(point.1, 7.0);
+        assert!(point.2.is_nan());
+        assert!(plot.draw().unwrap().contains("site unknown"));
     }
 
     #[test]
