@@ -28,6 +28,10 @@ use crate::report::{Location, Report, SiteKind};
 pub const TOP_SITES: usize = 20;
 /// The largest request the server reads; anything longer is answered and closed.
 const MAX_REQUEST: usize = 8 * 1024;
+/// How long a client may take to send its request and read the answer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long to wait after a failed accept before the next.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// The content type Prometheus negotiates for this format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -60,11 +64,13 @@ impl Metrics {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors, most likely: wait for some to close.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 };
                 let text = Arc::clone(&text);
                 tokio::spawn(async move {
-                    let _ = answer(stream, &text).await;
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &text)).await;
                 });
             }
         });
