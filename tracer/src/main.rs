@@ -124,6 +124,10 @@ struct TraceArgs {
     /// memory); the others are counted in `maps_unlisted`, and in `sites` and `histograms`.
     #[arg(long, default_value_t = json::DEFAULT_MAX_MAPS, value_name = "N")]
     max_maps: usize,
+    /// The live view also lists maps by address (the fastest growing and the busiest), below
+    /// the sites of code.
+    #[arg(long)]
+    live_addresses: bool,
     /// Attach empty programs at the same sites instead (measures the uprobe cost itself).
     #[arg(long, hide = true)]
     floor: bool,
@@ -200,7 +204,7 @@ fn run(args: &TraceArgs) -> anyhow::Result<()> {
         .context("cannot start the event loop")?;
     let on_terminal = std::io::stdout().is_terminal();
     let tick_s = options.tick.as_secs_f64();
-    let mut view = LiveView::new();
+    let mut view = LiveView::with_addresses(args.live_addresses);
     let (stop, mut exports) = {
         let _in_runtime = runtime.enter();
         let stop = stop_signal().context("cannot handle Ctrl-C and SIGTERM")?;

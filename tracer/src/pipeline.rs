@@ -294,6 +294,16 @@ impl Pipeline {
         &self.model
     }
 
+    /// Source frames of stack addresses: all of them once the trace is finished, those
+    /// resolved so far while it runs (for the live view).
+    pub fn frames(&self) -> &std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>> {
+        if self.resolved.frames.is_empty() {
+            &self.live_frames
+        } else {
+            &self.resolved.frames
+        }
+    }
+
     /// What has been resolved so far.
     pub fn resolved(&self) -> &Resolved {
         &self.resolved

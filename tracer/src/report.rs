@@ -368,7 +368,8 @@ pub struct ReportContext<'a> {
 
 /// Function-name prefixes of the code that creates maps on a program's behalf: the creation
 /// site is the first frame outside them.
-const RUNTIME_PREFIXES: [&str; 4] = ["runtime.", "internal/runtime/", "reflect.", "maps."];
+pub(crate) const RUNTIME_PREFIXES: [&str; 4] =
+    ["runtime.", "internal/runtime/", "reflect.", "maps."];
 
 /// `held_by` of a map no package-level variable is known to reach.
 pub const UNKNOWN_HOLDER: &str = "unknown";
@@ -806,7 +807,7 @@ fn sites(
 }
 
 /// `1.2 MiB`-style sizes.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
