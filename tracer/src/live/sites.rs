@@ -128,3 +128,107 @@ pub(super) fn rows(
     });
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tracer_common::{kind, CreateEvent, MapEvent, STACK_DEPTH};
+
+    use crate::inspect::SourceFrame;
+    use crate::live::LiveView;
+    use crate::pipeline::{Note, Pipeline, Setup};
+    use crate::plan::MapImplementation;
+    use crate::report::{TargetInfo, TypeFacts};
+    use crate::verdict::{Storage, Thresholds};
+
+    const MAP: u64 = 0x00c0_000a_0000;
+    const MAP_TYPE: u64 = 0x4a_b000;
+    const CALLER: u64 = 0x40_2000;
+
+    fn event(kind: u8, count: u64, at: u64) -> MapEvent {
+        MapEvent {
+            ktime_ns: 1_000_000_000 + at * 500_000_000,
+            map: MAP,
+            count,
+            header_word: 7,
+            map_type: if kind == kind::ASSIGN { MAP_TYPE } else { 0 },
+            key_hash: 0,
+            kind,
+            flags: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    /// A pipeline that saw one map made at `main.newIndex` get two entries.
+    fn pipeline() -> Pipeline {
+        let setup = Setup {
+            target: TargetInfo {
+                pid: 42,
+                exe: "/srv/app".into(),
+                go_version: "go1.24.11".into(),
+                exited: false,
+                peak_rss_bytes: None,
+            },
+            implementation: MapImplementation::Swiss,
+            start_ns: 1_000_000_000,
+            thresholds: Thresholds::default(),
+            sample_one_in: 0,
+        };
+        let mut pipeline = Pipeline::new(setup, None);
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[0] = 0x40_1000;
+        let create = CreateEvent {
+            event: event(kind::CREATE, 0, 0),
+            caller: CALLER,
+            stack_len: 1,
+            _pad: 0,
+            stack,
+        };
+        // SAFETY: both records are repr(C) plain data; viewing them as bytes is what the ring
+        // buffer does.
+        let create: [u8; CreateEvent::SIZE] = unsafe { core::mem::transmute(create) };
+        pipeline.record(&create);
+        for (count, at) in [(0, 1), (1, 2), (2, 3)] {
+            let assign: [u8; MapEvent::SIZE] =
+                unsafe { core::mem::transmute(event(kind::ASSIGN, count, at)) };
+            pipeline.record(&assign);
+        }
+        let frame = |function: &str, line| SourceFrame {
+            function: function.into(),
+            file: "/src/app/main.go".into(),
+            line,
+        };
+        let mut frames = BTreeMap::new();
+        frames.insert(0x40_1000, vec![frame("runtime.makemap_small", 3)]);
+        frames.insert(CALLER, vec![frame("main.newIndex", 17)]);
+        pipeline.add_live_frames(frames);
+        pipeline.note(Note::Type {
+            map_type: MAP_TYPE,
+            facts: TypeFacts {
+                name: "map[string]int".into(),
+                storage: Storage {
+                    bucket_bytes: 136,
+                    slots_per_bucket: 8,
+                },
+            },
+        });
+        pipeline
+    }
+
+    #[test]
+    fn the_view_names_code_not_addresses() {
+        let pipeline = pipeline();
+        let screen = LiveView::new().render_screen(&pipeline, 1.0);
+        assert!(screen.contains("main.newIndex (main.go:17)"), "{screen}");
+        assert!(screen.contains("map[string]int"), "{screen}");
+        assert!(!screen.contains("0xc0000a0000"), "{screen}");
+        let line = LiveView::new().render_line(&pipeline, 1.0);
+        assert!(
+            line.contains("fastest-growing=main.newIndex (main.go:17) (+2/s)"),
+            "{line}"
+        );
+        let screen = LiveView::with_addresses(true).render_screen(&pipeline, 1.0);
+        assert!(screen.contains("0xc0000a0000"), "{screen}");
+    }
+}
