@@ -109,7 +109,11 @@ pub(super) fn rows(
         row.entries += record.live;
         row.growth += change.growth;
         row.bytes = row.bytes.saturating_add(bytes);
-        if verdict::judge(record, window, &setup.thresholds).is_some() {
+        // No verdict is possible below either threshold: a leak's growth, or the peak a map
+        // that retains capacity must have had. This keeps small maps' trends unread.
+        let thresholds = &setup.thresholds;
+        let judged = record.peak >= thresholds.leak_min_growth.min(thresholds.retain_min_peak);
+        if judged && verdict::judge(record, window, thresholds).is_some() {
             row.suspects += 1;
         }
         if bytes >= row.biggest {
