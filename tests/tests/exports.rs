@@ -60,8 +60,18 @@ fn pprof_top(profile: &Path, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn file_exports_are_read_by_their_tools() {
-    let binary = build("exports", GO, Flavor::Plain, &[]);
-    let dir = output_dir("exports_files");
+    file_exports_on(GO, "exports_files");
+}
+
+/// The same on a classic-map runtime (Go 1.21): other bucket sizes, other growth.
+#[test]
+fn file_exports_on_classic_maps() {
+    file_exports_on("1.21.13", "exports_files_go1_21");
+}
+
+fn file_exports_on(version: &str, test: &str) {
+    let binary = build("exports", version, Flavor::Plain, &[]);
+    let dir = output_dir(test);
     let (json, profile, hlog, plot) = (
         dir.join("report.json"),
         dir.join("maps.pb.gz"),
