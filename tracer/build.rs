@@ -29,6 +29,7 @@ fn main() {
     let root = manifest_dir
         .parent()
         .expect("tracer/ is inside the workspace");
+    build_pprof_types(&manifest_dir);
     let ebpf_dir = root.join("tracer-ebpf");
     for watched in [
         "tracer-ebpf/src",
@@ -101,6 +102,19 @@ fn write_stub(embedded: &Path, why: &str) {
     );
     std::fs::write(embedded, b"")
         .unwrap_or_else(|error| panic!("cannot write {}: {error}", embedded.display()));
+}
+
+/// Generates the Rust types of pprof's `profile.proto` (for `--pprof`) into `OUT_DIR`. The
+/// .proto is parsed by protox, in Rust, so no `protoc` has to be installed for the build.
+fn build_pprof_types(manifest_dir: &Path) {
+    let proto_dir = manifest_dir.join("proto");
+    let proto = proto_dir.join("profile.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let descriptors = protox::compile([&proto], [&proto_dir])
+        .unwrap_or_else(|error| panic!("cannot parse {}: {error}", proto.display()));
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .unwrap_or_else(|error| panic!("cannot generate pprof types: {error}"));
 }
 
 /// Builds the BPF object for one architecture's register layout (`bpf_target_arch`, the

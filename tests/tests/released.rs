@@ -98,7 +98,15 @@ fn consistent_counts(version: &str, go: &str, test: &str) {
     let esbuild = Esbuild::start(&binary);
     let json = report_path(test);
     let pid = esbuild.child.id().to_string();
-    let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
+    // Every map listed (not only the biggest 1000), so that every map is checked.
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+        "--max-maps",
+        "1000000",
+    ]);
     let traced = esbuild.finish(&input);
     let (status, stderr) = tracer.wait();
     assert!(status.success(), "gomaptrace failed: {stderr:#?}");
@@ -114,6 +122,7 @@ fn consistent_counts(version: &str, go: &str, test: &str) {
         report["released_unlisted"], 0,
         "every map is listed, so every map is checked"
     );
+    assert_eq!(report["maps_unlisted"], 0, "--max-maps lists every map");
     let maps = report["maps"].as_array().expect("maps array");
     for map in maps {
         assert_eq!(map["unexplained"], 0, "{map}");

@@ -11,6 +11,7 @@ pub mod abi;
 pub mod container;
 #[cfg(test)]
 mod dwarf_oracle;
+pub mod export;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
 pub mod inspect;

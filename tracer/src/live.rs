@@ -1,6 +1,9 @@
 //! What a person watching the trace sees while it runs: on a terminal, a view redrawn in
-//! place (like `top`) with the growing and the busiest maps; otherwise one plain line per
+//! place (like `top`) with the suspects and the sites of code that make maps (and, on
+//! request, the growing and the busiest maps by address); otherwise one plain line per
 //! tick, fit for a log.
+
+mod sites;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -18,6 +21,10 @@ pub struct LiveView {
     previous: HashMap<u64, (u64, u64)>,
     previous_events: u64,
     ticks: u64,
+    /// Also show maps by address (`--live-addresses`).
+    addresses: bool,
+    /// Site names by stack, resolved once each.
+    site_names: sites::SiteNames,
 }
 
 /// One map's change since the previous tick.
@@ -34,6 +41,14 @@ impl LiveView {
     /// An empty view.
     pub fn new() -> LiveView {
         LiveView::default()
+    }
+
+    /// A view that also lists maps by address, below the sites.
+    pub fn with_addresses(addresses: bool) -> LiveView {
+        LiveView {
+            addresses,
+            ..LiveView::default()
+        }
     }
 
     fn changes<'a>(&mut self, records: &[&'a MapRecord]) -> Vec<Change<'a>> {
@@ -79,6 +94,29 @@ impl LiveView {
             events.saturating_sub(self.previous_events) as f64 / tick_s,
         );
         self.previous_events = events;
+        let now_ns = crate::session::monotonic_ns();
+        let rows = sites::rows(pipeline, &changes, &mut self.site_names, now_ns);
+        let _ = writeln!(
+            text,
+            "\n{:<50} {:<24} {:>9} {:>10} {:>9} {:>10} {:>8}",
+            "SITE", "type", "live maps", "entries", "growth/s", "est bytes", "suspects"
+        );
+        for row in rows.iter().take(2 * ROWS) {
+            let _ = writeln!(
+                text,
+                "{:<50} {:<24} {:>9} {:>10} {:>+9.0} {:>10} {:>8}",
+                row.name,
+                row.map_type,
+                row.live_maps,
+                row.entries,
+                row.growth as f64 / tick_s,
+                crate::report::human_bytes(row.bytes),
+                row.suspects
+            );
+        }
+        if !self.addresses {
+            return text;
+        }
         let name = |record: &MapRecord| {
             pipeline
                 .resolved()
@@ -131,14 +169,31 @@ impl LiveView {
             live_entries,
             rate
         );
-        if let Some(top) = top.filter(|top| top.growth > 0) {
-            let _ = write!(
-                line,
-                " fastest-growing={:#x} (+{:.0}/s)",
-                top.record.addr,
-                top.growth as f64 / tick_s
-            );
+        if self.addresses {
+            if let Some(top) = top.filter(|top| top.growth > 0) {
+                let _ = write!(
+                    line,
+                    " fastest-growing={:#x} (+{:.0}/s)",
+                    top.record.addr,
+                    top.growth as f64 / tick_s
+                );
+            }
+            return line;
         }
+        let now_ns = crate::session::monotonic_ns();
+        let rows = sites::rows(pipeline, &changes, &mut self.site_names, now_ns);
+        if let Some(top) = rows.iter().max_by_key(|row| row.growth) {
+            if top.growth > 0 {
+                let _ = write!(
+                    line,
+                    " fastest-growing={} (+{:.0}/s)",
+                    top.name,
+                    top.growth as f64 / tick_s
+                );
+            }
+        }
+        let suspects: u64 = rows.iter().map(|row| row.suspects).sum();
+        let _ = write!(line, " suspects={suspects}");
         line
     }
 }

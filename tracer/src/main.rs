@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tracer::export::{self, json, Export, Exports};
 use tracer::launch::{Launched, Program};
 use tracer::live::LiveView;
 use tracer::pipeline;
@@ -38,6 +39,9 @@ enum Command {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// List at most this many maps in the JSON besides the suspects' (the biggest).
+        #[arg(long, default_value_t = json::DEFAULT_MAX_MAPS, value_name = "N")]
+        max_maps: usize,
     },
     /// List the maps a running Go program holds in package-level variables (idle ones too),
     /// with their entries, capacity and memory, without attaching any probe.
@@ -132,6 +136,34 @@ struct TraceArgs {
     /// How often the live view refreshes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     refresh: Duration,
+    /// Write the live maps as a gzipped pprof profile to this file, keyed by creation (or
+    /// writer) stack: `go tool pprof -top PATH`. Replaced atomically every `--interval`.
+    #[arg(long, value_name = "PATH")]
+    pprof: Option<PathBuf>,
+    /// Append an HdrHistogram interval log to this file every `--interval` (tags
+    /// map_peak_entries, map_lifetime_us, entry_lifetime_us, map_est_bytes).
+    #[arg(long, value_name = "PATH")]
+    hlog: Option<PathBuf>,
+    /// Draw live entries and estimated bytes over time of the top suspects and sites to
+    /// this SVG file, redrawn every `--interval`.
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while tracing (e.g. 127.0.0.1:9464),
+    /// updated every `--interval`.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// How often the exports (`--json`, `--pprof`, `--hlog`, `--plot`, `--serve`) are
+    /// written while tracing.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+    /// List at most this many maps in the JSON besides the suspects' (the biggest by
+    /// memory); the others are counted in `maps_unlisted`, and in `sites` and `histograms`.
+    #[arg(long, default_value_t = json::DEFAULT_MAX_MAPS, value_name = "N")]
+    max_maps: usize,
+    /// The live view also lists maps by address (the fastest growing and the busiest), below
+    /// the sites of code.
+    #[arg(long)]
+    live_addresses: bool,
     /// Attach empty programs at the same sites instead (measures the uprobe cost itself).
     #[arg(long, hide = true)]
     floor: bool,
@@ -145,9 +177,11 @@ fn main() -> ExitCode {
     // Outlives `run`, so that an error is printed before a launched program is waited for.
     let mut launched = None;
     let result = match &cli.command {
-        Some(Command::Replay { path, json }) => {
-            replay(path, json.as_deref()).map(|()| ExitCode::SUCCESS)
-        }
+        Some(Command::Replay {
+            path,
+            json,
+            max_maps,
+        }) => replay(path, json.as_deref(), *max_maps).map(|()| ExitCode::SUCCESS),
         Some(Command::Inventory {
             pid,
             json,
@@ -161,7 +195,7 @@ fn main() -> ExitCode {
             };
             tracer::snapshot::inventory_report(*pid, thresholds)
                 .map_err(anyhow::Error::from)
-                .and_then(|report| emit(&report, json.as_deref()))
+                .and_then(|report| emit(&report, json.as_deref(), json::DEFAULT_MAX_MAPS, false))
                 .map(|()| ExitCode::SUCCESS)
         }
         None => run(&cli.trace, &mut launched),
@@ -177,25 +211,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay(path: &std::path::Path, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn replay(
+    path: &std::path::Path,
+    json: Option<&std::path::Path>,
+    max_maps: usize,
+) -> anyhow::Result<()> {
     let report = pipeline::replay(path)?;
-    emit(&report, json)
-}
-
-fn emit(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
-    emit_to(report, json, false)
+    emit(&report, json, max_maps, false)
 }
 
 /// Prints the text report (to stderr in launch mode, where stdout is the program's) and
-/// writes the JSON one.
-fn emit_to(report: &Report, json: Option<&std::path::Path>, stderr: bool) -> anyhow::Result<()> {
+/// writes the JSON one, listing at most `max_maps` maps besides the suspects'.
+fn emit(
+    report: &Report,
+    json: Option<&std::path::Path>,
+    max_maps: usize,
+    stderr: bool,
+) -> anyhow::Result<()> {
     if stderr {
         eprint!("{}", report.render_text(TEXT_ROWS));
     } else {
         print!("{}", report.render_text(TEXT_ROWS));
     }
     if let Some(path) = json {
-        report
+        json::limited(report, max_maps)
             .write_json(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -234,7 +273,10 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
         thresholds,
         record: args.record.clone(),
         floor: args.floor,
-        tick: args.refresh.max(Duration::from_millis(100)),
+        tick: args
+            .refresh
+            .min(args.interval)
+            .max(Duration::from_millis(100)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -244,16 +286,17 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
     let launch_mode = launched.is_some();
     let on_terminal = !launch_mode && std::io::stdout().is_terminal();
     let tick_s = options.tick.as_secs_f64();
-    let mut view = LiveView::new();
-    let stop: Pin<Box<dyn Future<Output = ()>>> = {
+    let mut view = LiveView::with_addresses(args.live_addresses);
+    let (stop, mut exports): (Pin<Box<dyn Future<Output = ()>>>, Exports) = {
         let _in_runtime = runtime.enter();
-        if launch_mode {
+        let stop: Pin<Box<dyn Future<Output = ()>>> = if launch_mode {
             let forwarding = forward_terminate(pid).context("cannot handle Ctrl-C and SIGTERM")?;
             runtime.spawn(forwarding);
             Box::pin(std::future::pending())
         } else {
             Box::pin(stop_signal().context("cannot handle Ctrl-C and SIGTERM")?)
-        }
+        };
+        (stop, exports(args, pid)?)
     };
     let on_attached = |attached: &session::Attached| {
         eprintln!(
@@ -262,6 +305,7 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
         );
     };
     let on_tick = |pipeline: &pipeline::Pipeline| {
+        exports.tick(pipeline, session::monotonic_ns());
         if on_terminal {
             print!("{}", view.render_screen(pipeline, tick_s));
         } else if !launch_mode {
@@ -282,7 +326,13 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
     if outcome.stop == StopReason::TargetExited && !launch_mode {
         eprintln!("gomaptrace: pid {pid} exited; the report covers what was seen until then");
     }
-    emit_to(&outcome.report, args.json.as_deref(), launch_mode)?;
+    emit(
+        &outcome.report,
+        args.json.as_deref(),
+        args.max_maps,
+        launch_mode,
+    )?;
+    exports.finish(&outcome.report, &outcome.histograms)?;
     match launched.as_mut() {
         Some(child) => {
             let status = runtime
@@ -313,6 +363,34 @@ fn forward_terminate(pid: u32) -> std::io::Result<impl Future<Output = ()>> {
             }
         }
     })
+}
+
+/// The exports asked for, each checked now so that a bad path or address fails before any
+/// probe is attached. Must run inside the tokio runtime (the metrics server is a task on it).
+fn exports(args: &TraceArgs, pid: u32) -> anyhow::Result<Exports> {
+    let mut outputs: Vec<Box<dyn Export>> = Vec::new();
+    for path in [&args.json, &args.pprof, &args.plot].into_iter().flatten() {
+        export::check_writable(path)?;
+    }
+    if let Some(path) = &args.json {
+        outputs.push(Box::new(json::Json::new(path.clone(), args.max_maps)));
+    }
+    if let Some(path) = &args.pprof {
+        outputs.push(Box::new(export::pprof::Pprof::new(path.clone())));
+    }
+    if let Some(path) = &args.hlog {
+        outputs.push(Box::new(export::hlog::Hlog::create(path.clone())?));
+    }
+    if let Some(path) = &args.plot {
+        outputs.push(Box::new(export::plot::Plot::new(path.clone())));
+    }
+    if let Some(addr) = &args.serve {
+        let container = export::prometheus::cgroup_of(pid);
+        outputs.push(Box::new(export::prometheus::Metrics::serve(
+            addr, container,
+        )?));
+    }
+    Ok(Exports::new(outputs, args.interval))
 }
 
 /// The error and its causes on one line. Library errors already quote their cause in their

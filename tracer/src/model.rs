@@ -445,7 +445,7 @@ pub struct StackTotals {
 }
 
 /// Sampled keys followed from insert to delete.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct SampledEntries {
     /// (map address, key hash) → insert time.
     live: BTreeMap<(u64, u32), u64>,
@@ -467,8 +467,9 @@ impl SampledEntries {
     }
 }
 
-/// Per-map state for one trace.
-#[derive(Debug)]
+/// Per-map state for one trace. Cloned for the exports, which build their report from a
+/// copy off the event loop (see [`crate::pipeline::Pipeline::snapshot`]).
+#[derive(Clone, Debug)]
 pub struct Model {
     implementation: MapImplementation,
     limits: Limits,

@@ -214,6 +214,9 @@ pub struct Pipeline {
     lost: u64,
     recorder: Option<Recorder>,
     release_detection: Option<ReleaseDetection>,
+    /// Frames of the stacks resolved while tracing, for snapshots; not recorded (the final
+    /// resolution at [`Note::Finish`] is).
+    live_frames: std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>>,
 }
 
 impl Pipeline {
@@ -230,6 +233,38 @@ impl Pipeline {
             lost: 0,
             recorder,
             release_detection: None,
+            live_frames: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Frames of stack addresses resolved while tracing, so that snapshots name sites.
+    pub fn add_live_frames(
+        &mut self,
+        frames: std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>>,
+    ) {
+        self.live_frames.extend(frames);
+    }
+
+    /// A copy of everything the report is built from, as it stands at `now_ns`, with the
+    /// frames resolved so far: cheap to take on the event loop, and turned into a report
+    /// elsewhere (see [`crate::export`]).
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+        let mut resolved = self.resolved.clone();
+        if resolved.frames.is_empty() {
+            resolved.frames = self.live_frames.clone();
+        }
+        Snapshot {
+            model: self.model.clone(),
+            setup: self.setup.clone(),
+            resolved,
+            window: Window {
+                start_ns: self.setup.start_ns,
+                end_ns: self
+                    .window_end_ns
+                    .unwrap_or(now_ns)
+                    .max(self.setup.start_ns),
+            },
+            lost: self.lost,
         }
     }
 
@@ -287,6 +322,16 @@ impl Pipeline {
         &self.model
     }
 
+    /// Source frames of stack addresses: all of them once the trace is finished, those
+    /// resolved so far while it runs (for the live view).
+    pub fn frames(&self) -> &std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>> {
+        if self.resolved.frames.is_empty() {
+            &self.live_frames
+        } else {
+            &self.resolved.frames
+        }
+    }
+
     /// What has been resolved so far.
     pub fn resolved(&self) -> &Resolved {
         &self.resolved
@@ -323,6 +368,36 @@ impl Pipeline {
         let mut report = Report::new(&self.model, &context);
         report.release_detection = self.release_detection;
         report
+    }
+}
+
+/// Everything a report is built from, copied at one instant of a trace.
+pub struct Snapshot {
+    model: Model,
+    setup: Setup,
+    resolved: Resolved,
+    window: Window,
+    lost: u64,
+}
+
+impl Snapshot {
+    /// The report as of the snapshot.
+    pub fn report(&self) -> Report {
+        let context = ReportContext {
+            target: self.setup.target.clone(),
+            window: self.window,
+            lost: self.lost,
+            implementation: self.setup.implementation,
+            thresholds: self.setup.thresholds,
+            sample_one_in: self.setup.sample_one_in,
+            resolved: &self.resolved,
+        };
+        Report::new(&self.model, &context)
+    }
+
+    /// The model's distributions as of the snapshot.
+    pub fn histograms(&self) -> crate::model::Histograms {
+        self.model.histograms(self.window.end_ns)
     }
 }
 

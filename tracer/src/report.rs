@@ -41,6 +41,8 @@ pub struct Report {
     /// Released maps beyond the tracer's memory bound, counted in `sites` and `histograms`
     /// but not listed in `maps`.
     pub released_unlisted: u64,
+    /// Maps left out of `maps` by `--max-maps` (counted in `sites` and `histograms`).
+    pub maps_unlisted: u64,
     /// Every map seen (up to the bound above for released ones), in order of first sighting.
     pub maps: Vec<MapReport>,
     /// What the inventory at attach did (`null` when none was taken, as in recordings made
@@ -417,7 +419,8 @@ pub struct ReportContext<'a> {
 
 /// Function-name prefixes of the code that creates maps on a program's behalf: the creation
 /// site is the first frame outside them.
-const RUNTIME_PREFIXES: [&str; 4] = ["runtime.", "internal/runtime/", "reflect.", "maps."];
+pub(crate) const RUNTIME_PREFIXES: [&str; 4] =
+    ["runtime.", "internal/runtime/", "reflect.", "maps."];
 
 /// `held_by` of a map no package-level variable is known to reach.
 pub const UNKNOWN_HOLDER: &str = "unknown";
@@ -637,6 +640,7 @@ impl Report {
             },
             released_unlisted: model.released_unlisted(),
             release_detection: None,
+            maps_unlisted: 0,
             maps,
             inventory: model.inventory_summary().cloned(),
         }
@@ -946,7 +950,7 @@ fn sites(
 }
 
 /// `1.2 MiB`-style sizes.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -136,6 +136,8 @@ pub struct Attached {
 pub struct Outcome {
     /// The report.
     pub report: Report,
+    /// The model's distributions at the end, at full resolution (for `--hlog`).
+    pub histograms: crate::model::Histograms,
     /// Why it ended.
     pub stop: StopReason,
 }
@@ -380,6 +382,7 @@ async fn follow_attached(
         pipeline: &mut pipeline,
         inspected: &inspected,
         types_resolved: 0,
+        stacks_resolved: 0,
         peak_resident: None,
         inventory: Some(inventory),
         roots: None,
@@ -396,9 +399,8 @@ async fn follow_attached(
         // Counted as of the end of the window, not as of the last tick.
         feed.release_dropped(events.get_mut());
     }
-    feed.note(Note::Freeze {
-        end_ns: monotonic_ns(),
-    });
+    let end_ns = monotonic_ns();
+    feed.note(Note::Freeze { end_ns });
     feed.settle_from_events(&mut events).await;
     probes.detach();
     feed.drain(events.get_mut());
@@ -429,9 +431,11 @@ async fn follow_attached(
         held_by,
     };
     pipeline.note(Note::Finish { lost, resolved });
+    let histograms = pipeline.model().histograms(end_ns);
     let report = pipeline.finish()?;
     Ok(Outcome {
         report,
+        histograms,
         stop: stop_reason,
     })
 }
@@ -514,6 +518,8 @@ struct Feed<'a> {
     inspected: &'a Inspected,
     /// How many of the model's types have been looked at.
     types_resolved: usize,
+    /// How many of the model's stacks have had their frames resolved while tracing.
+    stacks_resolved: usize,
     /// The target's peak resident memory at the last reading: read while it runs, since an
     /// exited target has no status left to read.
     peak_resident: Option<u64>,
@@ -572,6 +578,7 @@ impl Feed<'_> {
                 _ = drain_tick.tick() => self.drain(events.get_mut()),
                 _ = view_tick.tick() => {
                     self.read_resident();
+                    self.resolve_new_stacks();
                     on_tick(self.pipeline);
                 }
                 _ = release_tick.tick() => self.release_dropped(events.get_mut()),
@@ -618,6 +625,15 @@ impl Feed<'_> {
                 self.pipeline.note(Note::Type { map_type, facts });
             }
         }
+    }
+
+    /// Resolves the frames of the stacks interned since the last tick, so that what is
+    /// exported while tracing names its sites (the final report resolves them all again).
+    fn resolve_new_stacks(&mut self) {
+        let stacks = &self.pipeline.model().stacks()[self.stacks_resolved..];
+        self.stacks_resolved += stacks.len();
+        let frames = self.inspected.frames(stacks);
+        self.pipeline.add_live_frames(frames);
     }
 
     /// Takes a fresh reading of the target's peak resident memory, while it is there.
@@ -695,7 +711,8 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     Ok(unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }?)
 }
 
-fn monotonic_ns() -> u64 {
+/// The monotonic clock that event times use, in ns: the time base of snapshots.
+pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -28,7 +28,7 @@
 //! the README) and `overhead.svg`.
 
 mod plot;
-mod procfs;
+pub(crate) mod procfs;
 mod run;
 mod summary;
 

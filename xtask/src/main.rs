@@ -8,6 +8,7 @@ mod demo;
 mod ebpf_clippy;
 mod image;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Task {
         #[arg(long, default_value = image::DEFAULT_TAG)]
         tag: String,
     },
+    /// Trace a service making 20,000 maps a second for 30 minutes with every export on;
+    /// record the tracer's memory each minute, its CPU and the outputs' sizes. Not in CI.
+    Soak(soak::SoakOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { duration } => demo::run_demo(&root, &duration),
         Task::Bench(options) => bench::run_bench(&root, &options),
         Task::Image { tag } => image::build_image(&root, &tag),
+        Task::Soak(options) => soak::run_soak(&root, &options),
     }
 }
 

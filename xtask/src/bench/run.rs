@@ -404,6 +404,9 @@ impl Tracer {
                 command
                     .args(["--pid", &pid.to_string(), "--json"])
                     .arg(&json)
+                    // Every map listed: the run counts them (and a report that lists them all
+                    // is what the memory figures include).
+                    .args(["--max-maps", "1000000000"])
                     .stdout(std::fs::File::create(&text)?);
                 command
             }
