@@ -319,7 +319,11 @@ fn a_pie_that_exits_at_once_still_has_its_init_maps() {
 #[test]
 fn an_error_once_the_program_runs_is_printed_and_the_program_waited_for() {
     let binary = build("initmaps", "1.24.11", Flavor::Plain, &[]);
-    let json = report_path("launch-unwritable").join("report.json");
+    // Writable when gomaptrace starts (it checks before attaching), gone by the time the
+    // report is written, after the program ran.
+    let dir = report_path("launch-unwritable");
+    std::fs::create_dir_all(&dir).expect("create the report's directory");
+    let json = dir.join("report.json");
     let mut launch = Launch::start(
         &[
             "--json",
@@ -333,6 +337,7 @@ fn an_error_once_the_program_runs_is_printed_and_the_program_waited_for() {
         false,
     );
     let stdout = launch.ground_truth();
+    std::fs::remove_dir_all(&dir).expect("remove the report's directory");
     let stderr = launch
         .stderr
         .until(|line| line.starts_with("gomaptrace: error: "));

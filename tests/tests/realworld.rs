@@ -131,7 +131,15 @@ fn a_released_server_under_load_is_traced_exactly_and_located() {
     let server = Server::start("realworld");
     let json = report_path("realworld_prometheus");
     let pid = server.child.id().to_string();
-    let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().unwrap()]);
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+        // Every map listed: the checks below are on all of them.
+        "--max-maps",
+        "1000000",
+    ]);
     let answered = query_load(server.port);
     assert!(
         answered > 100,

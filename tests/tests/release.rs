@@ -78,11 +78,15 @@ fn dropped_maps_are_released(
     let binary = build("release", version, flavor, env);
     let json = report_path(test);
     let recording = json.with_extension("gmt");
+    // Every map listed, so that each site's released maps can be counted in the JSON.
+    let all_maps = ["--max-maps", "1000000"];
+    let mut args = vec!["--record", recording.to_str().unwrap()];
+    args.extend(all_maps);
     let GroundTruthRun {
         truths,
         report,
         fixture_exit,
-    } = trace_ground_truth(&binary, &json, &["--record", recording.to_str().unwrap()]);
+    } = trace_ground_truth(&binary, &json, &args);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);
     // The releases are recorded inputs: a replay makes the same decisions.
@@ -90,6 +94,7 @@ fn dropped_maps_are_released(
     let replay = Command::new(tracer_bin())
         .args(["replay", recording.to_str().unwrap(), "--json"])
         .arg(&replayed)
+        .args(all_maps)
         .output()
         .unwrap();
     assert!(replay.status.success(), "{replay:?}");
