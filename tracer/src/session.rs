@@ -164,38 +164,24 @@ pub async fn trace(
     let target = Target::open(pid)?;
     privileges::check()?;
     let exe = target.exe().display().to_string();
-    let Prepared {
-        binary,
-        plan,
-        go_version,
-        recorder,
-        programs,
-    } = prepare(&target.exe_link(), &exe, options)?;
-    let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
-    let (probes, outputs) = match Probes::attach(&plan, &target.exe_link(), pid, programs) {
+    let (prepared, programs) = prepare(&target.exe_link(), &exe, options)?;
+    let bias = target.load_bias(|offset| prepared.binary.vaddr_of_file_offset(offset))?;
+    let (probes, outputs) = match Probes::attach(&prepared.plan, &target.exe_link(), pid, programs)
+    {
         Err(_) if !target.is_alive() => return Err(SessionError::ExitedEarly(pid)),
         attached => attached?,
     };
     let armed_ns = monotonic_ns();
-    follow_attached(
-        Live {
-            target,
-            binary,
-            bias,
-            plan,
-            exe,
-            go_version,
-            recorder,
-            probes,
-            outputs,
-            armed_ns,
-        },
-        options,
-        stop,
-        on_attached,
-        on_tick,
-    )
-    .await
+    let live = Live {
+        target,
+        bias,
+        exe,
+        prepared,
+        probes,
+        outputs,
+        armed_ns,
+    };
+    follow_attached(live, options, stop, on_attached, on_tick).await
 }
 
 /// Starts the program `child` waits to become (see [`crate::launch`]) with every probe
@@ -213,37 +199,22 @@ pub async fn trace_launched(
 ) -> Result<Outcome, SessionError> {
     privileges::check()?;
     let path = child.program().path().to_path_buf();
-    let Prepared {
-        binary,
-        plan,
-        go_version,
-        recorder,
-        programs,
-    } = prepare(&path, child.program().shown(), options)?;
-    let (probes, outputs) = Probes::attach(&plan, &path, child.pid(), programs)?;
+    let (prepared, programs) = prepare(&path, child.program().shown(), options)?;
+    let (probes, outputs) = Probes::attach(&prepared.plan, &path, child.pid(), programs)?;
     // Armed before the program runs its first instruction: its init() maps count.
     let armed_ns = monotonic_ns();
-    let (target, bias) = child.release(|offset| binary.vaddr_of_file_offset(offset))?;
+    let (target, bias) = child.release(|offset| prepared.binary.vaddr_of_file_offset(offset))?;
     let exe = target.exe().display().to_string();
-    follow_attached(
-        Live {
-            target,
-            binary,
-            bias,
-            plan,
-            exe,
-            go_version,
-            recorder,
-            probes,
-            outputs,
-            armed_ns,
-        },
-        options,
-        stop,
-        on_attached,
-        on_tick,
-    )
-    .await
+    let live = Live {
+        target,
+        bias,
+        exe,
+        prepared,
+        probes,
+        outputs,
+        armed_ns,
+    };
+    follow_attached(live, options, stop, on_attached, on_tick).await
 }
 
 /// What is decided from the executable alone, before any probe goes on.
@@ -252,13 +223,16 @@ struct Prepared {
     plan: ProbePlan,
     go_version: String,
     recorder: Option<Recorder>,
-    programs: Programs,
 }
 
 /// Inspects the executable at `path` (named `shown` in errors), checks it can be traced,
 /// plans the probes and opens the recording: the same for a process attached to and a
 /// program launched.
-fn prepare(path: &Path, shown: &str, options: &Options) -> Result<Prepared, SessionError> {
+fn prepare(
+    path: &Path,
+    shown: &str,
+    options: &Options,
+) -> Result<(Prepared, Programs), SessionError> {
     let binary = GoBinary::open(path).map_err(|source| SessionError::Inspect {
         exe: shown.to_string(),
         source,
@@ -285,24 +259,21 @@ fn prepare(path: &Path, shown: &str, options: &Options) -> Result<Prepared, Sess
             key_salt: random_salt(),
         }
     };
-    Ok(Prepared {
+    let prepared = Prepared {
         binary,
         plan,
         go_version,
         recorder,
-        programs,
-    })
+    };
+    Ok((prepared, programs))
 }
 
 /// A target with its probes live: what [`follow_attached`] needs, however it was started.
 struct Live {
     target: Target,
-    binary: GoBinary,
     bias: u64,
-    plan: ProbePlan,
     exe: String,
-    go_version: String,
-    recorder: Option<Recorder>,
+    prepared: Prepared,
     probes: Probes,
     outputs: Outputs,
     /// When the last probe was attached (monotonic ns): events count from then on (see
@@ -321,12 +292,15 @@ async fn follow_attached(
 ) -> Result<Outcome, SessionError> {
     let Live {
         target,
-        binary,
         bias,
-        plan,
         exe,
-        go_version,
-        recorder,
+        prepared:
+            Prepared {
+                binary,
+                plan,
+                go_version,
+                recorder,
+            },
         probes,
         outputs,
         armed_ns: start_ns,
