@@ -167,16 +167,7 @@ pub struct Tracer {
 impl Tracer {
     /// Starts gomaptrace with `args` and waits for the `attached` line.
     pub fn attach(args: &[&str]) -> Tracer {
-        let tracer = Tracer::start(args);
-        let lines = tracer
-            .stderr
-            .until(|line| line.contains("attached") || line.contains("error"));
-        let last = lines.last().expect("at least one line");
-        assert!(
-            last.contains("attached"),
-            "gomaptrace did not attach: {lines:#?}"
-        );
-        tracer
+        Tracer::attach_with_env(args, &[])
     }
 
     /// Starts gomaptrace with `args`.

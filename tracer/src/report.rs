@@ -1045,6 +1045,12 @@ mod tests {
         model.observe(&event(kind::GROW, 0, 1)).unwrap();
         model.observe(&event(kind::ASSIGN, 1, 2)).unwrap();
         model.settle_words(MAP, [2, 7]);
+        report_of(&model, &resolved)
+    }
+
+    /// The report of `model` for a swiss-map target traced from 1 s to 3 s with default
+    /// thresholds.
+    fn report_of(model: &Model, resolved: &Resolved) -> Report {
         let context = ReportContext {
             target: TargetInfo {
                 pid: 42,
@@ -1063,9 +1069,9 @@ mod tests {
             implementation: MapImplementation::Swiss,
             thresholds: Thresholds::default(),
             sample_one_in: 0,
-            resolved: &resolved,
+            resolved,
         };
-        Report::new(&model, &context)
+        Report::new(model, &context)
     }
 
     #[test]
@@ -1236,27 +1242,7 @@ mod tests {
         resolved
             .frames
             .insert(0x40_6000, vec![frame("main.main", 90)]);
-        let context = ReportContext {
-            target: TargetInfo {
-                pid: 42,
-                exe: "/srv/app".into(),
-                go_version: "go1.24.11".into(),
-                exited: false,
-                peak_rss_bytes: None,
-                container: None,
-                ns_pid: None,
-            },
-            window: Window {
-                start_ns: 1_000_000_000,
-                end_ns: 3_000_000_000,
-            },
-            lost: 0,
-            implementation: MapImplementation::Swiss,
-            thresholds: Thresholds::default(),
-            sample_one_in: 0,
-            resolved: &resolved,
-        };
-        Report::new(&model, &context)
+        report_of(&model, &resolved)
     }
 
     #[test]
@@ -1319,27 +1305,7 @@ mod tests {
         model.freeze(3_000_000_000);
         model.settle_words(MAP, [100, 7]);
         let resolved = resolved();
-        let context = ReportContext {
-            target: TargetInfo {
-                pid: 42,
-                exe: "/srv/app".into(),
-                go_version: "go1.24.11".into(),
-                exited: false,
-                peak_rss_bytes: None,
-                container: None,
-                ns_pid: None,
-            },
-            window: Window {
-                start_ns: 1_000_000_000,
-                end_ns: 3_000_000_000,
-            },
-            lost: 0,
-            implementation: MapImplementation::Swiss,
-            thresholds: Thresholds::default(),
-            sample_one_in: 0,
-            resolved: &resolved,
-        };
-        let report = Report::new(&model, &context);
+        let report = report_of(&model, &resolved);
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         let suspect = &json["verdicts"][0];
         assert_eq!(suspect["verdict"], "never-released");
