@@ -264,6 +264,7 @@ fn an_attach_failing_halfway_detaches_everything_attached_so_far() {
     let go = GoBinary::open(&exe).expect("inspect the fixture");
     let good = plan(&go).expect("plan the probes");
     let programs = Programs::Tracing {
+        diagnostics: false,
         key_sample_mask: u32::MAX,
         key_salt: 0,
     };

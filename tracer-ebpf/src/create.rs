@@ -12,6 +12,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeCont
 use tracer_common::{cookie, kind, FLAG_SEED_PENDING};
 
 use crate::{
+    diagnostics,
     emit::{emit_create, EmitError, Observation},
     go_abi, writers,
 };
@@ -27,7 +28,13 @@ fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
     let (map, caller, flags) = if cookie & cookie::HEADER_IN_SLOT != 0 {
         let slot = go_abi::stack_pointer(ctx) + (cookie & 0xffff_ffff);
         // SAFETY: a faulting user read returns an error.
-        let map = unsafe { bpf_probe_read_user(slot as *const u64) }.unwrap_or(0);
+        let map = match unsafe { bpf_probe_read_user(slot as *const u64) } {
+            Ok(map) => map,
+            Err(errno) => {
+                diagnostics::created_header_unreadable(ctx, slot, errno.into());
+                0
+            }
+        };
         (map, 0, FLAG_SEED_PENDING)
     } else {
         (go_abi::first_result(ctx), go_abi::return_address(ctx), 0)

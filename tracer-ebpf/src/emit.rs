@@ -1,6 +1,7 @@
 //! The one way events leave the BPF side: a compact record on the ring buffer, counted as
 //! lost when the buffer is full.
 
+use crate::diagnostics;
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_stack},
@@ -44,7 +45,7 @@ pub struct Observation {
 /// A nil map (`map == 0`) is not an observation: deletes from a nil map are no-ops and
 /// assignments to one panic before touching anything.
 #[inline(always)]
-pub fn emit(observation: Observation) -> Result<(), EmitError> {
+pub fn emit(ctx: &ProbeContext, observation: Observation) -> Result<(), EmitError> {
     if observation.map == 0 {
         return Ok(());
     }
@@ -52,7 +53,7 @@ pub fn emit(observation: Observation) -> Result<(), EmitError> {
         count_lost();
         return Err(EmitError::RingFull);
     };
-    entry.write(event(&observation, 0));
+    entry.write(event(ctx, &observation, 0));
     entry.submit(wakeup_policy());
     Ok(())
 }
@@ -80,7 +81,7 @@ pub fn emit_create(
     // field is written before submit, the stack by the helper (which zero-fills what it
     // does not write when the walk is short).
     unsafe {
-        core::ptr::addr_of_mut!((*record).event).write(event(&observation, flags));
+        core::ptr::addr_of_mut!((*record).event).write(event(ctx, &observation, flags));
         core::ptr::addr_of_mut!((*record).caller).write(caller);
         core::ptr::addr_of_mut!((*record)._pad).write(0);
         let written = bpf_get_stack(
@@ -89,6 +90,9 @@ pub fn emit_create(
             (STACK_DEPTH * 8) as u32,
             BPF_F_USER_STACK as u64,
         );
+        if written < 0 {
+            diagnostics::stack_unreadable(ctx, observation.map, written);
+        }
         let frames = if written > 0 { written as u32 / 8 } else { 0 };
         core::ptr::addr_of_mut!((*record).stack_len).write(frames);
     }
@@ -98,12 +102,15 @@ pub fn emit_create(
 
 /// Reads the header and fills in the record.
 #[inline(always)]
-fn event(observation: &Observation, flags: u8) -> MapEvent {
+fn event(ctx: &ProbeContext, observation: &Observation, flags: u8) -> MapEvent {
     // SAFETY: a faulting user read returns an error instead of faulting the kernel.
     let (header, unreadable) =
         match unsafe { bpf_probe_read_user(observation.map as *const [u64; 2]) } {
             Ok(header) => (header, 0),
-            Err(_) => ([0, 0], FLAG_COUNT_UNREADABLE),
+            Err(errno) => {
+                diagnostics::header_unreadable(ctx, observation.map, errno.into());
+                ([0, 0], FLAG_COUNT_UNREADABLE)
+            }
         };
     let (key_hash, sampled) = match observation.key_hash {
         Some(hash) => (hash, FLAG_KEY_SAMPLED),

@@ -13,7 +13,7 @@ use crate::{
 /// Records an entry into a map function of `kind`.
 #[inline(always)]
 pub fn observe_entry(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
-    emit(read_entry(ctx, kind))
+    emit(ctx, read_entry(ctx, kind))
 }
 
 /// What an entry into a map function of `kind` sees, before it becomes a record.

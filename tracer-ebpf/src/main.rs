@@ -13,6 +13,7 @@ mod clear;
 mod clone;
 mod create;
 mod delete;
+mod diagnostics;
 mod emit;
 mod entry;
 mod floor;

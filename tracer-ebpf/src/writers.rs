@@ -27,7 +27,7 @@ static WRITERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(writers::MAP
 pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     let observation = read_entry(ctx, kind);
     if observation.map == 0 || !count_write(observation.map) {
-        return emit(observation);
+        return emit(ctx, observation);
     }
     // The probe sits before the callee pushes its frame (right after the stack check), so the
     // frame-pointer walk starts at the caller's caller: the direct caller is the return

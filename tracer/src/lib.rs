@@ -9,6 +9,7 @@
 
 pub mod abi;
 pub mod container;
+pub mod diagnostics;
 #[cfg(test)]
 mod dwarf_oracle;
 pub mod export;

@@ -167,6 +167,10 @@ struct TraceArgs {
     /// Attach empty programs at the same sites instead (measures the uprobe cost itself).
     #[arg(long, hide = true)]
     floor: bool,
+    /// Print on stderr why a probe could not read what it needed (a map header, a new map,
+    /// a call stack): the BPF programs' own diagnostics, off unless asked for.
+    #[arg(long)]
+    verbose: bool,
 }
 
 /// Rows of each table in the text report.
@@ -273,6 +277,7 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
         thresholds,
         record: args.record.clone(),
         floor: args.floor,
+        verbose: args.verbose,
         tick: args
             .refresh
             .min(args.interval)

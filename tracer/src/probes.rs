@@ -65,6 +65,9 @@ pub enum ProbeError {
          GOMAPTRACE_BPF=stub): run `cargo xtask build`"
     )]
     Stub,
+    /// The programs' diagnostics could not be set up.
+    #[error(transparent)]
+    Diagnostics(#[from] crate::diagnostics::DiagnosticsError),
     /// A test-only ring buffer size ([`crate::overrides`]) the kernel would refuse.
     #[error(transparent)]
     RingBytes(#[from] crate::overrides::BadRingBytes),
@@ -81,6 +84,8 @@ pub struct Probes {
 pub struct Outputs {
     /// The event ring buffer.
     pub events: RingBuf<MapData>,
+    /// The programs' own diagnostics, when they were loaded verbose.
+    pub diagnostics: Option<crate::diagnostics::Diagnostics>,
     /// Per-CPU count of events the ring buffer had no room for.
     pub lost: PerCpuArray<MapData, u64>,
 }
@@ -109,6 +114,8 @@ pub enum Programs {
         key_sample_mask: u32,
         /// See `tracer_common::globals::KEY_SALT`.
         key_salt: u64,
+        /// Whether the programs explain their read failures ([`crate::diagnostics`]).
+        diagnostics: bool,
     },
     /// An empty program at every site: measures the uprobe's own cost (`--floor`).
     Floor,
@@ -126,12 +133,13 @@ impl Probes {
         if BPF_OBJECT.is_empty() {
             return Err(ProbeError::Stub);
         }
-        let (mask, salt) = match programs {
+        let (mask, salt, verbose) = match programs {
             Programs::Tracing {
                 key_sample_mask,
                 key_salt,
-            } => (key_sample_mask, key_salt),
-            Programs::Floor => (u32::MAX, 0),
+                diagnostics,
+            } => (key_sample_mask, key_salt, diagnostics),
+            Programs::Floor => (u32::MAX, 0, false),
         };
         let mut loader = EbpfLoader::new();
         if let Some(bytes) = crate::overrides::ring_bytes()? {
@@ -140,11 +148,21 @@ impl Probes {
         let mut ebpf = loader
             .override_global(globals::KEY_SAMPLE_MASK, &mask, true)
             .override_global(globals::KEY_SALT, &salt, true)
+            .override_global(
+                crate::diagnostics::LEVEL_GLOBAL,
+                &crate::diagnostics::level(verbose),
+                true,
+            )
             .load(BPF_OBJECT)
             .map_err(|error| ProbeError::Load(Box::new(error)))?;
         let outputs = Outputs {
             events: take_map(&mut ebpf, maps::EVENTS)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
+            diagnostics: if verbose {
+                Some(crate::diagnostics::Diagnostics::take(&mut ebpf)?)
+            } else {
+                None
+            },
         };
         let mut attached = 0;
         let groups: Vec<(&'static str, Vec<ProbeKind>)> = match programs {

@@ -18,7 +18,7 @@ use crate::memory::roots::{Roots, RootsError};
 use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
-use crate::privileges::{self, PrivilegeError};
+use crate::privileges::{self, DropError, PrivilegeError};
 use crate::probes::{Outputs, ProbeError, Probes, Programs};
 use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
 use crate::target::{Target, TargetError};
@@ -51,6 +51,9 @@ pub enum SessionError {
     /// Not enough privileges.
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    /// The privileges the trace no longer needs could not be given up.
+    #[error(transparent)]
+    Drop(#[from] DropError),
     /// The executable is not a Go program this version understands.
     #[error("{exe}: {source}")]
     Inspect {
@@ -118,6 +121,8 @@ pub struct Options {
     pub floor: bool,
     /// How often `on_tick` runs while tracing.
     pub tick: Duration,
+    /// Print the BPF programs' diagnostics on stderr ([`crate::diagnostics`]).
+    pub verbose: bool,
 }
 
 /// What the caller learns once the probes are live.
@@ -257,6 +262,7 @@ fn prepare(
         Programs::Tracing {
             key_sample_mask: key_sample_mask(options.sample_one_in),
             key_salt: random_salt(),
+            diagnostics: options.verbose,
         }
     };
     let prepared = Prepared {
@@ -306,7 +312,11 @@ async fn follow_attached(
         armed_ns: start_ns,
     } = live;
     let pid = target.pid();
+    // Naming the container may run its runtime's tool (`podman inspect`), which needs the
+    // privileges given up next.
     let container = crate::container::of_pid(pid);
+    // From here on only target-controlled bytes are parsed: nothing more to attach.
+    privileges::drop_after_attach()?;
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -350,7 +360,14 @@ async fn follow_attached(
         binary,
         bias,
     };
-    let Outputs { events, lost } = outputs;
+    let Outputs {
+        events,
+        lost,
+        diagnostics,
+    } = outputs;
+    if let Some(diagnostics) = diagnostics {
+        tokio::spawn(diagnostics.forward());
+    }
     let mut events = watch(events)?;
     let mut feed = Feed {
         pipeline: &mut pipeline,
@@ -382,6 +399,7 @@ async fn follow_attached(
     let lost = Outputs {
         events: events.into_inner(),
         lost,
+        diagnostics: None,
     }
     .lost()?;
     feed.settle_from_memory();

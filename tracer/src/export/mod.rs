@@ -85,8 +85,12 @@ pub trait Export: Send {
 /// the report from the copy and writes the outputs, so that the ring buffer keeps being
 /// drained meanwhile. At most one copy is in flight: an interval that falls due while the
 /// worker is still busy is skipped, so memory holds at most one copy of the model and one
-/// report besides the live model.
+/// report besides the live model. The worker starts at the first interval, after the probes
+/// are attached: a thread started earlier would keep the privileges the trace drops then
+/// (capabilities are per thread, see [`crate::privileges::drop_after_attach`]).
 pub struct Exports {
+    /// The outputs until the worker takes them.
+    waiting: Option<Vec<Box<dyn Export>>>,
     worker: Option<Worker>,
     interval: Duration,
     /// When the next interval is due.
@@ -107,9 +111,9 @@ const SLACK: Duration = Duration::from_millis(100);
 impl Exports {
     /// Outputs written every `interval` (and at the end).
     pub fn new(outputs: Vec<Box<dyn Export>>, interval: Duration) -> Exports {
-        let worker = (!outputs.is_empty()).then(|| Worker::start(outputs));
         Exports {
-            worker,
+            waiting: (!outputs.is_empty()).then_some(outputs),
+            worker: None,
             interval,
             next: Instant::now() + interval,
         }
@@ -118,13 +122,16 @@ impl Exports {
     /// Called on every tick of the trace: when an interval is due and the worker is free,
     /// hands it a snapshot of the pipeline.
     pub fn tick(&mut self, pipeline: &Pipeline, now_ns: u64) {
-        let Some(worker) = &self.worker else {
-            return;
-        };
         let now = Instant::now();
         if now + SLACK < self.next {
             return;
         }
+        if let Some(outputs) = self.waiting.take() {
+            self.worker = Some(Worker::start(outputs));
+        }
+        let Some(worker) = &self.worker else {
+            return;
+        };
         self.next = (self.next + self.interval).max(now + self.interval - SLACK);
         if worker.busy.swap(true, Ordering::AcqRel) {
             return;
@@ -137,11 +144,14 @@ impl Exports {
     /// Waits for the worker, then writes every output with the final report; the first
     /// failure is returned after all outputs were tried.
     pub fn finish(&mut self, report: &Report, histograms: &Histograms) -> Result<(), ExportError> {
-        let Some(worker) = self.worker.take() else {
-            return Ok(());
+        let mut outputs = match (self.worker.take(), self.waiting.take()) {
+            (Some(worker), _) => {
+                drop(worker.sender);
+                worker.thread.join().unwrap_or_default()
+            }
+            (None, Some(outputs)) => outputs,
+            (None, None) => return Ok(()),
         };
-        drop(worker.sender);
-        let mut outputs = worker.thread.join().unwrap_or_default();
         let snapshot = Snapshot {
             report,
             histograms,
