@@ -1,8 +1,9 @@
 //! Every export read by its real consumer, on a traced service whose maps each come from
 //! their own function (the `exports` fixture: a growing session cache, the most memory by
 //! far, settings, a balanced queue and per-request maps): `go tool pprof` reads `--pprof`
-//! and the cache's creation site leads; the `hdrhistogram` crate and PyPI's `hdrhistogram`
-//! read `--hlog`; the `--plot` SVG names the cache's site; the JSON is rewritten while
+//! (its `-top` and its `-http` web UI) and the cache's creation site leads; the
+//! `hdrhistogram` crate, PyPI's `hdrhistogram` and Java's `HistogramLogProcessor` read
+//! `--hlog`; the `--plot` SVG names the cache's site; the JSON is rewritten while
 //! tracing and bounded by `--max-maps`; a real Prometheus scrapes `--serve` and answers a
 //! query for the cache's site.
 //!
@@ -147,6 +148,13 @@ fn file_exports_on(version: &str, test: &str) {
     );
     let maps = pprof_top(&profile, &["-sample_index=maps"]);
     assert!(maps[0].ends_with("main.handleRequest"), "{maps:#?}");
+    // …and its web UI (`-http`), the way people browse a profile.
+    let web = pprof_web_leaders(&profile, &["/ui/top", "/ui/top?si=entries"]);
+    assert_eq!(
+        web,
+        [LEAK, LEAK],
+        "the web UI's top tables lead with the cache"
+    );
 
     // The interval log, read by the Rust crate: every tag at every interval.
     let log = std::fs::read(&hlog).unwrap();
@@ -224,10 +232,94 @@ while True:
     );
     assert!(fields[1] >= cache.number("len"), "{lines:#?}");
 
+    // …and by Java's HdrHistogram (Debian's libhdrhistogram-java), whose
+    // HistogramLogProcessor is what capacity tooling runs on such logs: it merges every
+    // interval of a tag, so its total is the sum of the intervals' counts.
+    let java_total = java_log_processor_total(&hlog, "map_peak_entries");
+    let interval_total: u64 = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("map_peak_entries "))
+        .map(|fields| {
+            fields
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(java_total, interval_total, "{lines:#?}");
+
     // The plot names the leaking site.
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.contains(&format!("{LEAK} (main.go:{})", cache.text("line"))));
+}
+
+/// The first function of each page of `go tool pprof -http`'s web UI at `pages`: the rows
+/// of its top tables come sorted by flat value, largest first.
+fn pprof_web_leaders(profile: &Path, pages: &[&str]) -> Vec<String> {
+    let port = free_port();
+    let server = Reaped(
+        Command::new(tracer::gofixture::go_tool(GO))
+            .args(["tool", "pprof", "-no_browser"])
+            .arg(format!("-http=127.0.0.1:{port}"))
+            .arg(profile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run go tool pprof -http"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leaders = pages
+        .iter()
+        .map(|page| loop {
+            if let Some(body) = http_get(port, page) {
+                let (_, rest) = body
+                    .split_once("\"Name\":\"")
+                    .unwrap_or_else(|| panic!("no table rows in {page}"));
+                break rest.split('"').next().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "pprof's web UI never answered");
+            std::thread::sleep(Duration::from_millis(200));
+        })
+        .collect();
+    drop(server);
+    leaders
+}
+
+/// The total count Java's `HistogramLogProcessor` reads for `tag` in the interval log at
+/// `path`, all intervals merged (its CSV's last row).
+fn java_log_processor_total(path: &Path, tag: &str) -> u64 {
+    let jar = Path::new("/usr/share/java/hdrhistogram.jar");
+    assert!(
+        jar.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        jar.display()
+    );
+    let output = Command::new("java")
+        .arg("-cp")
+        .arg(jar)
+        .arg("org.HdrHistogram.HistogramLogProcessor")
+        .args(["-csv", "-outputValueUnitRatio", "1", "-tag", tag, "-i"])
+        .arg(path)
+        .output()
+        .expect("run java: run `cargo xtask setup`");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "HistogramLogProcessor failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = text
+        .lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_digit()))
+        .last()
+        .unwrap_or_else(|| panic!("no rows from HistogramLogProcessor: {text}"));
+    last.split(',')
+        .nth(2)
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total count in {last}"))
 }
 
 /// A free loopback port, for servers the test starts.

@@ -38,6 +38,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",
     "gcc",
     "libc6-dev",
+    // Java's HdrHistogram (its HistogramLogProcessor, the interval log's reference reader)
+    // and a runtime for it, for the exports test.
+    "default-jre-headless",
+    "libhdrhistogram-java",
 ];
 
 /// PyPI's `hdrhistogram` (module `hdrh`), an independent reader of `--hlog` interval logs for
