@@ -313,8 +313,7 @@ fn java_log_processor_total(path: &Path, tag: &str) -> u64 {
     );
     let last = text
         .lines()
-        .filter(|line| line.starts_with(|c: char| c.is_ascii_digit()))
-        .last()
+        .rfind(|line| line.starts_with(|c: char| c.is_ascii_digit()))
         .unwrap_or_else(|| panic!("no rows from HistogramLogProcessor: {text}"));
     last.split(',')
         .nth(2)
