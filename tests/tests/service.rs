@@ -57,14 +57,20 @@ fn service_counts_are_exact(version: &str, test: &str) {
     stdin.flush().expect("service stdin");
     let lines = stdout.until(|line| line == "done");
     let (status, stderr) = tracer.interrupt();
-    assert!(status.success(), "gomaptrace failed ({status}): {stderr:#?}");
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
     drop(stdin);
     assert!(wait_with_timeout(&mut service, "service").success());
 
     let report = read_report(&json);
     assert_eq!(report["events"]["lost"], 0);
     let requests: u64 = field(&lines, "requests ", "n").parse().expect("a number");
-    assert!(requests > 100, "the load generator sent too little: {lines:?}");
+    assert!(
+        requests > 100,
+        "the load generator sent too little: {lines:?}"
+    );
 
     let truths = Truth::parse(&lines);
     assert_eq!(truths.len(), 2, "{lines:#?}");
@@ -78,10 +84,17 @@ fn service_counts_are_exact(version: &str, test: &str) {
         match name {
             "sessions" => {
                 assert_eq!(map["deletes"], truth.number("deletes"), "{name}: {map}");
-                assert!(truth.number("deletes") > 0, "the cache never evicted: {truth:?}");
+                assert!(
+                    truth.number("deletes") > 0,
+                    "the cache never evicted: {truth:?}"
+                );
             }
             "routes" => {
-                assert_eq!(map["overwrites"], truth.number("overwrites"), "{name}: {map}")
+                assert_eq!(
+                    map["overwrites"],
+                    truth.number("overwrites"),
+                    "{name}: {map}"
+                )
             }
             other => panic!("unexpected map {other}"),
         }
@@ -120,4 +133,9 @@ fn field<'a>(lines: &'a [String], prefix: &str, key: &str) -> &'a str {
 #[test]
 fn service_go1_24() {
     service_counts_are_exact("1.24.11", "service_go1_24");
+}
+
+#[test]
+fn service_go1_21_classic_maps() {
+    service_counts_are_exact("1.21.13", "service_go1_21_classic_maps");
 }
