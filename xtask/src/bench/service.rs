@@ -341,13 +341,8 @@ impl Server {
                 stdout.find(|line| line == "ready")?;
                 Ok(line["listening ".len()..].to_string())
             });
-        match address {
-            Ok(address) => server.address = address,
-            Err(error) => {
-                server.kill();
-                return Err(error.context("the service did not start"));
-            }
-        }
+        // On an error, dropping the server stops it.
+        server.address = address.context("the service did not start")?;
         Ok(server)
     }
 
@@ -376,12 +371,31 @@ impl Server {
     }
 }
 
+/// A run that fails half-way leaves no service behind (a no-op once it exited).
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A running gomaptrace, attached.
 struct Tracer {
     child: Child,
     stderr: Lines,
     json: PathBuf,
     attach_ms: f64,
+    /// Reaped by `wait4` in [`Tracer::stop`], which `Child` does not know about.
+    reaped: bool,
+}
+
+/// A run that fails half-way leaves no tracer attached.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// The part of gomaptrace's JSON report read here.
@@ -441,6 +455,7 @@ impl Tracer {
             stderr,
             json,
             attach_ms: started.elapsed().as_secs_f64() * 1e3,
+            reaped: false,
         })
     }
 
@@ -449,9 +464,10 @@ impl Tracer {
     }
 
     /// Sends SIGINT, waits for the exit and reads the event counts from the report.
-    fn stop(self) -> anyhow::Result<(procfs::Usage, Option<EventsView>)> {
+    fn stop(mut self) -> anyhow::Result<(procfs::Usage, Option<EventsView>)> {
         procfs::signal(self.pid(), libc::SIGINT)?;
         let usage = procfs::wait_with_usage(self.pid(), STEP_TIMEOUT)?;
+        self.reaped = true;
         if usage.exit_code != Some(0) {
             bail!(
                 "gomaptrace exited with {:?}: {}",
@@ -476,13 +492,11 @@ fn run_once(
     options: &BenchOptions,
     cpus: Option<(usize, usize)>,
 ) -> anyhow::Result<ServiceRun> {
-    let mut server = Server::start(&programs.server, cpus.map(|(server, _)| server))?;
+    // On any error below, dropping the server and the tracer stops them.
+    let server = Server::start(&programs.server, cpus.map(|(server, _)| server))?;
     let tracer = match &mode.args {
         None => None,
-        Some(args) => Some(
-            Tracer::attach(programs, mode, args, server.child.id())
-                .inspect_err(|_| server.kill())?,
-        ),
+        Some(args) => Some(Tracer::attach(programs, mode, args, server.child.id())?),
     };
     let cpu_before = match &tracer {
         Some(tracer) => procfs::cpu_ns(tracer.pid())?,
@@ -494,18 +508,15 @@ fn run_once(
         &server.address,
         options,
         cpus.map(|(_, client)| client),
-    );
+    )?;
     let active_wall_ns = started.elapsed().as_nanos() as u64;
-    let stats = match (&client, &tracer) {
-        (Ok(_), Some(tracer)) => {
-            Some((procfs::cpu_ns(tracer.pid())?, procfs::memory(tracer.pid())?))
-        }
-        _ => None,
-    };
-    let tracer = match (tracer, stats) {
-        (Some(tracer), Some((cpu_after, memory))) => {
+    let tracer = match tracer {
+        None => None,
+        Some(tracer) => {
+            let cpu_after = procfs::cpu_ns(tracer.pid())?;
+            let memory = procfs::memory(tracer.pid())?;
             let attach_ms = tracer.attach_ms;
-            let (usage, events) = tracer.stop().inspect_err(|_| server.kill())?;
+            let (usage, events) = tracer.stop()?;
             Some(ServiceTracer {
                 attach_ms,
                 active_cpu_ns: cpu_after.saturating_sub(cpu_before),
@@ -516,18 +527,6 @@ fn run_once(
                 received: events.as_ref().map(|events| events.received),
                 lost: events.as_ref().map(|events| events.lost),
             })
-        }
-        (Some(tracer), None) => {
-            let _ = tracer.stop();
-            None
-        }
-        (None, _) => None,
-    };
-    let client = match client {
-        Ok(client) => client,
-        Err(error) => {
-            server.kill();
-            return Err(error);
         }
     };
     server.finish()?;
