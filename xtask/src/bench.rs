@@ -26,10 +26,19 @@
 //!
 //! Results go to `target/bench/`: `results.json` (every run and the summary), `table.md` (for
 //! the README) and `overhead.svg`.
+//!
+//! Then the service phase (`service.rs`) measures a whole Go HTTP service under load, untraced
+//! and with each gomaptrace mode; `--only calls` or `--only service` runs one phase alone.
 
+// The fixture builder the tests use, shared as source: xtask builds before the tracer's BPF
+// object exists, so it cannot depend on the tracer crate. xtask uses only part of it.
+#[allow(dead_code)]
+#[path = "../../tracer/src/gofixture.rs"]
+mod gofixture;
 mod plot;
 pub(crate) mod procfs;
 mod run;
+mod service;
 mod summary;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +81,32 @@ pub struct BenchOptions {
     /// Measure this gomaptrace binary instead of building the workspace's (to compare builds).
     #[arg(long, hide = true)]
     pub tracer_bin: Option<PathBuf>,
+    /// Run one phase alone: `calls` (per map call) or `service` (a whole service under load).
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Service phase: what each round runs, in order: `untraced`, `floor` (`gomaptrace
+    /// --floor`) or any `gomaptrace --mode` (e.g. `exact`, `sampled`).
+    #[arg(long, default_value = "untraced,floor,exact")]
+    pub service_modes: String,
+    /// Service phase: seconds of counted load per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub service_seconds: f64,
+    /// Service phase: the load generator's concurrent keep-alive connections.
+    #[arg(long, default_value_t = 8)]
+    pub service_concurrency: usize,
+    /// Service phase: `SERVER,CLIENT` CPUs to pin the service and the load generator to (the
+    /// tracer stays unpinned), or `none`.
+    #[arg(long, default_value = "0,1")]
+    pub service_cpus: String,
+}
+
+/// The phases `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The cost per map call against the floor.
+    Calls,
+    /// A whole Go service's throughput under load.
+    Service,
 }
 
 /// Builds everything, runs the rounds, prints the table and writes `target/bench/`.
@@ -85,11 +120,11 @@ pub fn run_bench(root: &Path, options: &BenchOptions) -> anyhow::Result<()> {
     }
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
+    if options.only == Some(Only::Service) {
+        return service::run_phase(root, &out_dir, tracer_binary(root, options)?, options);
+    }
     let tools = Tools {
-        tracer: match &options.tracer_bin {
-            Some(path) => path.clone(),
-            None => build_tracer(root, true)?,
-        },
+        tracer: tracer_binary(root, options)?,
         workload: build_workload(root, &out_dir)?,
         peer_script: root.join("tests/fixtures/bench/peer.bt"),
         out_dir: out_dir.clone(),
@@ -167,7 +202,18 @@ pub fn run_bench(root: &Path, options: &BenchOptions) -> anyhow::Result<()> {
         out_dir.join("table.md").display(),
         out_dir.join("overhead.svg").display()
     );
+    if options.only.is_none() {
+        service::run_phase(root, &out_dir, tools.tracer.clone(), options)?;
+    }
     Ok(())
+}
+
+/// The gomaptrace to measure: `--tracer-bin`, or the workspace's, built for release.
+fn tracer_binary(root: &Path, options: &BenchOptions) -> anyhow::Result<PathBuf> {
+    match &options.tracer_bin {
+        Some(path) => Ok(path.clone()),
+        None => build_tracer(root, true),
+    }
 }
 
 /// Three gomaptrace runs that differ only in the maps the workload makes: none; N small maps

@@ -222,13 +222,13 @@ pub fn run_once(tools: &Tools, mode: Mode, workload: &Workload) -> anyhow::Resul
 }
 
 /// Lines a child prints, read on a thread so that every wait has a timeout.
-struct Lines {
+pub(super) struct Lines {
     receiver: Receiver<String>,
     name: String,
 }
 
 impl Lines {
-    fn spawn(stream: impl std::io::Read + Send + 'static, name: &str) -> Lines {
+    pub(super) fn spawn(stream: impl std::io::Read + Send + 'static, name: &str) -> Lines {
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -255,7 +255,7 @@ impl Lines {
     }
 
     /// The first line for which `wanted` holds, skipping the others.
-    fn find(&self, wanted: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    pub(super) fn find(&self, wanted: impl Fn(&str) -> bool) -> anyhow::Result<String> {
         loop {
             let line = self.next()?;
             if wanted(&line) {
@@ -265,7 +265,7 @@ impl Lines {
     }
 
     /// Every remaining line, until the stream closes.
-    fn rest(&self) -> Vec<String> {
+    pub(super) fn rest(&self) -> Vec<String> {
         let mut seen = Vec::new();
         while let Ok(line) = self.receiver.recv_timeout(STEP_TIMEOUT) {
             seen.push(line);

@@ -405,14 +405,14 @@ pub fn phase_label(name: &str) -> String {
     format!("{name} ({detail})")
 }
 
-fn number(value: Option<f64>, decimals: usize) -> String {
+pub(super) fn number(value: Option<f64>, decimals: usize) -> String {
     match value {
         Some(value) => format!("{value:.decimals$}"),
         None => "–".to_string(),
     }
 }
 
-fn spread_text(spread: Option<Spread>, decimals: usize) -> String {
+pub(super) fn spread_text(spread: Option<Spread>, decimals: usize) -> String {
     match spread {
         Some(spread) if spread.max - spread.min > 0.0 => format!(
             "{:.d$} ({:.d$}–{:.d$})",
