@@ -122,24 +122,24 @@ fn prctl(
 fn set_capabilities(kept: u64) -> std::io::Result<()> {
     /// `struct __user_cap_header_struct`.
     #[repr(C)]
-    struct Header {
+    struct CapabilityCallHeader {
         version: u32,
         pid: libc::c_int,
     }
     /// `struct __user_cap_data_struct`, one per 32 capabilities.
     #[repr(C)]
     #[derive(Clone, Copy)]
-    struct Data {
+    struct CapabilitySets {
         effective: u32,
         permitted: u32,
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
+    let mut header = CapabilityCallHeader {
         version: VERSION_3,
         pid: 0,
     };
-    let half = |shift: u32| Data {
+    let half = |shift: u32| CapabilitySets {
         effective: (kept >> shift) as u32,
         permitted: (kept >> shift) as u32,
         inheritable: 0,

@@ -97,7 +97,7 @@ impl Layout {
 
 /// The header fields the function list and the line tables need.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Header {
+pub(super) struct PclntabHeader {
     pub(super) layout: Layout,
     /// The magic itself: the line tables also tell 1.18–1.19 (`0xfffffff0`) from 1.20+.
     pub(super) magic: u32,
@@ -115,10 +115,10 @@ pub(super) struct Header {
     pub(super) pcln_offset: u64,
 }
 
-impl Header {
+impl PclntabHeader {
     /// Checks the fixed part and reads the offsets; the tables themselves are checked as
     /// they are read.
-    fn parse(data: &[u8]) -> Result<Header, InspectError> {
+    fn parse(data: &[u8]) -> Result<PclntabHeader, InspectError> {
         let truncated = || InspectError::malformed_pclntab("header truncated");
         let magic = read_u32(data, 0).ok_or_else(truncated)?;
         let layout = Layout::from_magic(magic)
@@ -135,7 +135,7 @@ impl Header {
         let word = |index: u64| read_u64(data, word_offset(index)).ok_or_else(truncated);
         let funcname = layout.funcname_word();
         let text_start = layout.text_start_word().map(word).transpose()?;
-        Ok(Header {
+        Ok(PclntabHeader {
             layout,
             magic,
             quantum,
@@ -203,7 +203,7 @@ pub(super) struct Located {
     pub(super) vaddr: u64,
     /// Bytes from the header to the end of its section (or segment, when found by scanning).
     pub(super) len: u64,
-    pub(super) header: Header,
+    pub(super) header: PclntabHeader,
     /// What Go 1.18+ entries count from (0 for 1.16–1.17, whose entries are absolute).
     pub(super) code_base: u64,
     /// The moduledata's first [`MODULEDATA_WORDS`] words; `None` when it was not found.
@@ -261,7 +261,7 @@ fn aligned_tails(vaddr: u64, bytes: &[u8]) -> impl Iterator<Item = (u64, &[u8])>
 struct Pclntab<'a> {
     vaddr: u64,
     data: &'a [u8],
-    header: Header,
+    header: PclntabHeader,
 }
 
 impl<'a> Pclntab<'a> {
@@ -269,7 +269,7 @@ impl<'a> Pclntab<'a> {
         Ok(Pclntab {
             vaddr,
             data,
-            header: Header::parse(data)?,
+            header: PclntabHeader::parse(data)?,
         })
     }
 
