@@ -257,6 +257,22 @@ impl Heap {
         })
     }
 
+    /// The run-time address of `runtime.mheap_`, where the heap scan starts too.
+    pub fn mheap_addr(&self) -> u64 {
+        self.mheap
+    }
+
+    /// The layout this reader uses, so the heap scan reads spans the same way.
+    pub fn heap_layout(&self) -> &HeapLayout {
+        &self.layout
+    }
+
+    /// Whether the release runs the Green Tea collector, which keeps mark bits at the end
+    /// of small-object spans (after their heap bits).
+    pub fn green_tea(&self) -> bool {
+        !self.marks_in_gcmark_bits
+    }
+
     /// Whether the heap object containing `addr` is allocated right now.
     pub fn object_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> ObjectState {
         self.object_states(memory, &[addr])[0]
