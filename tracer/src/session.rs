@@ -360,6 +360,7 @@ async fn follow_attached(
         peak_resident: None,
         inventory: Some(inventory),
         roots: None,
+        scanned_holders: BTreeMap::new(),
         detector,
         drops: Vec::new(),
         drops_at: Instant::now(),
@@ -395,10 +396,22 @@ async fn follow_attached(
             at_ns: monotonic_ns(),
         });
     }
-    let held_by = match (exited, feed.roots.take()) {
+    let scanned_holders = std::mem::take(&mut feed.scanned_holders);
+    let mut held_by = match (exited, feed.roots.take()) {
         (false, Some(Ok(roots))) => inspected.held_by(&roots, pipeline.model()),
         _ => BTreeMap::new(),
     };
+    // Maps only the heap scan found keep the holder the inventory gave them (a goroutine
+    // stack, or the heap) while the record the inventory made is still alive.
+    for record in pipeline.model().maps() {
+        if record.seen == crate::model::Seen::Inventory && !record.is_released() {
+            if let Some(holder) = scanned_holders.get(&record.addr) {
+                held_by
+                    .entry(record.addr)
+                    .or_insert_with(|| holder.clone());
+            }
+        }
+    }
     let resolved = Resolved {
         frames: inspected.frames(pipeline.model().stacks()),
         types: BTreeMap::new(),
@@ -501,6 +514,8 @@ struct Feed<'a> {
     inventory: Option<std::thread::JoinHandle<Taken>>,
     /// The roots it read, once it finished.
     roots: Option<Result<Roots, RootsError>>,
+    /// What holds each map the inventory's heap scan found and no variable reaches.
+    scanned_holders: BTreeMap<u64, String>,
     /// Finds the maps the program dropped.
     detector: Detector,
     /// What the last check found, passed on after [`DROP_DELAY`] (see `release_dropped`).
@@ -575,6 +590,12 @@ impl Feed<'_> {
             return;
         };
         self.roots = Some(taken.roots);
+        self.scanned_holders = taken
+            .sightings
+            .iter()
+            .filter(|sighting| inventory::is_scanned_holder(&sighting.held_by))
+            .map(|sighting| (sighting.addr, sighting.held_by.clone()))
+            .collect();
         self.note(Note::Inventory {
             at_ns: monotonic_ns(),
             summary: taken.summary,
