@@ -213,8 +213,14 @@ fn hidden_maps_are_inventoried(version: &str, env: &[(&str, &str)], test: &str) 
     assert_eq!(truths.len(), 8, "{truths:#?}");
     for (which, report) in [("trace", &report), ("alone", &alone)] {
         let inventory = &report["inventory"];
-        assert_eq!(inventory["method"], "dwarf-roots+heap+stacks", "{which}: {inventory}");
-        assert_eq!(inventory["scan"]["truncated"], false, "{which}: {inventory}");
+        assert_eq!(
+            inventory["method"], "dwarf-roots+heap+stacks",
+            "{which}: {inventory}"
+        );
+        assert_eq!(
+            inventory["scan"]["truncated"], false,
+            "{which}: {inventory}"
+        );
         for truth in &truths {
             let name = truth.text("name");
             let map = map_at(report, truth.text("addr"));

@@ -406,9 +406,7 @@ async fn follow_attached(
     for record in pipeline.model().maps() {
         if record.seen == crate::model::Seen::Inventory && !record.is_released() {
             if let Some(holder) = scanned_holders.get(&record.addr) {
-                held_by
-                    .entry(record.addr)
-                    .or_insert_with(|| holder.clone());
+                held_by.entry(record.addr).or_insert_with(|| holder.clone());
             }
         }
     }

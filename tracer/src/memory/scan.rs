@@ -54,9 +54,9 @@ use crate::plan::MapImplementation;
 pub const MAX_SPANS: u64 = 1 << 21;
 /// Most bytes of header-class spans read (each span is read once, whole).
 pub const MAX_SCAN_BYTES: u64 = 1 << 30;
-/// Most headers that pass the field checks kept for the allocation check: about 100 MiB
-/// of bookkeeping at worst.
-pub const MAX_CANDIDATES: usize = 1 << 20;
+/// Most headers that pass the field checks kept for the allocation check (about 30 MiB of
+/// bookkeeping, and each found map becomes a record of the model and the report).
+pub const MAX_CANDIDATES: usize = 1 << 18;
 /// Longest the heap and stack scans run together.
 pub const MAX_TIME: Duration = Duration::from_secs(60);
 /// Most goroutines whose stacks are read.
@@ -152,9 +152,7 @@ impl HeaderShape {
     pub fn of(version: GoVersion, implementation: MapImplementation) -> HeaderShape {
         match implementation {
             MapImplementation::Swiss => HeaderShape::Swiss,
-            MapImplementation::Classic if version.minor >= 24 => {
-                HeaderShape::Classic { size: 56 }
-            }
+            MapImplementation::Classic if version.minor >= 24 => HeaderShape::Classic { size: 56 },
             MapImplementation::Classic => HeaderShape::Classic { size: 48 },
         }
     }
@@ -293,6 +291,15 @@ fn points_at_start(state: ObjectState, pointee: Pointee, malloc_headers: bool) -
         && size - 8 >= pointee.min_bytes
 }
 
+/// An object that passed the field and heap-bits checks.
+struct Candidate {
+    addr: u64,
+    /// Its span's start and bytes.
+    span: (u64, u64),
+    words: Vec<u64>,
+    pointees: Vec<Pointee>,
+}
+
 /// One map header the heap scan found and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapMap {
@@ -397,7 +404,7 @@ impl Scanner {
     ) -> (Vec<HeapMap>, ScanStats) {
         let started = Instant::now();
         let mut stats = ScanStats::default();
-        let mut candidates: Vec<(u64, Vec<u64>, Vec<Pointee>)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         let spans = self.span_list(memory, &mut stats);
         let elemsize = self.shape.elemsize();
         let words_per_object = (elemsize / 8) as usize;
@@ -436,7 +443,12 @@ impl Scanner {
                         continue;
                     }
                 }
-                candidates.push((start + index * elemsize, words, pointees));
+                candidates.push(Candidate {
+                    addr: start + index * elemsize,
+                    span: (start, span_bytes),
+                    words,
+                    pointees,
+                });
             }
         }
         stats.candidates = candidates.len() as u64;
@@ -512,13 +524,13 @@ impl Scanner {
     fn confirm(
         &mut self,
         memory: &dyn ReadMemory,
-        candidates: Vec<(u64, Vec<u64>, Vec<Pointee>)>,
+        candidates: Vec<Candidate>,
         stats: &mut ScanStats,
     ) -> Vec<HeapMap> {
         let mut addrs = Vec::new();
-        for (addr, _, pointees) in &candidates {
-            addrs.push(*addr);
-            addrs.extend(pointees.iter().map(|pointee| pointee.addr));
+        for candidate in &candidates {
+            addrs.push(candidate.addr);
+            addrs.extend(candidate.pointees.iter().map(|pointee| pointee.addr));
         }
         let states: HashMap<u64, ObjectState> = addrs
             .iter()
@@ -528,25 +540,45 @@ impl Scanner {
         let malloc_headers = self.layout.heap_bits_in_span;
         let elemsize = self.shape.elemsize();
         let mut found = Vec::new();
-        for (addr, words, pointees) in candidates {
+        // The span read again, once for all its candidates (they come in span order).
+        let mut again: Option<((u64, u64), Option<Vec<u8>>)> = None;
+        for Candidate {
+            addr,
+            span,
+            words,
+            pointees,
+        } in candidates
+        {
             let own = Pointee {
                 addr,
                 min_bytes: elemsize,
             };
             let allocated = std::iter::once(own).chain(pointees).all(|pointee| {
-                points_at_start(states[&pointee.addr], pointee, malloc_headers && pointee.addr != addr)
+                points_at_start(
+                    states[&pointee.addr],
+                    pointee,
+                    malloc_headers && pointee.addr != addr,
+                )
             });
             if !allocated {
                 stats.rejected += 1;
                 continue;
             }
-            let again = read_exact(memory, addr, elemsize as usize);
-            let same = again.is_some_and(|bytes| {
-                bytes
-                    .chunks_exact(8)
-                    .zip(&words)
-                    .all(|(word, &was)| u64_at(word, 0) == was)
-            });
+            if again.as_ref().is_none_or(|(read, _)| *read != span) {
+                let body = read_exact(memory, span.0, span.1 as usize);
+                stats.bytes_read += span.1;
+                again = Some((span, body));
+            }
+            let at = (addr - span.0) as usize;
+            let same = again
+                .as_ref()
+                .and_then(|(_, body)| body.as_ref())
+                .is_some_and(|body| {
+                    body[at..at + elemsize as usize]
+                        .chunks_exact(8)
+                        .zip(&words)
+                        .all(|(word, &was)| u64_at(word, 0) == was)
+                });
             if !same {
                 stats.rejected += 1;
                 stats.torn += 1;

@@ -62,7 +62,10 @@ fn classic_headers_are_checked_field_by_field() {
     // The 56-byte header keeps extra at word 6; the slot's last word is never cleared.
     let mut wide = classic(3, 0, 0, buckets);
     wide.extend([0xc000_3000, 0xdead]);
-    assert_eq!(check_fields(CLASSIC_56, &wide).unwrap()[1].addr, 0xc000_3000);
+    assert_eq!(
+        check_fields(CLASSIC_56, &wide).unwrap()[1].addr,
+        0xc000_3000
+    );
     // The object must be the header's size class.
     assert_eq!(check_fields(CLASSIC_56, &classic(3, 0, 0, buckets)), None);
 }
@@ -70,13 +73,22 @@ fn classic_headers_are_checked_field_by_field() {
 #[test]
 fn swiss_headers_are_checked_field_by_field() {
     // Small maps: no group yet, or one group of 8 slots.
-    assert_eq!(check_fields(HeaderShape::Swiss, &swiss(0, 0, 0, 0, 0)), Some(vec![]));
+    assert_eq!(
+        check_fields(HeaderShape::Swiss, &swiss(0, 0, 0, 0, 0)),
+        Some(vec![])
+    );
     assert_eq!(
         check_fields(HeaderShape::Swiss, &swiss(8, 0xc000_1000, 0, 0, 0)).unwrap()[0].addr,
         0xc000_1000
     );
-    assert_eq!(check_fields(HeaderShape::Swiss, &swiss(9, 0xc000_1000, 0, 0, 0)), None);
-    assert_eq!(check_fields(HeaderShape::Swiss, &swiss(1, 0, 0, 0, 0)), None);
+    assert_eq!(
+        check_fields(HeaderShape::Swiss, &swiss(9, 0xc000_1000, 0, 0, 0)),
+        None
+    );
+    assert_eq!(
+        check_fields(HeaderShape::Swiss, &swiss(1, 0, 0, 0, 0)),
+        None
+    );
     // A directory of 2^depth tables, shift 64 - depth.
     let directory = check_fields(HeaderShape::Swiss, &swiss(3000, 0xc000_1000, 4, 2, 62));
     assert_eq!(
@@ -86,9 +98,18 @@ fn swiss_headers_are_checked_field_by_field() {
             min_bytes: 32
         }])
     );
-    assert_eq!(check_fields(HeaderShape::Swiss, &swiss(3, 0xc000_1000, 3, 2, 62)), None);
-    assert_eq!(check_fields(HeaderShape::Swiss, &swiss(3, 0xc000_1000, 4, 2, 61)), None);
-    assert_eq!(check_fields(HeaderShape::Swiss, &swiss(5000, 0xc000_1000, 4, 2, 62)), None);
+    assert_eq!(
+        check_fields(HeaderShape::Swiss, &swiss(3, 0xc000_1000, 3, 2, 62)),
+        None
+    );
+    assert_eq!(
+        check_fields(HeaderShape::Swiss, &swiss(3, 0xc000_1000, 4, 2, 61)),
+        None
+    );
+    assert_eq!(
+        check_fields(HeaderShape::Swiss, &swiss(5000, 0xc000_1000, 4, 2, 62)),
+        None
+    );
     let mut unseeded = swiss(0, 0, 0, 0, 0);
     unseeded[1] = 0;
     assert_eq!(check_fields(HeaderShape::Swiss, &unseeded), None);
@@ -127,7 +148,12 @@ fn heap_bits_are_read_per_word() {
 
 /// `struct.member` → offset, for the structs the scan reads.
 fn runtime_offsets(path: &Path) -> BTreeMap<String, u64> {
-    const STRUCTS: [&str; 4] = ["runtime.mheap", "runtime.mspan", "runtime.g", "runtime.gobuf"];
+    const STRUCTS: [&str; 4] = [
+        "runtime.mheap",
+        "runtime.mspan",
+        "runtime.g",
+        "runtime.gobuf",
+    ];
     with_dwarf(path, |dwarf| {
         let mut offsets = BTreeMap::new();
         let mut current: Option<(String, isize)> = None;
@@ -163,7 +189,10 @@ fn scan_layout_matches_the_runtime_dwarf_of_every_toolchain() {
     let builds = GO_VERSIONS
         .iter()
         .flat_map(|version| [(*version, "amd64", &[][..]), (*version, "arm64", &[][..])])
-        .chain([("1.24.11", "amd64", NOSWISSMAP), ("1.25.5", "amd64", NOSWISSMAP)]);
+        .chain([
+            ("1.24.11", "amd64", NOSWISSMAP),
+            ("1.25.5", "amd64", NOSWISSMAP),
+        ]);
     for (version, goarch, env) in builds {
         let path = gofixture::build_with(
             "maps",
@@ -182,9 +211,21 @@ fn scan_layout_matches_the_runtime_dwarf_of_every_toolchain() {
                 .get(name)
                 .unwrap_or_else(|| panic!("{context}: no {name}"))
         };
-        assert_eq!(table.mheap_allspans, offset("runtime.mheap.allspans"), "{context}");
-        assert_eq!(table.span_spanclass, offset("runtime.mspan.spanclass"), "{context}");
-        assert_eq!(table.g_status, offset("runtime.g.atomicstatus"), "{context}");
+        assert_eq!(
+            table.mheap_allspans,
+            offset("runtime.mheap.allspans"),
+            "{context}"
+        );
+        assert_eq!(
+            table.span_spanclass,
+            offset("runtime.mspan.spanclass"),
+            "{context}"
+        );
+        assert_eq!(
+            table.g_status,
+            offset("runtime.g.atomicstatus"),
+            "{context}"
+        );
         assert_eq!(table.g_goid, offset("runtime.g.goid"), "{context}");
         assert_eq!(table.g_startpc, offset("runtime.g.startpc"), "{context}");
         assert_eq!(
