@@ -9,7 +9,8 @@
 //! The `hidden` fixture holds idle maps no package-level variable's DWARF path reaches (in
 //! a slice, in another map, in an interface, eight pointers deep, and one only in a blocked
 //! goroutine's local variable): the heap scan finds each with its entries and capacity, the
-//! stack scan names the goroutine, in a trace and in `gomaptrace inventory` alone.
+//! stack scan names the goroutine, in a trace and in `gomaptrace inventory` alone; from Go
+//! 1.22 maps whose storage holds pointers are typed from the heap.
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
@@ -244,6 +245,21 @@ fn hidden_maps_are_inventoried(version: &str, env: &[(&str, &str)], test: &str) 
                 ["stack", "inslice1", "deepdrained"].contains(&name),
                 "{which} {name}: {map}"
             );
+        }
+        // From Go 1.22 the heap records the type of storage that holds pointers: it names
+        // the map's type.
+        if !["1.19", "1.21.13"].contains(&version) {
+            for (name, expected) in [
+                ("inner1", "map[int32][]uint8"),
+                ("deepdrained", "map[int64]string"),
+            ] {
+                let truth = truths
+                    .iter()
+                    .find(|truth| truth.text("name") == name)
+                    .unwrap();
+                let map = map_at(report, truth.text("addr"));
+                assert_eq!(map["type"], expected, "{which} {name}: {map}");
+            }
         }
         // No false maps: every map the inventory found holds no more entries than its
         // capacity, and every map of the fixture is one of them, exactly once.

@@ -273,6 +273,16 @@ impl Heap {
         !self.marks_in_gcmark_bits
     }
 
+    /// The `mspan` that covers `addr`, whatever its state; `None` outside the heap.
+    pub fn span_of(&mut self, memory: &dyn ReadMemory, addr: u64) -> Option<u64> {
+        let arena = self.arena(memory, addr)?;
+        let page = (addr / PAGE_BYTES) % PAGES_PER_ARENA;
+        nonzero(read_u64(
+            memory,
+            arena + self.layout.arena_spans + page * 8,
+        )?)
+    }
+
     /// Whether the heap object containing `addr` is allocated right now.
     pub fn object_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> ObjectState {
         self.object_states(memory, &[addr])[0]

@@ -21,7 +21,7 @@
 //! read only up to [`MAX_DIRECTORY`] entries (8 MiB); the heap and stack scans have their
 //! own ([`crate::memory::scan`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -172,11 +172,16 @@ pub fn take(
     let scanner = GoBinary::open(exe)
         .ok()
         .and_then(|binary| Scanner::new(&binary, bias, implementation).ok());
+    let bucket_types = match (&roots, &target, types_start) {
+        (Ok(roots), Ok(target), Some(start)) => bucket_types(roots, target, bias, start),
+        _ => HashMap::new(),
+    };
     let scan = match (scanner, &target) {
         (Some(mut scanner), Ok(target)) => Some(scan_heap(
             &mut scanner,
             target,
             implementation,
+            &bucket_types,
             &mut sightings,
         )),
         _ => None,
@@ -226,6 +231,29 @@ pub fn take(
     }
 }
 
+/// Offset of the bucket (classic) or group (swiss) type pointer in a map type descriptor,
+/// in every release (`go-map-runtime.md` §3).
+const MAP_TYPE_BUCKET: u64 = 64;
+
+/// The run-time map type descriptor of each bucket or group type, for every map type the
+/// binary's DWARF names: what types a map found on the heap by its storage's type.
+fn bucket_types(
+    roots: &Roots,
+    memory: &impl ReadMemory,
+    bias: u64,
+    types_start: u64,
+) -> HashMap<u64, u64> {
+    roots
+        .map_types()
+        .iter()
+        .filter_map(|&offset| {
+            let map_type = types_start.checked_add(offset)?.checked_add(bias)?;
+            let bucket = read_u64(memory, map_type.checked_add(MAP_TYPE_BUCKET)?)?;
+            (bucket != 0).then_some((bucket, map_type))
+        })
+        .collect()
+}
+
 /// Whether `held_by` names a holder found by the heap and stack scans rather than a
 /// package-level variable: such a holder cannot be read again at the end of a trace from
 /// the roots, so the trace keeps the inventory's.
@@ -239,6 +267,7 @@ fn scan_heap(
     scanner: &mut Scanner,
     memory: &impl ReadMemory,
     implementation: MapImplementation,
+    bucket_types: &HashMap<u64, u64>,
     sightings: &mut Vec<Sighting>,
 ) -> ScanStats {
     let deadline = Instant::now() + scan::MAX_TIME;
@@ -262,11 +291,19 @@ fn scan_heap(
             stats.maps -= 1;
             continue;
         }
+        let map_type = if bucket_types.is_empty() {
+            0
+        } else {
+            scanner
+                .storage_type(memory, &map.words)
+                .and_then(|storage| bucket_types.get(&storage).copied())
+                .unwrap_or(0)
+        };
         sightings.push(Sighting {
             addr: map.addr,
             words,
             capacity,
-            map_type: 0,
+            map_type,
             held_by: holders
                 .get(&map.addr)
                 .cloned()

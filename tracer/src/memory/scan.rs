@@ -108,8 +108,11 @@ pub struct ScanLayout {
     pub g_sched_sp: u64,
     /// `g.startpc`: the entry of the goroutine's function.
     pub g_startpc: u64,
-    /// Whether small-object spans keep their pointer bitmap at their end (Go 1.22+).
+    /// Whether small-object spans keep their pointer bitmap at their end (Go 1.22+); then
+    /// objects of 513 bytes to 32 KiB start with a malloc header holding their `*_type`.
     pub heap_bits_in_span: bool,
+    /// `mspan.largeType`: the type of a large object's span (Go 1.22+).
+    pub span_large_type: Option<u64>,
 }
 
 /// The scan's layout for Go `version` (the same on amd64 and arm64); `None` for a release
@@ -131,6 +134,7 @@ pub fn scan_layout(version: GoVersion) -> Option<ScanLayout> {
         g_sched_sp: 56,
         g_startpc: startpc,
         heap_bits_in_span: version.minor >= 22,
+        span_large_type: (version.minor >= 22).then_some(152),
     })
 }
 
@@ -634,6 +638,35 @@ impl Scanner {
             .collect()
     }
 
+    /// The run-time type descriptor of the storage of the map whose header words are
+    /// `words`: classic buckets, a swiss small map's group, or the groups of a swiss map's
+    /// first table. Go 1.22+ records it for storage that holds pointers: in the malloc
+    /// header of a 513 B–32 KiB object, in `mspan.largeType` of a larger one. It is the map
+    /// type's bucket or group type (`map.bucket[K]V`, `map.group[K]V`); `None` when the
+    /// heap does not say.
+    pub fn storage_type(&mut self, memory: &dyn ReadMemory, words: &[u64]) -> Option<u64> {
+        let large_type = self.layout.span_large_type?;
+        let storage = match self.shape {
+            HeaderShape::Classic { .. } => words[2],
+            HeaderShape::Swiss if words[3] == 0 => words[2],
+            HeaderShape::Swiss => read_u64(memory, read_u64(memory, words[2])?.checked_add(16)?)?,
+        };
+        match self.heap.object_state(memory, nonzero(storage)?) {
+            ObjectState::Allocated { start, size }
+                if size > MIN_SIZE_FOR_MALLOC_HEADER
+                    && size <= MAX_SMALL_SIZE
+                    && storage == start + 8 =>
+            {
+                nonzero(read_u64(memory, start)?)
+            }
+            ObjectState::Allocated { start, size } if size > MAX_SMALL_SIZE && storage == start => {
+                let span = self.heap.span_of(memory, start)?;
+                nonzero(read_u64(memory, span + large_type)?)
+            }
+            _ => None,
+        }
+    }
+
     /// The `g` pointers of `runtime.allgs`, up to [`MAX_GOROUTINES`].
     fn goroutines(&self, memory: &dyn ReadMemory, stats: &mut ScanStats) -> Vec<u64> {
         let Some(allgs) = self.allgs else {
@@ -695,6 +728,10 @@ fn object_bits(body: &[u8], bitmap: u64, first: u64, words: u64) -> Option<u64> 
         }
     }
     Some(bits)
+}
+
+fn nonzero(value: u64) -> Option<u64> {
+    (value != 0).then_some(value)
 }
 
 fn millis(duration: Duration) -> f64 {

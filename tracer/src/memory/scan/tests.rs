@@ -229,6 +229,11 @@ fn scan_layout_matches_the_runtime_dwarf_of_every_toolchain() {
         assert_eq!(table.g_goid, offset("runtime.g.goid"), "{context}");
         assert_eq!(table.g_startpc, offset("runtime.g.startpc"), "{context}");
         assert_eq!(
+            table.span_large_type,
+            offsets.get("runtime.mspan.largeType").copied(),
+            "{context}"
+        );
+        assert_eq!(
             table.g_sched_sp,
             offset("runtime.g.sched") + offset("runtime.gobuf.sp"),
             "{context}"
