@@ -285,7 +285,7 @@ fn scan_heap(
         // A swiss map's tables must hold its entries: otherwise the directory read is not
         // the one the header was validated with.
         if implementation == MapImplementation::Swiss
-            && !capacity.is_some_and(|capacity| capacity.slots >= words[0])
+            && capacity.is_none_or(|capacity| capacity.slots < words[0])
         {
             stats.rejected += 1;
             stats.maps -= 1;

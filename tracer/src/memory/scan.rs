@@ -295,6 +295,9 @@ fn points_at_start(state: ObjectState, pointee: Pointee, malloc_headers: bool) -
         && size - 8 >= pointee.min_bytes
 }
 
+/// A span read again: its start and bytes, and what the read gave.
+type Reread = ((u64, u64), Option<Vec<u8>>);
+
 /// An object that passed the field and heap-bits checks.
 struct Candidate {
     addr: u64,
@@ -504,7 +507,7 @@ impl Scanner {
             && spanclass & 1 == 0
             && elemsize == self.shape.elemsize()
             && (1..=MAX_SPAN_PAGES).contains(&npages)
-            && start % PAGE_BYTES == 0
+            && start.is_multiple_of(PAGE_BYTES)
             && start != 0;
         fits.then_some((start, npages))
     }
@@ -545,7 +548,7 @@ impl Scanner {
         let elemsize = self.shape.elemsize();
         let mut found = Vec::new();
         // The span read again, once for all its candidates (they come in span order).
-        let mut again: Option<((u64, u64), Option<Vec<u8>>)> = None;
+        let mut again: Option<Reread> = None;
         for Candidate {
             addr,
             span,
