@@ -15,6 +15,7 @@ use crate::launch::{LaunchError, Launched};
 use crate::memory::inventory::{self, Taken};
 use crate::memory::release::{self, Detector, Dropped};
 use crate::memory::roots::{Roots, RootsError};
+use crate::memory::scan::{self, ScanStats, Scanner};
 use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
@@ -401,13 +402,28 @@ async fn follow_attached(
         (false, Some(Ok(roots))) => inspected.held_by(&roots, pipeline.model()),
         _ => BTreeMap::new(),
     };
-    // Maps only the heap scan found keep the holder the inventory gave them (a goroutine
-    // stack, or the heap) while the record the inventory made is still alive.
+    // A live map no variable reaches is named by the goroutine stack that points at it
+    // now; one only the inventory's heap scan found, and no stack holds, by the heap.
+    if !exited {
+        let unnamed: std::collections::HashSet<u64> = pipeline
+            .model()
+            .maps()
+            .iter()
+            .filter(|record| !record.is_released() && !held_by.contains_key(&record.addr))
+            .map(|record| record.addr)
+            .collect();
+        for (addr, holder) in inspected.stack_holders(plan.implementation, &unnamed) {
+            held_by.entry(addr).or_insert(holder);
+        }
+    }
     for record in pipeline.model().maps() {
-        if record.seen == crate::model::Seen::Inventory && !record.is_released() {
-            if let Some(holder) = scanned_holders.get(&record.addr) {
-                held_by.entry(record.addr).or_insert_with(|| holder.clone());
-            }
+        if record.seen == crate::model::Seen::Inventory
+            && !record.is_released()
+            && scanned_holders.contains_key(&record.addr)
+        {
+            held_by
+                .entry(record.addr)
+                .or_insert_with(|| inventory::HEAP_HOLDER.to_string());
         }
     }
     let resolved = Resolved {
@@ -482,6 +498,23 @@ impl Inspected {
             .map(|record| record.addr)
             .collect();
         roots.resolve(&self.target, self.bias, |addr| alive.contains(&addr))
+    }
+
+    /// `goroutine N stack` for each of `maps` a goroutine's stack points at now (see
+    /// [`crate::memory::scan`]); nothing for a binary without `.symtab`.
+    fn stack_holders(
+        &self,
+        implementation: crate::plan::MapImplementation,
+        maps: &std::collections::HashSet<u64>,
+    ) -> BTreeMap<u64, String> {
+        let Ok(scanner) = Scanner::new(&self.binary, self.bias, implementation) else {
+            return BTreeMap::new();
+        };
+        if maps.is_empty() {
+            return BTreeMap::new();
+        }
+        let deadline = Instant::now() + scan::MAX_TIME;
+        scanner.stack_holders(&self.target, maps, deadline, &mut ScanStats::default())
     }
 
     /// Name and storage sizes of a map type, read from the target's memory.
