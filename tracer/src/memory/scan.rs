@@ -436,10 +436,12 @@ impl Scanner {
             let (objects, bitmap) = self.span_geometry(span_bytes);
             for index in 0..objects {
                 let at = (index * elemsize) as usize;
-                let words: Vec<u64> = (0..words_per_object)
-                    .map(|word| u64_at(&body, at + word * 8))
-                    .collect();
-                let Some(pointees) = check_fields(self.shape, &words) else {
+                let mut object = [0u64; 8];
+                for (word, slot) in object.iter_mut().enumerate().take(words_per_object) {
+                    *slot = u64_at(&body, at + word * 8);
+                }
+                let words = &object[..words_per_object];
+                let Some(pointees) = check_fields(self.shape, words) else {
                     continue;
                 };
                 if let Some(bitmap) = bitmap {
@@ -453,7 +455,7 @@ impl Scanner {
                 candidates.push(Candidate {
                     addr: start + index * elemsize,
                     span: (start, span_bytes),
-                    words,
+                    words: words.to_vec(),
                     pointees,
                 });
             }
