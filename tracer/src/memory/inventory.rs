@@ -708,4 +708,72 @@ mod tests {
             None
         );
     }
+
+    /// A binary with a symbol table but no DWARF (`-ldflags=-w`): no variable is visible,
+    /// but the heap scan still finds every map of the `hidden` fixture with its count, and
+    /// the summary says what ran and what it cannot do.
+    #[test]
+    fn the_heap_scan_needs_symbols_not_dwarf() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
+
+        use crate::gofixture;
+
+        let path = gofixture::build_with(
+            "hidden",
+            "1.27.3",
+            "nodwarf",
+            &["-ldflags=-w"],
+            &[],
+            "amd64",
+        );
+        let mut child = Command::new(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut printed: HashMap<u64, u64> = HashMap::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line == "done" {
+                break;
+            }
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix(key))
+                    .unwrap()
+                    .to_string()
+            };
+            let addr = u64::from_str_radix(field("addr=").trim_start_matches("0x"), 16).unwrap();
+            printed.insert(addr, field("len=").parse().unwrap());
+        }
+        let binary = GoBinary::open(&path).unwrap();
+        let taken = take(
+            &path,
+            child.id(),
+            0,
+            MapImplementation::of(&binary),
+            binary.types_start(),
+        );
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        let summary = &taken.summary;
+        assert_eq!(summary.method, "dwarf-roots+heap+stacks", "{summary:?}");
+        assert!(!summary.dwarf);
+        assert!(summary.blind_to.contains("no DWARF"), "{summary:?}");
+        assert_eq!(printed.len(), 8);
+        for (addr, len) in printed {
+            let sighting = taken
+                .sightings
+                .iter()
+                .find(|sighting| sighting.addr == addr)
+                .unwrap_or_else(|| panic!("{addr:#x} not found: {summary:?}"));
+            assert_eq!(sighting.words[0], len, "{sighting:?}");
+            assert!(is_scanned_holder(&sighting.held_by), "{sighting:?}");
+            assert_eq!(sighting.map_type, 0, "no DWARF, no map types: {sighting:?}");
+        }
+    }
 }
