@@ -6,6 +6,12 @@
 //! go on stays exact; `gomaptrace inventory` alone finds the same entries; and a
 //! stripped binary's report says the inventory could not see package-level variables.
 //!
+//! The `hidden` fixture holds idle maps no package-level variable's DWARF path reaches (in
+//! a slice, in another map, in an interface, eight pointers deep, and one only in a blocked
+//! goroutine's local variable): the heap scan finds each with its entries and capacity, the
+//! stack scan names the goroutine, in a trace and in `gomaptrace inventory` alone; from Go
+//! 1.22 maps whose storage holds pointers are typed from the heap.
+//!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
 use std::process::Command;
@@ -191,4 +197,102 @@ inventory_tests! {
     inventory_go1_24_noswissmap: "1.24.11", Plain, &[("GOEXPERIMENT", "noswissmap")];
     inventory_go1_27: "1.27.3", Plain, &[];
     inventory_go1_27_stripped: "1.27.3", Stripped, &[];
+}
+
+fn hidden_maps_are_inventoried(version: &str, env: &[(&str, &str)], test: &str) {
+    let binary = build("hidden", version, Flavor::Plain, env);
+    let json = report_path(test);
+    let mut fixture = Fixture::start(&binary);
+    let pid = fixture.pid();
+    let tracer = Tracer::attach(&["--pid", &pid.to_string(), "--json", json.to_str().unwrap()]);
+    let alone = inventory_alone(pid, test);
+    let truths = Truth::parse(&fixture.run_operations());
+    let (status, stderr) = tracer.interrupt();
+    assert!(status.success(), "gomaptrace failed: {stderr:#?}");
+    assert!(fixture.finish().success());
+    let report = read_report(&json);
+    assert_eq!(truths.len(), 8, "{truths:#?}");
+    for (which, report) in [("trace", &report), ("alone", &alone)] {
+        let inventory = &report["inventory"];
+        assert_eq!(
+            inventory["method"], "dwarf-roots+heap+stacks",
+            "{which}: {inventory}"
+        );
+        assert_eq!(
+            inventory["scan"]["truncated"], false,
+            "{which}: {inventory}"
+        );
+        for truth in &truths {
+            let name = truth.text("name");
+            let map = map_at(report, truth.text("addr"));
+            assert_eq!(map["live"], truth.number("len"), "{which} {name}: {map}");
+            assert_eq!(map["seen"], "inventory", "{which} {name}: {map}");
+            assert_eq!(map["idle"], true, "{which} {name}: {map}");
+            assert_eq!(map["unexplained"], 0, "{which} {name}: {map}");
+            let holder = match truth.text("holder") {
+                "goroutine" => format!("goroutine {} stack", truth.text("goid")),
+                other => other.to_string(),
+            };
+            assert_eq!(map["held_by"], holder, "{which} {name}: {map}");
+            assert_capacity(truth, &map["capacity"], name);
+            let retains = map["verdicts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|verdict| verdict == "retains-capacity");
+            assert_eq!(
+                retains,
+                ["stack", "inslice1", "deepdrained"].contains(&name),
+                "{which} {name}: {map}"
+            );
+        }
+        // From Go 1.22 the heap records the type of storage that holds pointers: it names
+        // the map's type.
+        if !["1.19", "1.21.13"].contains(&version) {
+            for (name, expected) in [
+                ("inner1", "map[int32][]uint8"),
+                ("deepdrained", "map[int64]string"),
+            ] {
+                let truth = truths
+                    .iter()
+                    .find(|truth| truth.text("name") == name)
+                    .unwrap();
+                let map = map_at(report, truth.text("addr"));
+                assert_eq!(map["type"], expected, "{which} {name}: {map}");
+            }
+        }
+        // No false maps: every map the inventory found holds no more entries than its
+        // capacity, and every map of the fixture is one of them, exactly once.
+        let maps = report["maps"].as_array().unwrap();
+        for map in maps {
+            assert_eq!(map["unexplained"], 0, "{which}: {map}");
+            if let Some(slots) = map["capacity"]["slots"].as_u64() {
+                assert!(map["live"].as_u64().unwrap() <= slots, "{which}: {map}");
+            }
+        }
+        for truth in &truths {
+            let same = maps
+                .iter()
+                .filter(|map| map["addr"] == truth.text("addr"))
+                .count();
+            assert_eq!(same, 1, "{which}: {truth:?}");
+        }
+    }
+}
+
+macro_rules! hidden_tests {
+    ($($test:ident: $version:literal, $env:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            hidden_maps_are_inventoried($version, $env, stringify!($test));
+        }
+    )*};
+}
+
+hidden_tests! {
+    hidden_go1_19: "1.19", &[];
+    hidden_go1_21: "1.21.13", &[];
+    hidden_go1_24: "1.24.11", &[];
+    hidden_go1_24_noswissmap: "1.24.11", &[("GOEXPERIMENT", "noswissmap")];
+    hidden_go1_27: "1.27.3", &[];
 }

@@ -101,7 +101,8 @@ pub enum Seen {
     Creation,
     /// An operation on it, made before the trace (or on a stack), was probed.
     Event,
-    /// The inventory at attach found it through a package-level variable.
+    /// The inventory at attach found it: through a package-level variable, or by scanning
+    /// the heap.
     Inventory,
 }
 

@@ -15,6 +15,7 @@ use crate::launch::{LaunchError, Launched};
 use crate::memory::inventory::{self, Taken};
 use crate::memory::release::{self, Detector, Dropped};
 use crate::memory::roots::{Roots, RootsError};
+use crate::memory::scan::{self, ScanStats, Scanner};
 use crate::model::Model;
 use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
@@ -377,6 +378,7 @@ async fn follow_attached(
         peak_resident: None,
         inventory: Some(inventory),
         roots: None,
+        scanned_holders: BTreeMap::new(),
         detector,
         drops: Vec::new(),
         drops_at: Instant::now(),
@@ -413,10 +415,35 @@ async fn follow_attached(
             at_ns: monotonic_ns(),
         });
     }
-    let held_by = match (exited, feed.roots.take()) {
+    let scanned_holders = std::mem::take(&mut feed.scanned_holders);
+    let mut held_by = match (exited, feed.roots.take()) {
         (false, Some(Ok(roots))) => inspected.held_by(&roots, pipeline.model()),
         _ => BTreeMap::new(),
     };
+    // A live map no variable reaches is named by the goroutine stack that points at it
+    // now; one only the inventory's heap scan found, and no stack holds, by the heap.
+    if !exited {
+        let unnamed: std::collections::HashSet<u64> = pipeline
+            .model()
+            .maps()
+            .iter()
+            .filter(|record| !record.is_released() && !held_by.contains_key(&record.addr))
+            .map(|record| record.addr)
+            .collect();
+        for (addr, holder) in inspected.stack_holders(plan.implementation, &unnamed) {
+            held_by.entry(addr).or_insert(holder);
+        }
+    }
+    for record in pipeline.model().maps() {
+        if record.seen == crate::model::Seen::Inventory
+            && !record.is_released()
+            && scanned_holders.contains_key(&record.addr)
+        {
+            held_by
+                .entry(record.addr)
+                .or_insert_with(|| inventory::HEAP_HOLDER.to_string());
+        }
+    }
     let resolved = Resolved {
         frames: inspected.frames(pipeline.model().stacks()),
         types: BTreeMap::new(),
@@ -491,6 +518,23 @@ impl Inspected {
         roots.resolve(&self.target, self.bias, |addr| alive.contains(&addr))
     }
 
+    /// `goroutine N stack` for each of `maps` a goroutine's stack points at now (see
+    /// [`crate::memory::scan`]); nothing for a binary without `.symtab`.
+    fn stack_holders(
+        &self,
+        implementation: crate::plan::MapImplementation,
+        maps: &std::collections::HashSet<u64>,
+    ) -> BTreeMap<u64, String> {
+        let Ok(scanner) = Scanner::new(&self.binary, self.bias, implementation) else {
+            return BTreeMap::new();
+        };
+        if maps.is_empty() {
+            return BTreeMap::new();
+        }
+        let deadline = Instant::now() + scan::MAX_TIME;
+        scanner.stack_holders(&self.target, maps, deadline, &mut ScanStats::default())
+    }
+
     /// Name and storage sizes of a map type, read from the target's memory.
     fn type_facts(&self, map_type: u64) -> Option<TypeFacts> {
         let info = inspect::map_type_info(&self.target, &self.binary, self.bias, map_type).ok()?;
@@ -519,6 +563,8 @@ struct Feed<'a> {
     inventory: Option<std::thread::JoinHandle<Taken>>,
     /// The roots it read, once it finished.
     roots: Option<Result<Roots, RootsError>>,
+    /// What holds each map the inventory's heap scan found and no variable reaches.
+    scanned_holders: BTreeMap<u64, String>,
     /// Finds the maps the program dropped.
     detector: Detector,
     /// What the last check found, passed on after [`DROP_DELAY`] (see `release_dropped`).
@@ -593,6 +639,12 @@ impl Feed<'_> {
             return;
         };
         self.roots = Some(taken.roots);
+        self.scanned_holders = taken
+            .sightings
+            .iter()
+            .filter(|sighting| inventory::is_scanned_holder(&sighting.held_by))
+            .map(|sighting| (sighting.addr, sighting.held_by.clone()))
+            .collect();
         self.note(Note::Inventory {
             at_ns: monotonic_ns(),
             summary: taken.summary,

@@ -257,6 +257,32 @@ impl Heap {
         })
     }
 
+    /// The run-time address of `runtime.mheap_`, where the heap scan starts too.
+    pub fn mheap_addr(&self) -> u64 {
+        self.mheap
+    }
+
+    /// The layout this reader uses, so the heap scan reads spans the same way.
+    pub fn heap_layout(&self) -> &HeapLayout {
+        &self.layout
+    }
+
+    /// Whether the release runs the Green Tea collector, which keeps mark bits at the end
+    /// of small-object spans (after their heap bits).
+    pub fn green_tea(&self) -> bool {
+        !self.marks_in_gcmark_bits
+    }
+
+    /// The `mspan` that covers `addr`, whatever its state; `None` outside the heap.
+    pub fn span_of(&mut self, memory: &dyn ReadMemory, addr: u64) -> Option<u64> {
+        let arena = self.arena(memory, addr)?;
+        let page = (addr / PAGE_BYTES) % PAGES_PER_ARENA;
+        nonzero(read_u64(
+            memory,
+            arena + self.layout.arena_spans + page * 8,
+        )?)
+    }
+
     /// Whether the heap object containing `addr` is allocated right now.
     pub fn object_state(&mut self, memory: &dyn ReadMemory, addr: u64) -> ObjectState {
         self.object_states(memory, &[addr])[0]

@@ -1,36 +1,44 @@
 //! Every map the program holds in view at attach, busy or idle: found from the package-level
-//! variables ([`crate::memory::roots`]) and sized from the headers in the live process.
+//! variables ([`crate::memory::roots`]), from the heap itself and the goroutine stacks
+//! ([`crate::memory::scan`]), and sized from the headers in the live process.
 //!
 //! The probes only see maps that the program uses while traced. A map filled long ago and
 //! drained, idle since, still holds the storage of its peak (Go never shrinks a map), and is
-//! exactly what a capacity review looks for. The inventory reads, for each map a
-//! package-level variable reaches: the count and hash seed (the same two words an event
-//! carries, so a map that later gets events continues as the same map), the capacity (the
-//! classic header's `B`; the swiss directory and the capacity of each distinct table), and
-//! the map type's descriptor pointer from the variable's DWARF type (its name and bucket
-//! size are read like the types of events). Nothing is paused: a header torn by a concurrent
-//! write gives an unknown capacity, never a wrong count that counts (a map that gets events
-//! takes its first event as its baseline).
+//! exactly what a capacity review looks for. The inventory reads, for each map found: the
+//! count and hash seed (the same two words an event carries, so a map that later gets
+//! events continues as the same map), the capacity (the classic header's `B`; the swiss
+//! directory and the capacity of each distinct table), and the map type's descriptor pointer
+//! from the variable's DWARF type (its name and bucket size are read like the types of
+//! events). A map a package-level variable reaches is named by it; one only the heap scan
+//! finds is named by the goroutine stack that points at it (`goroutine 18 stack`), or
+//! `heap`. Nothing is paused: a header torn by a concurrent write gives an unknown
+//! capacity or is skipped, never a wrong count that counts (a map that gets events takes
+//! its first event as its baseline).
 //!
-//! What it cannot see: maps held only by goroutine stacks, inside other maps, slices or
-//! interfaces, or deeper than the roots walk goes; and on a binary without DWARF
-//! (`-ldflags=-s -w`) no package-level variable at all. [`Summary`] says which.
+//! What it cannot see: see [`Summary::blind_to`], which says it per target.
 //!
 //! Bounds: at most [`crate::memory::roots::MAX_PATHS`] paths are read; a swiss directory is
-//! read only up to [`MAX_DIRECTORY`] entries (8 MiB).
+//! read only up to [`MAX_DIRECTORY`] entries (8 MiB); the heap and stack scans have their
+//! own ([`crate::memory::scan`]).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::ReadMemory;
+use crate::inspect::{GoBinary, ReadMemory};
 use crate::memory::roots::{Roots, RootsError};
+use crate::memory::scan::{self, HeapMap, ScanStats, Scanner};
 use crate::plan::MapImplementation;
 use crate::target::Target;
 
-/// How the inventory finds maps, as the report names it.
+/// How the inventory finds maps from package-level variables, as the report names it; the
+/// heap and stack scans add `+heap` and `+stacks` when they ran.
 pub const METHOD: &str = "dwarf-roots";
+
+/// `held_by` of a map only the heap scan found, and no goroutine stack points at.
+pub const HEAP_HOLDER: &str = "heap";
 
 /// Largest swiss directory read: 2^20 tables would hold about 900 million entries; a bigger
 /// `dirLen` is a torn or foreign header, not a map to read 8 MiB+ of.
@@ -112,14 +120,25 @@ pub struct Summary {
     pub read_ms: f64,
     /// What the inventory cannot see in this target, in one line.
     pub blind_to: String,
+    /// What the heap and stack scans did, when they ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scan: Option<ScanStats>,
 }
 
-/// What the inventory cannot see with DWARF.
+/// What the inventory cannot see when the heap scan ran.
+const BLIND_WITH_SCAN: &str = "maps whose header is on a goroutine stack (maps that do not \
+                               escape), headers the program was writing or the runtime \
+                               sweeping while read";
+/// What the heap scan cannot check before Go 1.22.
+const BLIND_BEFORE_HEAP_BITS: &str = "; before Go 1.22 heap objects are checked as map \
+                                      headers by their fields only (no heap bits in spans)";
+/// What it cannot see when only the DWARF roots ran.
 const BLIND_WITH_DWARF: &str = "maps held only by goroutine stacks, inside other maps, \
                                 slices or interfaces, or more than 6 levels below a variable";
-/// What it cannot see without.
-const BLIND_WITHOUT_DWARF: &str = "every map: the binary has no DWARF (stripped), so no \
-                                   package-level variable can be seen";
+/// What it cannot see without DWARF nor `.symtab`.
+const BLIND_WITHOUT_DWARF: &str = "every map: the binary has no DWARF and no symbol table \
+                                   (stripped), so neither package-level variables nor the \
+                                   heap (runtime.mheap_) can be found";
 
 /// A finished inventory: the roots it read (kept for naming maps at the end of a trace),
 /// what it says, and the maps.
@@ -145,9 +164,27 @@ pub fn take(
     let started = Instant::now();
     let roots = Roots::from_file(exe);
     let reading = Instant::now();
-    let sightings = match (&roots, Target::open(pid)) {
-        (Ok(roots), Ok(target)) => find(roots, &target, bias, implementation, types_start),
+    let target = Target::open(pid);
+    let mut sightings = match (&roots, &target) {
+        (Ok(roots), Ok(target)) => find(roots, target, bias, implementation, types_start),
         _ => Vec::new(),
+    };
+    let scanner = GoBinary::open(exe)
+        .ok()
+        .and_then(|binary| Scanner::new(&binary, bias, implementation).ok());
+    let bucket_types = match (&roots, &target, types_start) {
+        (Ok(roots), Ok(target), Some(start)) => bucket_types(roots, target, bias, start),
+        _ => HashMap::new(),
+    };
+    let scan = match (scanner, &target) {
+        (Some(mut scanner), Ok(target)) => Some(scan_heap(
+            &mut scanner,
+            target,
+            implementation,
+            &bucket_types,
+            &mut sightings,
+        )),
+        _ => None,
     };
     let done = Instant::now();
     let (dwarf, paths, truncated) = match &roots {
@@ -158,25 +195,122 @@ pub fn take(
         ),
         Err(_) => (false, 0, false),
     };
+    let go_version = GoBinary::open(exe).ok().map(|binary| *binary.go_version());
+    let method = match &scan {
+        Some(_) => format!("{METHOD}+heap+stacks"),
+        None => METHOD.to_string(),
+    };
+    let blind_to = match (&scan, dwarf) {
+        (Some(_), _) => {
+            let mut blind = BLIND_WITH_SCAN.to_string();
+            if go_version.is_some_and(|version| version.minor < 22) {
+                blind.push_str(BLIND_BEFORE_HEAP_BITS);
+            }
+            if !dwarf {
+                blind.push_str("; no DWARF: maps are named by stacks or \"heap\", never by variable, and have no type");
+            }
+            blind
+        }
+        (None, true) => BLIND_WITH_DWARF.to_string(),
+        (None, false) => BLIND_WITHOUT_DWARF.to_string(),
+    };
     Taken {
         summary: Summary {
-            method: METHOD.to_string(),
+            method,
             dwarf,
             found: sightings.len() as u64,
             paths,
             truncated,
             time_ms: millis(done - started),
             read_ms: millis(done - reading),
-            blind_to: if dwarf {
-                BLIND_WITH_DWARF
-            } else {
-                BLIND_WITHOUT_DWARF
-            }
-            .to_string(),
+            blind_to,
+            scan,
         },
         roots,
         sightings,
     }
+}
+
+/// Offset of the bucket (classic) or group (swiss) type pointer in a map type descriptor,
+/// in every release (`go-map-runtime.md` §3).
+const MAP_TYPE_BUCKET: u64 = 64;
+
+/// The run-time map type descriptor of each bucket or group type, for every map type the
+/// binary's DWARF names: what types a map found on the heap by its storage's type.
+fn bucket_types(
+    roots: &Roots,
+    memory: &impl ReadMemory,
+    bias: u64,
+    types_start: u64,
+) -> HashMap<u64, u64> {
+    roots
+        .map_types()
+        .iter()
+        .filter_map(|&offset| {
+            let map_type = types_start.checked_add(offset)?.checked_add(bias)?;
+            let bucket = read_u64(memory, map_type.checked_add(MAP_TYPE_BUCKET)?)?;
+            (bucket != 0).then_some((bucket, map_type))
+        })
+        .collect()
+}
+
+/// Whether `held_by` names a holder found by the heap and stack scans rather than a
+/// package-level variable: such a holder cannot be read again at the end of a trace from
+/// the roots, so the trace keeps the inventory's.
+pub fn is_scanned_holder(held_by: &str) -> bool {
+    held_by == HEAP_HOLDER || (held_by.starts_with("goroutine ") && held_by.ends_with(" stack"))
+}
+
+/// Adds to `sightings` every map the heap scan finds that no package-level variable
+/// reaches, named by the goroutine stack that points at it, or [`HEAP_HOLDER`].
+fn scan_heap(
+    scanner: &mut Scanner,
+    memory: &impl ReadMemory,
+    implementation: MapImplementation,
+    bucket_types: &HashMap<u64, u64>,
+    sightings: &mut Vec<Sighting>,
+) -> ScanStats {
+    let deadline = Instant::now() + scan::MAX_TIME;
+    let (found, mut stats) = scanner.heap_maps(memory, deadline);
+    let known: HashSet<u64> = sightings.iter().map(|sighting| sighting.addr).collect();
+    let fresh: Vec<HeapMap> = found
+        .into_iter()
+        .filter(|map| !known.contains(&map.addr))
+        .collect();
+    let addrs: HashSet<u64> = fresh.iter().map(|map| map.addr).collect();
+    let holders = scanner.stack_holders(memory, &addrs, deadline, &mut stats);
+    for map in fresh {
+        let words = [map.words[0], map.words[1]];
+        let capacity = capacity(memory, map.addr, words, implementation);
+        // A swiss map's tables must hold its entries: otherwise the directory read is not
+        // the one the header was validated with.
+        if implementation == MapImplementation::Swiss
+            && capacity.is_none_or(|capacity| capacity.slots < words[0])
+        {
+            stats.rejected += 1;
+            stats.maps -= 1;
+            continue;
+        }
+        let map_type = if bucket_types.is_empty() {
+            0
+        } else {
+            scanner
+                .storage_type(memory, &map.words)
+                .and_then(|storage| bucket_types.get(&storage).copied())
+                .unwrap_or(0)
+        };
+        sightings.push(Sighting {
+            addr: map.addr,
+            words,
+            capacity,
+            map_type,
+            held_by: holders
+                .get(&map.addr)
+                .cloned()
+                .unwrap_or_else(|| HEAP_HOLDER.to_string()),
+        });
+    }
+    stats
 }
 
 fn millis(duration: std::time::Duration) -> f64 {
@@ -304,6 +438,7 @@ mod tests {
             time_ms: 1.0,
             read_ms: 0.5,
             blind_to: BLIND_WITH_DWARF.to_string(),
+            scan: None,
         }
     }
 
@@ -572,5 +707,73 @@ mod tests {
             super::capacity(&memory, 0x1000, words, MapImplementation::Swiss),
             None
         );
+    }
+
+    /// A binary with a symbol table but no DWARF (`-ldflags=-w`): no variable is visible,
+    /// but the heap scan still finds every map of the `hidden` fixture with its count, and
+    /// the summary says what ran and what it cannot do.
+    #[test]
+    fn the_heap_scan_needs_symbols_not_dwarf() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
+
+        use crate::gofixture;
+
+        let path = gofixture::build_with(
+            "hidden",
+            "1.27.3",
+            "nodwarf",
+            &["-ldflags=-w"],
+            &[],
+            "amd64",
+        );
+        let mut child = Command::new(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut printed: HashMap<u64, u64> = HashMap::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line == "done" {
+                break;
+            }
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix(key))
+                    .unwrap()
+                    .to_string()
+            };
+            let addr = u64::from_str_radix(field("addr=").trim_start_matches("0x"), 16).unwrap();
+            printed.insert(addr, field("len=").parse().unwrap());
+        }
+        let binary = GoBinary::open(&path).unwrap();
+        let taken = take(
+            &path,
+            child.id(),
+            0,
+            MapImplementation::of(&binary),
+            binary.types_start(),
+        );
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        let summary = &taken.summary;
+        assert_eq!(summary.method, "dwarf-roots+heap+stacks", "{summary:?}");
+        assert!(!summary.dwarf);
+        assert!(summary.blind_to.contains("no DWARF"), "{summary:?}");
+        assert_eq!(printed.len(), 8);
+        for (addr, len) in printed {
+            let sighting = taken
+                .sightings
+                .iter()
+                .find(|sighting| sighting.addr == addr)
+                .unwrap_or_else(|| panic!("{addr:#x} not found: {summary:?}"));
+            assert_eq!(sighting.words[0], len, "{sighting:?}");
+            assert!(is_scanned_holder(&sighting.held_by), "{sighting:?}");
+            assert_eq!(sighting.map_type, 0, "no DWARF, no map types: {sighting:?}");
+        }
     }
 }

@@ -121,6 +121,9 @@ pub struct Roots {
     roots: Vec<MapRoot>,
     truncated: bool,
     dwarf: bool,
+    /// Every map type's offset from `runtime.types` that DWARF names, reached by a
+    /// variable or not: what a map found on the heap can be typed with.
+    map_types: Vec<u64>,
 }
 
 impl Roots {
@@ -157,6 +160,13 @@ impl Roots {
     /// Whether paths were left out because a bound was reached.
     pub fn truncated(&self) -> bool {
         self.truncated
+    }
+
+    /// The offsets from `runtime.types` of every map type in the binary's DWARF, sorted:
+    /// the heap scan names a map's type by the one whose bucket or group type its storage
+    /// has.
+    pub fn map_types(&self) -> &[u64] {
+        &self.map_types
     }
 
     /// Reads every path in `memory` and names each map `wanted` accepts by the path that
@@ -601,10 +611,20 @@ fn walk(types: &HashMap<u64, TypeNode>, variables: Vec<Variable>) -> Roots {
             });
         }
     }
+    let mut map_types: Vec<u64> = types
+        .values()
+        .filter_map(|node| match node {
+            TypeNode::Map(runtime_type) => *runtime_type,
+            _ => None,
+        })
+        .collect();
+    map_types.sort_unstable();
+    map_types.dedup();
     Roots {
         roots,
         truncated: walker.truncated,
         dwarf: true,
+        map_types,
     }
 }
 
@@ -780,6 +800,7 @@ mod tests {
             ],
             truncated: false,
             dwarf: true,
+            map_types: Vec::new(),
         };
         let bias = 0x10_0000;
         let memory = Words(HashMap::from([
