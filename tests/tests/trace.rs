@@ -92,6 +92,7 @@ ground_truth_tests! {
     counts_go1_24_pie: "1.24.11", Pie;
     counts_go1_24_stripped: "1.24.11", Stripped;
     counts_go1_24_cgo: "1.24.11", Plain, "CGO_ENABLED" = "1";
+    counts_go1_24_lld: "1.24.11", Lld, "CGO_ENABLED" = "1";
     counts_go1_24_classic: "1.24.11", Plain, "GOEXPERIMENT" = "noswissmap";
     counts_go1_25: "1.25.5", Plain;
     counts_go1_25_pie: "1.25.5", Pie;

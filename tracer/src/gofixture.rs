@@ -41,6 +41,10 @@ pub enum Flavor {
     Stripped,
     /// `-buildmode=pie`.
     Pie,
+    /// Linked by LLVM's lld through cgo (`-linkmode=external`), as some vendors ship: its
+    /// load segments are not page-aligned in the file, so the code mapping starts before
+    /// the code segment. Needs `CGO_ENABLED=1`.
+    Lld,
 }
 
 impl Flavor {
@@ -49,6 +53,7 @@ impl Flavor {
             Flavor::Plain => "plain",
             Flavor::Stripped => "stripped",
             Flavor::Pie => "pie",
+            Flavor::Lld => "lld",
         }
     }
 
@@ -57,6 +62,7 @@ impl Flavor {
             Flavor::Plain => &[],
             Flavor::Stripped => &["-ldflags=-s -w"],
             Flavor::Pie => &["-buildmode=pie"],
+            Flavor::Lld => &["-ldflags=-linkmode=external -extldflags=-fuse-ld=lld"],
         }
     }
 }

@@ -39,6 +39,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",
     "gcc",
     "libc6-dev",
+    // LLVM's linker, for the fixture linked the way some vendors ship Go programs.
+    "lld",
     // Java's HdrHistogram (its HistogramLogProcessor, the interval log's reference reader)
     // and a runtime for it, for the exports test.
     "default-jre-headless",

@@ -111,6 +111,7 @@ impl<'a> ElfView<'a> {
                 offset: header.p_offset(self.endian),
                 filesz: header.p_filesz(self.endian),
                 flags: header.p_flags(self.endian),
+                align: header.p_align(self.endian),
             })
             .collect();
         Ok(Segments(loads))
@@ -199,6 +200,9 @@ struct Segment {
     offset: u64,
     filesz: u64,
     flags: u32,
+    /// `p_align`: the kernel maps the segment from the page holding its first byte, and a
+    /// page is never larger than this.
+    align: u64,
 }
 
 impl Segment {
@@ -233,6 +237,27 @@ impl Segments {
             .iter()
             .filter(|segment| segment.is_executable())
             .find_map(|segment| segment.file_offset(vaddr, len))
+    }
+
+    /// The address, as linked, where a mapping of the file starting at `offset` starts, when
+    /// that mapping holds an executable segment. The kernel maps a segment from the page
+    /// holding its first byte, so the mapping may start before the segment itself: Go's
+    /// linker aligns segments to pages in the file, external linkers (lld, gold) often do
+    /// not, and then the code mapping starts up to a page before `p_offset`.
+    pub(super) fn mapped_code_vaddr(&self, offset: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .filter(|segment| segment.is_executable())
+            .find_map(|segment| {
+                if offset >= segment.offset.checked_add(segment.filesz)? {
+                    return None;
+                }
+                match segment.offset.checked_sub(offset) {
+                    Some(lead) if lead < segment.align.max(1) => segment.vaddr.checked_sub(lead),
+                    Some(_) => None,
+                    None => segment.vaddr.checked_add(offset - segment.offset),
+                }
+            })
     }
 
     /// The `len` file bytes at `vaddr` in any segment (build info pointers lead into data).
@@ -273,4 +298,40 @@ pub(super) fn slice(file: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     file.get(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load segments of an lld-linked Go program (Docker's CLI 28): read-only data from
+    /// offset 0, code from 0x2260c0, not page-aligned in the file.
+    fn lld_linked() -> Segments {
+        let segment = |vaddr, offset, filesz, flags| Segment {
+            vaddr,
+            offset,
+            filesz,
+            flags,
+            align: 0x1000,
+        };
+        Segments(vec![
+            segment(0x20_0000, 0, 0x22_60b4, elf::PF_R),
+            segment(0x42_70c0, 0x22_60c0, 0xc5_ee3e, elf::PF_R | elf::PF_X),
+            segment(0x108_6f00, 0xe8_4f00, 0xc4_01f0, elf::PF_R | elf::PF_W),
+        ])
+    }
+
+    #[test]
+    fn a_code_mapping_may_start_a_page_before_its_segment() {
+        let segments = lld_linked();
+        // `/proc/PID/maps`: 00427000-01086000 r-xp 00226000 …/docker
+        assert_eq!(segments.mapped_code_vaddr(0x22_6000), Some(0x42_7000));
+        assert_eq!(segments.mapped_code_vaddr(0x22_60c0), Some(0x42_70c0));
+        assert_eq!(segments.mapped_code_vaddr(0x30_0000), Some(0x50_1000));
+        // More than a page before, in the data, or past the code: not a code mapping.
+        assert_eq!(segments.mapped_code_vaddr(0x22_5000), None);
+        assert_eq!(segments.mapped_code_vaddr(0), None);
+        assert_eq!(segments.mapped_code_vaddr(0xe8_5000), None);
+        assert_eq!(segments.mapped_code_vaddr(u64::MAX), None);
+    }
 }

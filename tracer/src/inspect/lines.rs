@@ -183,20 +183,7 @@ impl GoBinary {
     /// inverse of [`GoBinary::file_offset`]), so callers can compute a PIE load bias from the
     /// mapping in `/proc/PID/maps` that holds the code.
     pub fn vaddr_of_file_offset(&self, offset: u64) -> Option<u64> {
-        let file_start = self.bytes.as_ptr() as usize;
-        self.segments
-            .loaded(&self.bytes)
-            .find_map(|(vaddr, bytes)| {
-                // `loaded` hands out slices of `self.bytes`: their distance from its start
-                // is the segment's file offset.
-                let start =
-                    u64::try_from((bytes.as_ptr() as usize).checked_sub(file_start)?).ok()?;
-                let len = u64::try_from(bytes.len()).ok()?;
-                let relative = offset.checked_sub(start).filter(|&at| at < len)?;
-                let candidate = vaddr.checked_add(relative)?;
-                // Only addresses the executable mapping covers count.
-                (self.segments.code_offset(candidate, 1) == Some(offset)).then_some(candidate)
-            })
+        self.segments.mapped_code_vaddr(offset)
     }
 }
 
