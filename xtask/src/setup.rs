@@ -105,7 +105,8 @@ pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     bpf_linker(root)?;
     go_toolchains(root)?;
     hdrhistogram_reader(root)?;
-    released_go_programs(root)
+    released_go_programs(root)?;
+    crate::vm::install_guests(root)
 }
 
 /// The venv with PyPI's HdrHistogram reader, made once.
@@ -152,7 +153,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn is_installed(package: &str) -> bool {
+pub(crate) fn is_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
