@@ -252,7 +252,7 @@ fn decode_base64(text: &str) -> anyhow::Result<Vec<u8>> {
         .collect();
     let body = digits.strip_suffix(b"==").or(digits.strip_suffix(b"="));
     let body = body.unwrap_or(&digits);
-    if digits.len() % 4 != 0 {
+    if !digits.len().is_multiple_of(4) {
         bail!("{} digits is not a multiple of four", digits.len());
     }
     let mut bytes = Vec::with_capacity(body.len() * 3 / 4);
