@@ -114,9 +114,9 @@ struct Guest {
     expect: Expect,
 }
 
-/// The full matrix: arm64 and amd64 on Debian's 6.1 LTS kernel with a classic and a swiss Go
-/// release, amd64 on 6.12 (bookworm-backports), and 5.10 (bullseye), which gomaptrace must
-/// refuse.
+/// The full matrix: arm64 and amd64 on Debian's 6.1 LTS kernel and amd64 on 6.12
+/// (bookworm-backports) with a classic and a swiss Go release, arm64 on 6.12 with the swiss
+/// one, and amd64 on 5.10 (bullseye), which gomaptrace must refuse.
 const MATRIX: &[Guest] = &[
     Guest {
         label: "arm64-6.1",
@@ -135,6 +135,13 @@ const MATRIX: &[Guest] = &[
     Guest {
         label: "amd64-6.12",
         arch: Arch::X86_64,
+        suite: Suite::Backports,
+        go: &[CLASSIC_GO, SWISS_GO],
+        expect: Expect::Traced,
+    },
+    Guest {
+        label: "arm64-6.12",
+        arch: Arch::Aarch64,
         suite: Suite::Backports,
         go: &[SWISS_GO],
         expect: Expect::Traced,
@@ -160,7 +167,8 @@ const QUICK: Guest = Guest {
 /// Options of `cargo xtask vm-test`.
 #[derive(Debug, clap::Args)]
 pub struct VmOptions {
-    /// Boot only these guests (by label: arm64-6.1, amd64-6.1, amd64-6.12, amd64-5.10).
+    /// Boot only these guests (by label: arm64-6.1, amd64-6.1, amd64-6.12, arm64-6.12,
+    /// amd64-5.10).
     #[arg(long)]
     guest: Vec<String>,
     /// Put this gomaptrace (built for this machine) into the guests of this machine's

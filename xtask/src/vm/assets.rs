@@ -283,10 +283,17 @@ pub fn gomaptrace(root: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
     let gcc = format!("{}-linux-gnu-gcc", arch.rust_arch());
     let target_dir = root.join("target/vm/cross");
     eprintln!("xtask: building gomaptrace for {triple} (cross, release)");
+    // Nothing of this xtask's own environment (rustup's toolchain, cargo's variables for the
+    // running xtask) reaches Debian's cargo: only the home, registry and proxy settings.
     run(Command::new("/usr/bin/cargo")
         .current_dir(root)
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO")
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(key, _)| {
+            let key = key.to_string_lossy();
+            matches!(key.as_ref(), "HOME" | "CARGO_HOME" | "USER" | "TMPDIR")
+                || key.to_ascii_lowercase().ends_with("_proxy")
+        }))
+        .env("PATH", "/usr/bin:/bin")
         .env("RUSTC", "/usr/bin/rustc")
         .env("GOMAPTRACE_BPF", "real")
         .env(format!("CARGO_TARGET_{upper}_LINKER"), &gcc)
