@@ -240,6 +240,12 @@ fn system_archive() -> anyhow::Result<String> {
         }
     }
     texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    archive_in(&texts)
+        .context("no Debian archive in /etc/apt/sources.list{,.d}: cannot reach other suites")
+}
+
+/// The first archive address (not the security archive's) in apt source files' `texts`.
+fn archive_in(texts: &[String]) -> Option<String> {
     texts
         .iter()
         .flat_map(|text| text.lines())
@@ -255,7 +261,6 @@ fn system_archive() -> anyhow::Result<String> {
             uri.filter(|uri| !uri.contains("security"))
         })
         .map(str::to_string)
-        .context("no Debian archive in /etc/apt/sources.list{,.d}: cannot reach other suites")
 }
 
 fn output(command: &mut Command) -> anyhow::Result<String> {
@@ -371,4 +376,46 @@ pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
             path.starts_with('/').then(|| PathBuf::from(path))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_archive_in_deb822_and_one_line_sources() {
+        let deb822 = "Types: deb\nURIs: http://archive.example/debian-security\n\
+                      Suites: bookworm-security\n\nTypes: deb\n\
+                      URIs: http://archive.example/debian\nSuites: bookworm\n";
+        let one_line = "# comment\ndeb [arch=amd64] http://mirror.example/debian bookworm main\n";
+        assert_eq!(
+            archive_in(&[deb822.to_string()]).as_deref(),
+            Some("http://archive.example/debian")
+        );
+        assert_eq!(
+            archive_in(&[String::new(), one_line.to_string()]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(archive_in(&["# nothing\n".to_string()]), None);
+    }
+
+    #[test]
+    fn lists_a_dynamic_binarys_libraries_and_loader() {
+        let libraries = shared_libraries(Path::new("/bin/sh")).unwrap();
+        let names: Vec<String> = libraries
+            .iter()
+            .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|name| name.starts_with("libc.so")),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|name| name.starts_with("ld-linux")),
+            "{names:?}"
+        );
+        assert!(libraries
+            .iter()
+            .all(|path| path.is_absolute() && path.exists()));
+    }
 }

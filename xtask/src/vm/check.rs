@@ -282,6 +282,27 @@ mod tests {
     }
 
     #[test]
+    fn a_map_passes_only_when_every_count_equals_the_tally() {
+        let truth = truths(&["map name=m addr=0x1 len=2 created=after cloned=false \
+             inserts=3 overwrites=1 deletes=1 clears=0"
+            .to_string()]);
+        let report = |inserts: u64, unexplained: u64| {
+            serde_json::json!({"maps": [
+                {"addr": "0x1", "released": true, "live": 0},
+                {"addr": "0x1", "released": false, "live": 2, "unexplained": unexplained,
+                 "unsettled": 0, "inserts": inserts, "overwrites": 1, "deletes": 1,
+                 "clears": 0, "created": true, "cloned": false},
+            ]})
+        };
+        check_map(&report(3, 0), &truth[0]).unwrap();
+        let wrong = check_map(&report(2, 0), &truth[0]).unwrap_err().to_string();
+        assert!(wrong.contains("inserts of m is 2"), "{wrong}");
+        assert!(check_map(&report(3, 1), &truth[0]).is_err());
+        let missing = serde_json::json!({"maps": []});
+        assert!(check_map(&missing, &truth[0]).is_err());
+    }
+
+    #[test]
     fn reads_cases_between_kernel_messages() {
         let output = "[    1.0] Run /init as init process\r\n\
             \x1bc\x1b[?7lvm: kernel 6.1.0-57-arm64 aarch64\r\n\
