@@ -2,8 +2,8 @@
 //! guests, the way aya's `cargo xtask integration-test vm` tests aya.
 //!
 //! Each guest boots a Debian kernel with a small initramfs (busybox-static, gomaptrace for
-//! the guest's architecture, the maps fixture built by one or two Go releases, and `init.sh`)
-//! and no disk or network. Init traces each fixture as the host tests do and prints the
+//! the guest's architecture, the maps fixture built by a classic and a swiss Go release (and
+//! as a PIE, with the guest's dynamic loader), and `init.sh`) and no disk or network. Init traces each fixture as the host tests do and prints the
 //! fixture's tally, gomaptrace's messages and its report on the serial console, then powers
 //! off; the host checks every map's counts against the tally (`check.rs`).
 //!
@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use assets::Suite;
-
-use assets::install_packages;
+use assets::{install_packages, Suite};
 
 /// The guest's init, written to `/init` in every initramfs.
 const INIT: &str = include_str!("vm/init.sh");
@@ -57,6 +55,18 @@ impl Arch {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The dynamic loader a PIE asks for: where the guest has it, and where this machine's
+    /// packages put it (arm64's comes with `libc6-arm64-cross`).
+    fn loader(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("/lib64/ld-linux-x86-64.so.2", "/lib64/ld-linux-x86-64.so.2"),
+            Arch::Aarch64 => (
+                "/lib/ld-linux-aarch64.so.1",
+                "/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1",
+            ),
         }
     }
 
@@ -94,6 +104,31 @@ impl Arch {
     }
 }
 
+/// One build of the maps fixture.
+#[derive(Clone, Copy, Debug)]
+struct Build {
+    /// The Go release.
+    go: &'static str,
+    /// `-buildmode=pie`: loaded at a random base by the guest's dynamic loader, so the
+    /// tracer must find the load bias (on arm64, never traced before these guests).
+    pie: bool,
+}
+
+impl Build {
+    const fn plain(go: &'static str) -> Build {
+        Build { go, pie: false }
+    }
+
+    const fn pie(go: &'static str) -> Build {
+        Build { go, pie: true }
+    }
+
+    /// Its file name in the guest, which init prints as the case's name.
+    fn name(&self) -> String {
+        format!("maps-go{}{}", self.go, if self.pie { "-pie" } else { "" })
+    }
+}
+
 /// What a guest must show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -109,8 +144,8 @@ struct Guest {
     label: &'static str,
     arch: Arch,
     suite: Suite,
-    /// The Go releases whose maps fixture it traces.
-    go: &'static [&'static str],
+    /// The builds of the maps fixture it traces.
+    builds: &'static [Build],
     expect: Expect,
 }
 
@@ -122,35 +157,39 @@ const MATRIX: &[Guest] = &[
         label: "arm64-6.1",
         arch: Arch::Aarch64,
         suite: Suite::System,
-        go: &[CLASSIC_GO, SWISS_GO],
+        builds: &[
+            Build::plain(CLASSIC_GO),
+            Build::plain(SWISS_GO),
+            Build::pie(SWISS_GO),
+        ],
         expect: Expect::Traced,
     },
     Guest {
         label: "amd64-6.1",
         arch: Arch::X86_64,
         suite: Suite::System,
-        go: &[CLASSIC_GO, SWISS_GO],
+        builds: &[Build::plain(CLASSIC_GO), Build::plain(SWISS_GO)],
         expect: Expect::Traced,
     },
     Guest {
         label: "amd64-6.12",
         arch: Arch::X86_64,
         suite: Suite::Backports,
-        go: &[CLASSIC_GO, SWISS_GO],
+        builds: &[Build::plain(CLASSIC_GO), Build::plain(SWISS_GO)],
         expect: Expect::Traced,
     },
     Guest {
         label: "arm64-6.12",
         arch: Arch::Aarch64,
         suite: Suite::Backports,
-        go: &[SWISS_GO],
+        builds: &[Build::plain(SWISS_GO)],
         expect: Expect::Traced,
     },
     Guest {
         label: "amd64-5.10",
         arch: Arch::X86_64,
         suite: Suite::Bullseye,
-        go: &[SWISS_GO],
+        builds: &[Build::plain(SWISS_GO)],
         expect: Expect::Refused,
     },
 ];
@@ -160,7 +199,7 @@ const QUICK: Guest = Guest {
     label: "amd64-6.1-quick",
     arch: Arch::X86_64,
     suite: Suite::System,
-    go: &[SWISS_GO],
+    builds: &[Build::plain(SWISS_GO)],
     expect: Expect::Traced,
 };
 
@@ -277,13 +316,17 @@ fn run_guest(root: &Path, guest: &Guest, tracer: &Path) -> anyhow::Result<Vec<St
             archive.file(&at, 0o755, &read(&library)?);
         }
     }
-    for version in guest.go {
-        let fixture = assets::fixture(root, guest.arch, version, &[])?;
+    for build in guest.builds {
+        let fixture = assets::fixture(root, guest.arch, build.go, build.pie)?;
         archive.file(
-            &format!("/fixtures/maps-go{version}"),
+            &format!("/fixtures/{}", build.name()),
             0o755,
             &read(&fixture)?,
         );
+    }
+    if guest.builds.iter().any(|build| build.pie) {
+        let (at, host) = guest.arch.loader();
+        archive.file(at, 0o755, &read(Path::new(host))?);
     }
     let dir = root.join("target/vm/guests");
     std::fs::create_dir_all(&dir)?;
@@ -292,12 +335,13 @@ fn run_guest(root: &Path, guest: &Guest, tracer: &Path) -> anyhow::Result<Vec<St
         .with_context(|| format!("cannot write {}", initramfs.display()))?;
 
     let log = dir.join(format!("{}.log", guest.label));
-    let timeout = Duration::from_secs(120 + 240 * guest.go.len() as u64);
+    let timeout = Duration::from_secs(120 + 240 * guest.builds.len() as u64);
+    let names: Vec<String> = guest.builds.iter().map(Build::name).collect();
     eprintln!(
-        "xtask: booting {} ({}, Go {}), console in {}",
+        "xtask: booting {} ({}, {}), console in {}",
         guest.label,
         kernel.display(),
-        guest.go.join(" and "),
+        names.join(" "),
         log.display()
     );
     let started = Instant::now();
@@ -305,26 +349,29 @@ fn run_guest(root: &Path, guest: &Guest, tracer: &Path) -> anyhow::Result<Vec<St
     let wall = started.elapsed().as_secs();
     let console = check::parse(&output);
     let release = console.kernel.clone().unwrap_or_default();
-    if console.cases.len() != guest.go.len() {
-        bail!(
-            "init ran {} of {} fixtures (finished: {}); see {}",
-            console.cases.len(),
-            guest.go.len(),
-            console.finished,
-            log.display()
-        );
-    }
     let mut lines = Vec::new();
-    for (case, version) in console.cases.iter().zip(guest.go) {
+    for build in guest.builds {
+        let name = build.name();
+        let case = console
+            .cases
+            .iter()
+            .find(|case| case.name == name)
+            .with_context(|| {
+                format!(
+                    "init never ran {name} (finished: {}); see {}",
+                    console.finished,
+                    log.display()
+                )
+            })?;
         let timing = format!(
             "attached after {} s, case {} s, boot {wall} s wall",
             case.attach_seconds.unwrap_or_default(),
             case.seconds.unwrap_or_default()
         );
         let outcome = match guest.expect {
-            Expect::Traced => check::check_traced(case, version).map(|passed| {
+            Expect::Traced => check::check_traced(case, build.go).map(|passed| {
                 format!(
-                    "{} ({release}) {}: {} maps, every count equal ({timing})",
+                    "{} ({release}) {name} ({}): {} maps, every count equal ({timing})",
                     guest.label, passed.go_version, passed.maps
                 )
             }),

@@ -313,14 +313,9 @@ pub fn gomaptrace(root: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
     Ok(target_dir.join(triple).join("release/gomaptrace"))
 }
 
-/// The maps fixture built by Go `version` for `arch` (with `env`, e.g. a `GOEXPERIMENT`),
-/// named `maps-go<version>` in the guest; Go's cache makes a rebuild cheap.
-pub fn fixture(
-    root: &Path,
-    arch: Arch,
-    version: &str,
-    env: &[(&str, &str)],
-) -> anyhow::Result<PathBuf> {
+/// The maps fixture built by Go `version` for `arch`, as a PIE when `pie`; Go's cache makes
+/// a rebuild cheap.
+pub fn fixture(root: &Path, arch: Arch, version: &str, pie: bool) -> anyhow::Result<PathBuf> {
     let go = root.join(".tools/go").join(version).join("bin/go");
     if !go.exists() {
         bail!(
@@ -330,11 +325,12 @@ pub fn fixture(
     }
     let out_dir = root.join("target/vm/fixtures").join(arch.debian());
     std::fs::create_dir_all(&out_dir)?;
-    let output = out_dir.join(format!("maps-go{version}"));
+    let output = out_dir.join(format!("maps-go{version}{}", if pie { "-pie" } else { "" }));
     let caches = root.join("target/fixtures");
     run(Command::new(&go)
         .args(["build", "-trimpath", "-o"])
         .arg(&output)
+        .args(pie.then_some("-buildmode=pie"))
         .arg(".")
         .current_dir(root.join("tests/fixtures/maps"))
         .env("GOTOOLCHAIN", "local")
@@ -342,8 +338,7 @@ pub fn fixture(
         .env("GOARCH", arch.debian())
         .env("CGO_ENABLED", "0")
         .env("GOCACHE", caches.join(format!("gocache-{version}")))
-        .env("GOPATH", caches.join("gopath"))
-        .envs(env.iter().copied()))?;
+        .env("GOPATH", caches.join("gopath")))?;
     Ok(output)
 }
 

@@ -217,6 +217,14 @@ fn check_map(report: &Value, truth: &[(String, String)]) -> anyhow::Result<()> {
             );
         }
     }
+    // A map created while traced was seen being made: its type and the function that made
+    // it come from the target's binary, which on arm64 or a PIE only a right load bias and
+    // register table give.
+    let named = map["type"].as_str().is_some_and(|name| !name.is_empty())
+        && map["site"]["function"].is_string();
+    if field("created")? == "after" && !named {
+        bail!("{name} has no type or creation site: {map}");
+    }
     Ok(())
 }
 
@@ -291,13 +299,17 @@ mod tests {
                 {"addr": "0x1", "released": true, "live": 0},
                 {"addr": "0x1", "released": false, "live": 2, "unexplained": unexplained,
                  "unsettled": 0, "inserts": inserts, "overwrites": 1, "deletes": 1,
-                 "clears": 0, "created": true, "cloned": false},
+                 "clears": 0, "created": true, "cloned": false, "type": "map[int]int",
+                 "site": {"function": "main.f"}},
             ]})
         };
         check_map(&report(3, 0), &truth[0]).unwrap();
         let wrong = check_map(&report(2, 0), &truth[0]).unwrap_err().to_string();
         assert!(wrong.contains("inserts of m is 2"), "{wrong}");
         assert!(check_map(&report(3, 1), &truth[0]).is_err());
+        let mut unnamed = report(3, 0);
+        unnamed["maps"][1]["site"] = serde_json::Value::Null;
+        assert!(check_map(&unnamed, &truth[0]).is_err());
         let missing = serde_json::json!({"maps": []});
         assert!(check_map(&missing, &truth[0]).is_err());
     }

@@ -13,6 +13,7 @@ pub struct Archive {
     bytes: Vec<u8>,
     inode: u32,
     directories: std::collections::BTreeSet<String>,
+    files: std::collections::BTreeSet<String>,
 }
 
 const DIRECTORY: u32 = 0o040_000;
@@ -22,7 +23,11 @@ const CHARACTER: u32 = 0o020_000;
 impl Archive {
     /// Adds `path` (absolute, `/`-separated) with `mode`'s permission bits and `content`,
     /// creating its parent directories first.
+    /// A path added twice keeps its first content (a loader both the tracer and a PIE need).
     pub fn file(&mut self, path: &str, mode: u32, content: &[u8]) {
+        if !self.files.insert(path.trim_start_matches('/').to_string()) {
+            return;
+        }
         self.parents(path);
         self.entry(path, REGULAR | mode, content);
     }
