@@ -5,7 +5,10 @@
 //! names an errno or a helper number, not what is missing. The kernel's release (`uname -r`)
 //! is compared with the release that added each BPF feature the programs in `tracer-ebpf/`
 //! use; the newest of them, BPF attach cookies on uprobes, makes 5.15 the minimum. A release
-//! that cannot be parsed is let through: the loader then says what it says.
+//! that looks older is refused only when the kernel also fails aya's own probes for the
+//! features a distribution may have backported (attach cookies, global data: RHEL 9's 5.14
+//! has them), so an old number alone never refuses a kernel that works. A release that
+//! cannot be parsed is let through: the loader then says what it says.
 
 /// A BPF feature the programs need, and the mainline release that added it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,12 +60,25 @@ pub struct KernelTooOld {
 /// Checks the running kernel (`/proc/sys/kernel/osrelease`); an unreadable release passes.
 pub fn check_running() -> Result<(), KernelTooOld> {
     match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
-        Ok(release) => check(release.trim()),
+        Ok(release) => decide(release.trim(), || {
+            let probed = aya::features();
+            probed.bpf_cookie() && probed.bpf_global_data()
+        }),
         Err(_) => Ok(()),
     }
 }
 
-/// Checks a release string such as `6.1.0-57-amd64` or `5.10.0-35-cloud-amd64`.
+/// [`check`], unless `backported` (asked only for an old release) says the kernel has the
+/// features anyway.
+pub fn decide(release: &str, backported: impl FnOnce() -> bool) -> Result<(), KernelTooOld> {
+    match check(release) {
+        Err(_) if backported() => Ok(()),
+        verdict => verdict,
+    }
+}
+
+/// Checks a release string such as `6.1.0-57-amd64` or `5.10.0-35-cloud-amd64` by its
+/// number alone.
 pub fn check(release: &str) -> Result<(), KernelTooOld> {
     let Some(version) = parse(release) else {
         return Ok(());
@@ -128,6 +144,15 @@ mod tests {
         assert!(error.to_string().contains("ring buffer"));
 
         assert_eq!(check("5.7.1").unwrap_err().missing.len(), 2);
+    }
+
+    #[test]
+    fn an_old_number_with_the_features_backported_passes() {
+        assert_eq!(decide("5.14.0-427.el9.x86_64", || true), Ok(()));
+        assert!(decide("5.10.0-32-amd64", || false).is_err());
+        let asked = std::cell::Cell::new(false);
+        assert_eq!(decide("6.1.0-57-amd64", || asked.replace(true)), Ok(()));
+        assert!(!asked.get(), "a new enough kernel is not probed");
     }
 
     #[test]
