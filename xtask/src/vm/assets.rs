@@ -92,14 +92,34 @@ pub fn kernel(root: &Path, arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> 
         return Ok(found);
     }
     let apt = private_apt(root, suite)?;
+    with_fresh_lists(&apt, || fetch_kernel(root, arch, &apt, &dir))?;
+    vmlinuz_in(&dir.join("boot"))
+        .with_context(|| format!("no /boot/vmlinuz-* in {}", dir.display()))
+}
+
+/// Runs `fetch`, and once more after `apt-get update` if it fails: package lists older than
+/// the archive name files it no longer has.
+fn with_fresh_lists(
+    apt: &[String],
+    mut fetch: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if fetch().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: refreshing the package lists and trying again");
+    run(Command::new("apt-get")
+        .args(apt)
+        .args(["-q", "-o", "APT::Sandbox::User=root", "update"]))?;
+    fetch()
+}
+
+/// Downloads the current kernel package of `arch` (with `apt` options) and extracts its
+/// `/boot` into `dir`.
+fn fetch_kernel(root: &Path, arch: Arch, apt: &[String], dir: &Path) -> anyhow::Result<()> {
     // The flavour's metapackage names the current kernel package: its ABI number changes
     // with every kernel update and the archive keeps only the current one.
     let meta = format!("linux-image-{0}:{0}", arch.debian());
-    let depends = output(
-        Command::new("apt-cache")
-            .args(&apt)
-            .args(["depends", &meta]),
-    )?;
+    let depends = output(Command::new("apt-cache").args(apt).args(["depends", &meta]))?;
     let package = depends
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends: "))
@@ -107,8 +127,7 @@ pub fn kernel(root: &Path, arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> 
         .with_context(|| format!("{meta} depends on no kernel package: {depends}"))?;
     let name = package.split(':').next().unwrap_or(package);
     let package = format!("{name}:{}", arch.debian());
-    extract(root, &apt, &package, &dir, "./boot")?;
-    vmlinuz_in(&dir.join("boot")).with_context(|| format!("{package} has no /boot/vmlinuz-*"))
+    extract(root, apt, &package, dir, "./boot")
 }
 
 /// busybox-static for `arch`, its one binary extracted into `target/vm/busybox-<arch>`
@@ -120,7 +139,7 @@ pub fn busybox(root: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
     let binary = dir.join("bin/busybox");
     if !binary.is_file() {
         let package = format!("busybox-static:{}", arch.debian());
-        extract(root, &[], &package, &dir, "./bin/busybox")?;
+        with_fresh_lists(&[], || extract(root, &[], &package, &dir, "./bin/busybox"))?;
     }
     Ok(binary)
 }
