@@ -12,6 +12,8 @@
 //! - Programs built by Go 1.17 and 1.18, for which no toolchain is packaged anywhere here:
 //!   esbuild's per-platform npm packages, fetched with `npm pack` into
 //!   `.tools/esbuild/<version>-<arch>/esbuild`.
+//! - What `cargo xtask vm-test` guests need: QEMU, the arm64 cross toolchain, Debian's 6.1
+//!   kernels and busybox-static for both architectures (`vm::install_guests`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
