@@ -16,6 +16,7 @@ pub mod export;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
 pub mod inspect;
+pub mod kernel;
 pub mod launch;
 pub mod live;
 pub mod memory;

@@ -71,6 +71,9 @@ pub enum ProbeError {
     /// A test-only ring buffer size ([`crate::overrides`]) the kernel would refuse.
     #[error(transparent)]
     RingBytes(#[from] crate::overrides::BadRingBytes),
+    /// The running kernel lacks a BPF feature the programs use.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelTooOld),
 }
 
 /// Attached probes; dropping this value detaches them all.
@@ -133,6 +136,7 @@ impl Probes {
         if BPF_OBJECT.is_empty() {
             return Err(ProbeError::Stub);
         }
+        crate::kernel::check_running()?;
         let (mask, salt, verbose) = match programs {
             Programs::Tracing {
                 key_sample_mask,

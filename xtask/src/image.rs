@@ -36,7 +36,7 @@ pub fn build_image(root: &Path, tag: &str) -> anyhow::Result<()> {
 /// `cargo build --release` of gomaptrace for this machine's target with a static C runtime.
 /// An explicit `--target` keeps the flag away from build scripts (the BPF build) and gives
 /// the static build its own directory.
-fn build_static(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_static(root: &Path) -> anyhow::Result<PathBuf> {
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     run(cargo(root)
         .args([
@@ -60,7 +60,7 @@ fn build_static(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// Whether a 64-bit little-endian ELF file has a `PT_INTERP` program header (a dynamic
 /// loader it needs, which an image `FROM scratch` does not have).
-fn has_interpreter(elf: &[u8]) -> bool {
+pub(crate) fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let read = |at: usize, len: usize| -> u64 {
         elf.get(at..at + len).map_or(0, |bytes| {

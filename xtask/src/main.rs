@@ -16,6 +16,7 @@ mod image;
 mod setup;
 mod soak;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -55,6 +56,9 @@ enum Task {
     /// Trace a service making 20,000 maps a second for 30 minutes with every export on;
     /// record the tracer's memory each minute, its CPU and the outputs' sizes. Not in CI.
     Soak(soak::SoakOptions),
+    /// Boot QEMU guests (arm64 and amd64, Debian's 6.1, 6.12 and 5.10 kernels) and trace the
+    /// maps fixture inside them; see README "Kernels and architectures".
+    VmTest(vm::VmOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(options) => bench::run_bench(&root, &options),
         Task::Image { tag } => image::build_image(&root, &tag),
         Task::Soak(options) => soak::run_soak(&root, &options),
+        Task::VmTest(options) => vm::run_matrix(&root, &options),
     }
 }
 

@@ -12,6 +12,8 @@
 //! - Programs built by Go 1.17 and 1.18, for which no toolchain is packaged anywhere here:
 //!   esbuild's per-platform npm packages, fetched with `npm pack` into
 //!   `.tools/esbuild/<version>-<arch>/esbuild`.
+//! - What `cargo xtask vm-test` guests need: QEMU, the arm64 cross toolchain, Debian's 6.1
+//!   kernels and busybox-static for both architectures (`vm::install_guests`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,7 +65,8 @@ pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     bpf_linker(root)?;
     go_toolchains(root)?;
     hdrhistogram_reader(root)?;
-    released_go_programs(root)
+    released_go_programs(root)?;
+    crate::vm::install_guests(root)
 }
 
 /// The venv with PyPI's HdrHistogram reader, made once.
@@ -110,7 +113,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn is_installed(package: &str) -> bool {
+pub(crate) fn is_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()

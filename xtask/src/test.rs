@@ -29,5 +29,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     let tracer = build_tracer(root, false)?;
     run(cargo(root)
         .args(["test", "--workspace"])
-        .env("GOMAPTRACE_BIN", tracer))
+        .env("GOMAPTRACE_BIN", &tracer))?;
+    // One guest, one fixture: the kernel-and-architecture matrix is `cargo xtask vm-test`.
+    crate::vm::run_quick(root, &tracer)
 }
