@@ -49,6 +49,7 @@ use tracer_common::{
 use crate::memory::inventory::{Capacity, Sighting, Summary};
 use crate::memory::release::Dropped;
 use crate::plan::MapImplementation;
+use crate::sampled::Polled;
 use crate::trend::Series;
 use crate::writers::{self, Writers};
 
@@ -103,6 +104,8 @@ pub enum Seen {
     Event,
     /// The inventory at attach found it through a package-level variable.
     Inventory,
+    /// A poll of `--mode sampled` read it at the address of a known map, with another seed.
+    Poll,
 }
 
 /// Interned creation stack: an index into [`Model::stacks`].
@@ -169,6 +172,9 @@ pub struct MapRecord {
     pub idle: bool,
     /// The capacity its header showed when the inventory read it, while it stays idle.
     pub capacity: Option<Capacity>,
+    /// `--mode sampled`: a discovery window began since its last event, so its next event
+    /// is a baseline (it changed unseen between windows), not an outcome to explain.
+    baseline_due: bool,
     seed: u32,
     seed_pending: bool,
     pending: Option<Pending>,
@@ -204,6 +210,7 @@ impl MapRecord {
             seen: if created { Seen::Creation } else { Seen::Event },
             idle: false,
             capacity: None,
+            baseline_due: false,
             seed: header.seed,
             seed_pending: false,
             pending: None,
@@ -295,6 +302,17 @@ impl MapRecord {
         self.seed_pending = false;
         self.peak = self.peak.max(count);
         change
+    }
+
+    /// Takes `header`, the first of a new discovery window, as the map's state: whatever
+    /// happened between windows was not observed, and is neither counted nor unexplained.
+    fn rebase(&mut self, header: Header, now: u64) {
+        self.baseline_due = false;
+        self.abandon();
+        self.live = header.count;
+        self.peak = self.peak.max(header.count);
+        self.series.record(now, header.count);
+        self.log2_buckets = self.log2_buckets.max(header.log2_buckets);
     }
 
     /// Counts the pending growth now that the header reads `observed`.
@@ -553,6 +571,72 @@ impl Model {
         self.armed_ns = at_ns;
     }
 
+    /// A new discovery window of `--mode sampled` is armed at `at_ns`: events count again
+    /// from then on, and each known map's first event is its new baseline, as at the start
+    /// of the trace (see [`Model::arm`]).
+    pub fn rearm(&mut self, at_ns: u64) {
+        self.armed_ns = at_ns;
+        self.window_end_ns = None;
+        for record in self.maps.values_mut() {
+            record.baseline_due = true;
+        }
+    }
+
+    /// Headers read between discovery windows (`--mode sampled`), at `at_ns`. A header with
+    /// the map's seed gives its exact count and capacity at that instant; an empty one with a
+    /// new seed is the map emptied (the runtime reseeds a map a delete or clear empties). Any
+    /// other seed means the map is gone, or was emptied and filled again between two polls:
+    /// the record ends there (released), and when the header reads as a map (a non-zero
+    /// seed, and no more entries than its capacity holds) a new one starts from it. Polls come
+    /// after a window's end, when events only settle: a map's operation still pending is
+    /// first settled by the header as one read after the probes are ([`Model::settle_words`]).
+    pub fn poll(&mut self, at_ns: u64, polled: &[Polled]) {
+        for header_read in polled {
+            let Some(words) = header_read.words else {
+                continue;
+            };
+            if self
+                .maps
+                .get(&header_read.addr)
+                .is_some_and(MapRecord::is_pending)
+            {
+                self.settle_words(header_read.addr, words);
+            }
+            let header = self.header_from_words(words);
+            let Some(record) = self.maps.get_mut(&header_read.addr) else {
+                continue;
+            };
+            let own = record.seed_pending || header.seed == record.seed;
+            let emptied = header.count == 0 && header.seed != 0;
+            if !own && !emptied {
+                let plausible = header.seed != 0
+                    && header_read
+                        .capacity
+                        .is_some_and(|capacity| header.count <= capacity.slots);
+                if plausible {
+                    let mut fresh = MapRecord::new(header_read.addr, false, header, at_ns);
+                    fresh.seen = Seen::Poll;
+                    fresh.capacity = header_read.capacity;
+                    fresh.log2_buckets = header.log2_buckets;
+                    fresh.map_type = record.map_type;
+                    self.begin(fresh);
+                } else if let Some(gone) = self.maps.remove(&header_read.addr) {
+                    self.release(gone, at_ns);
+                }
+                continue;
+            }
+            record.live = header.count;
+            record.peak = record.peak.max(header.count);
+            record.series.record(at_ns, header.count);
+            record.seed = header.seed;
+            record.seed_pending = false;
+            record.log2_buckets = record.log2_buckets.max(header.log2_buckets);
+            if header_read.capacity.is_some() {
+                record.capacity = header_read.capacity;
+            }
+        }
+    }
+
     /// The header an event read.
     fn header(&self, event: &MapEvent) -> Header {
         self.header_from_words([event.count, event.header_word])
@@ -702,6 +786,9 @@ impl Model {
             record.abandon();
             record.unexplained += 1;
             return Ok(());
+        }
+        if record.baseline_due {
+            record.rebase(header, now);
         }
         let change = record.resolve(header);
         if matches!(operation, Pending::Clear { .. }) {

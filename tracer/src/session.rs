@@ -24,6 +24,8 @@ use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
 use crate::target::{Target, TargetError};
 use crate::verdict::{Storage, Thresholds};
 
+mod sampled;
+
 /// How often the ring buffer is drained when the BPF side does not wake the reader. Short
 /// enough that the buffer never comes close to full at the fastest event rate of a map loop.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -118,6 +120,8 @@ pub struct Options {
     pub floor: bool,
     /// How often `on_tick` runs while tracing.
     pub tick: Duration,
+    /// `--mode sampled`: discovery windows and polls on this schedule; `None`: exact.
+    pub sampling: Option<crate::sampled::Schedule>,
 }
 
 /// What the caller learns once the probes are live.
@@ -301,7 +305,7 @@ async fn follow_attached(
                 go_version,
                 recorder,
             },
-        probes,
+        mut probes,
         outputs,
         armed_ns: start_ns,
     } = live;
@@ -339,6 +343,7 @@ async fn follow_attached(
         } else {
             options.sample_one_in
         },
+        sampling: options.sampling,
     };
     let mut pipeline = Pipeline::new(setup, recorder);
     let detector = Detector::new(&binary, bias, plan.implementation);
@@ -365,9 +370,18 @@ async fn follow_attached(
         drops_at: Instant::now(),
     };
     feed.read_resident();
-    let stop_reason = feed
-        .follow(&mut events, options, stop, &mut on_tick)
-        .await?;
+    let stop_reason = match options.sampling {
+        Some(schedule) => {
+            let exe = inspected.target.exe_link();
+            let mut windows = sampled::Windows::new(schedule, &mut probes, &plan, exe, pid);
+            feed.follow_sampled(&mut events, options, &mut windows, stop, &mut on_tick)
+                .await?
+        }
+        None => {
+            feed.follow(&mut events, options, stop, &mut on_tick)
+                .await?
+        }
+    };
     feed.take_inventory(true);
     if inspected.target.is_alive() {
         // Counted as of the end of the window, not as of the last tick.

@@ -1,0 +1,155 @@
+//! `--mode sampled` is correct on the fixtures, on Go 1.21 and 1.24+ (classic and swiss):
+//! every map's `live` equals the fixture's own `len` (the last poll reads it), leaking maps
+//! are flagged from the polled series, dropped maps are released, nothing is unexplained,
+//! and the report says it is sampled and which numbers are estimated. Its cost is a
+//! benchmark (`cargo xtask bench`), never a timed test here.
+//!
+//! The windows are shorter and more frequent than the defaults so that the fixtures, which
+//! run for seconds, see several windows and many polls.
+//!
+//! These tests load BPF programs: they need root and fail (never skip) without it.
+
+use std::process::Command;
+
+use integration_tests::{
+    build, map_at, report_path, trace_ground_truth, tracer_bin, Flavor, GroundTruthRun,
+};
+use serde_json::Value;
+
+/// Windows of 200 ms every second, polls every 100 ms.
+const SAMPLED: [&str; 8] = [
+    "--mode", "sampled", "--window", "200ms", "--period", "1s", "--poll", "100ms",
+];
+
+/// The report is labelled sampled, with windows, polls and scaled creation counts.
+fn assert_labelled(report: &Value) {
+    assert_eq!(report["mode"], "sampled");
+    let sampling = &report["sampling"];
+    assert!(sampling["windows"].as_u64() >= Some(1), "{sampling}");
+    assert!(sampling["polls"].as_u64() >= Some(2), "{sampling}");
+    assert!(sampling["scale"].as_f64() >= Some(1.0), "{sampling}");
+    assert!(sampling["estimated"].as_str().is_some(), "{sampling}");
+    for site in report["sites"].as_array().unwrap() {
+        let estimated = site["maps_created_estimated"].as_f64().unwrap();
+        assert!(
+            estimated >= site["maps_created"].as_f64().unwrap(),
+            "{site}"
+        );
+    }
+    for map in report["maps"].as_array().unwrap() {
+        assert_eq!(map["unexplained"], 0, "{map}");
+    }
+}
+
+/// The `trends` fixture: the three leaks made while traced and the one made in `init()`
+/// (found by the inventory) are flagged, the four healthy maps are not, and each map's
+/// `live` is its `len`.
+fn trends_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
+    let binary = build("trends", version, Flavor::Plain, env);
+    let json = report_path(test);
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+    } = trace_ground_truth(&binary, &json, &SAMPLED);
+    assert!(fixture_exit.success());
+    assert_eq!(report["events"]["lost"], 0);
+    assert_labelled(&report);
+    assert!(report["sampling"]["windows"].as_u64() >= Some(2));
+    assert_eq!(truths.len(), 8, "{truths:#?}");
+    for truth in &truths {
+        let name = truth.text("name");
+        let map = map_at(&report, truth.text("addr"));
+        assert_eq!(map["live"], truth.number("len"), "{name}: {map}");
+        let leaks = ["startup", "slow", "evicting", "ten-per-second"].contains(&name);
+        let expected: Vec<&str> = leaks.then_some("never-released").into_iter().collect();
+        assert_eq!(
+            map["verdicts"].as_array().unwrap(),
+            &expected,
+            "{name}: {map}"
+        );
+    }
+}
+
+/// The `release` fixture: the maps each phase dropped are released (by the heap), the 8 it
+/// keeps are live with their `len`; a replay of the recording gives the same report.
+fn release_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
+    let binary = build("release", version, Flavor::Plain, env);
+    let json = report_path(test);
+    let recording = json.with_extension("gmt");
+    let mut args = SAMPLED.to_vec();
+    args.extend([
+        "--max-maps",
+        "1000000",
+        "--record",
+        recording.to_str().unwrap(),
+    ]);
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+    } = trace_ground_truth(&binary, &json, &args);
+    assert!(fixture_exit.success());
+    assert_eq!(report["events"]["lost"], 0);
+    assert_labelled(&report);
+    assert_eq!(report["release_detection"], "heap");
+    let replayed = json.with_extension("replayed.json");
+    let replay = Command::new(tracer_bin())
+        .args(["replay", recording.to_str().unwrap(), "--json"])
+        .arg(&replayed)
+        .args(["--max-maps", "1000000"])
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        std::fs::read(&replayed).unwrap()
+    );
+    for (phase, function) in [
+        ("reused", "main.reusedRequest"),
+        ("collected", "main.collectedRequest"),
+    ] {
+        let ring: Vec<_> = truths
+            .iter()
+            .filter(|truth| truth.text("name") == format!("{phase}-ring"))
+            .collect();
+        assert_eq!(ring.len(), 8);
+        for kept in &ring {
+            let map = map_at(&report, kept.text("addr"));
+            assert_eq!(map["live"], kept.number("len"), "{phase}: {map}");
+        }
+        let from_site: Vec<&Value> = report["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|map| map["site"]["function"] == function)
+            .collect();
+        assert!(from_site.len() > ring.len(), "{phase}: {from_site:#?}");
+        for map in from_site {
+            let kept = ring.iter().any(|kept| map["addr"] == kept.text("addr"));
+            if !kept {
+                assert_eq!(map["released"], true, "{phase}: dropped, still live: {map}");
+            }
+        }
+    }
+}
+
+macro_rules! sampled_tests {
+    ($($trends:ident, $release:ident: $version:literal $(, $key:literal = $value:literal)?;)*) => {$(
+        #[test]
+        fn $trends() {
+            trends_in_sampled_mode($version, &[$(($key, $value))?], stringify!($trends));
+        }
+
+        #[test]
+        fn $release() {
+            release_in_sampled_mode($version, &[$(($key, $value))?], stringify!($release));
+        }
+    )*};
+}
+
+sampled_tests! {
+    sampled_trends_go1_21, sampled_release_go1_21: "1.21.13";
+    sampled_trends_go1_24_classic, sampled_release_go1_24_classic: "1.24.11", "GOEXPERIMENT" = "noswissmap";
+    sampled_trends_go1_27, sampled_release_go1_27: "1.27.3";
+}
