@@ -304,6 +304,8 @@ pub fn text_line(report: &Report) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Limits, Model, Seen};
+    use tracer_common::kind;
 
     #[test]
     fn schedules_are_checked() {
@@ -333,6 +335,107 @@ mod tests {
         assert_eq!(tally.observed_ns, 200);
         assert_eq!(tally.observed_until(10_050), 250);
         assert_eq!(tally.attach_ms_max, 5.0);
+    }
+
+    const M: u64 = 0x00c0_0001_0000;
+    const SEED: u64 = 0x5eed;
+
+    fn event(kind: u8, count: u64, seed: u64, ktime_ns: u64) -> tracer_common::MapEvent {
+        tracer_common::MapEvent {
+            ktime_ns,
+            map: M,
+            count,
+            header_word: seed,
+            map_type: 0,
+            key_hash: 0,
+            kind,
+            flags: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    fn polled(count: u64, seed: u64, slots: u64) -> Polled {
+        Polled {
+            addr: M,
+            words: Some([count, seed]),
+            capacity: Some(Capacity {
+                slots,
+                log2_buckets: None,
+                directory_len: Some(0),
+                tables: Some(1),
+            }),
+        }
+    }
+
+    fn model() -> Model {
+        Model::new(MapImplementation::Swiss, Limits::default())
+    }
+
+    #[test]
+    fn a_new_window_takes_each_maps_first_event_as_its_baseline() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 0, SEED, 1)).unwrap();
+        model.observe(&event(kind::ASSIGN, 1, SEED, 2)).unwrap();
+        model.freeze(3);
+        model.poll(4, &[polled(2, SEED, 8)]);
+        // 48 entries came and went unseen between the windows.
+        model.rearm(10);
+        model.observe(&event(kind::ASSIGN, 50, SEED, 11)).unwrap();
+        model.observe(&event(kind::DELETE, 51, SEED, 12)).unwrap();
+        model.freeze(13);
+        model.poll(14, &[polled(50, SEED, 64)]);
+        let maps = model.maps();
+        assert_eq!(maps.len(), 1);
+        let map = maps[0];
+        assert_eq!((map.unexplained, map.unsettled), (0, 0));
+        assert_eq!(
+            (map.inserts, map.deletes, map.live, map.peak),
+            (3, 1, 50, 51)
+        );
+        assert_eq!(map.capacity.map(|capacity| capacity.slots), Some(64));
+    }
+
+    #[test]
+    fn an_event_before_the_window_is_armed_does_not_count() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 0, SEED, 1)).unwrap();
+        model.freeze(2);
+        model.poll(3, &[polled(1, SEED, 8)]);
+        model.rearm(10);
+        model.observe(&event(kind::ASSIGN, 7, SEED, 9)).unwrap();
+        assert_eq!(model.before_arming(), 1);
+        assert_eq!(model.maps()[0].live, 1);
+    }
+
+    #[test]
+    fn polls_tell_an_emptied_map_from_another_one() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 4, SEED, 1)).unwrap();
+        model.freeze(2);
+        // Emptied: the runtime drew a new seed.
+        model.poll(3, &[polled(0, 0x77, 8)]);
+        assert_eq!(model.live_maps().count(), 1);
+        assert_eq!(model.maps()[0].live, 0);
+        // Another map with entries: the record ends, a new one starts from the header.
+        model.poll(4, &[polled(5, 0x99, 8)]);
+        let maps = model.maps();
+        assert_eq!(maps.len(), 2);
+        assert!(maps[0].is_released());
+        assert_eq!((maps[1].seen, maps[1].live), (Seen::Poll, 5));
+        // Zeroed memory, or more entries than slots, is no map: released, nothing new.
+        model.poll(5, &[polled(0, 0, 8)]);
+        model.poll(6, &[polled(9, 0x55, 8)]);
+        assert_eq!(model.live_maps().count(), 0);
+    }
+
+    #[test]
+    fn a_poll_settles_the_last_operation_of_the_window() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 5, SEED, 1)).unwrap();
+        model.freeze(2);
+        model.poll(3, &[polled(6, SEED, 8)]);
+        let map = model.maps()[0];
+        assert_eq!((map.inserts, map.live, map.unexplained), (1, 6, 0));
     }
 
     #[test]
