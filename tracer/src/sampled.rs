@@ -439,6 +439,73 @@ mod tests {
     }
 
     #[test]
+    fn every_output_says_sampled_and_labels_estimates() {
+        let mut report = crate::export::json::tests::empty_report();
+        report.sites.push(crate::report::SiteReport {
+            site: None,
+            by: crate::report::SiteKind::Creation,
+            maps_created: 3,
+            maps_created_estimated: None,
+            live_maps: 1,
+            live_entries: 7,
+            est_bytes: None,
+            suspects: 0,
+        });
+        let schedule = Schedule::new(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut tally = Tally::default();
+        tally.open(0, 0.0);
+        tally.close(200_000_000);
+        tally.polled(1_000_000_000);
+        label(&mut report, &schedule, &tally, 0, 10_000_000_000);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["mode"], "sampled");
+        assert_eq!(json["sampling"]["scale"], 50.0);
+        assert_eq!(json["sites"][0]["maps_created_estimated"], 150.0);
+        assert_eq!(json["sites"][0]["maps_created"], 3);
+        assert!(report.render_text(5).contains("mode: sampled"));
+        let profile = crate::export::pprof::profile(&report, 0);
+        let comments: Vec<&str> = profile
+            .comment
+            .iter()
+            .map(|&index| profile.string_table[index as usize].as_str())
+            .collect();
+        assert!(comments[1].starts_with("mode: sampled"), "{comments:?}");
+        let histograms = model().histograms(0);
+        let metrics = crate::export::prometheus::encode(
+            &crate::export::Snapshot {
+                report: &report,
+                histograms: &histograms,
+                at_s: 1.0,
+                last: false,
+            },
+            "/",
+        );
+        assert!(
+            metrics.contains("gomaptrace_sampling_info{mode=\"sampled\""),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("gomaptrace_maps_created_estimated{"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("} 150\n"), "{metrics}");
+    }
+
+    #[test]
+    fn exact_reports_say_exact_and_carry_no_estimate() {
+        let report = crate::export::json::tests::empty_report();
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["mode"], "exact");
+        assert!(json.get("sampling").is_none());
+        assert!(text_line(&report).is_none());
+    }
+
+    #[test]
     fn polls_read_headers_and_mark_unreadable_memory() {
         struct Memory;
         impl ReadMemory for Memory {
