@@ -12,7 +12,8 @@
 use std::process::Command;
 
 use integration_tests::{
-    build, map_at, report_path, trace_ground_truth, tracer_bin, Flavor, GroundTruthRun,
+    build, map_at, read_report, report_path, trace_ground_truth, tracer_bin, Fixture, Flavor,
+    GroundTruthRun, Tracer,
 };
 use serde_json::Value;
 
@@ -134,6 +135,93 @@ fn release_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
     }
 }
 
+/// The `busy` fixture, attached to while its maps stream inserts and deletes: every window
+/// is armed only once all its probes are on, so nothing is unexplained, and each map's
+/// `live` is its `len`.
+fn busy_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
+    let binary = build("busy", version, Flavor::Plain, env);
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+    } = trace_ground_truth(&binary, &report_path(test), &SAMPLED);
+    assert!(fixture_exit.success());
+    assert_labelled(&report);
+    assert_eq!(truths.len(), 4, "{truths:#?}");
+    for truth in &truths {
+        let name = truth.text("name");
+        let map = map_at(&report, truth.text("addr"));
+        assert_eq!(map["live"], truth.number("len"), "{name}: {map}");
+        assert!(map["inserts"].as_u64() > Some(0), "{name}: {map}");
+    }
+}
+
+/// With the default window, period and poll, the `soak` fixture's cache, which gains ten
+/// entries every 10 ms, is flagged within two windows; its per-request maps are counted in
+/// the windows and their estimated total is the fixture's own rate over the trace.
+fn soak_leak_found_with_defaults(version: &str, test: &str) {
+    let binary = build("soak", version, Flavor::Plain, &[]);
+    let mut fixture = Fixture::start_command(Command::new(&binary).arg("1000"));
+    let json = report_path(test);
+    let pid = fixture.pid().to_string();
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid,
+        "--mode",
+        "sampled",
+        "--duration",
+        "21s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (status, stderr) = tracer.wait();
+    assert!(status.success(), "{stderr:#?}");
+    let report = read_report(&json);
+    // The fixture's own count every ten seconds: its real rate on this machine.
+    let created = |lines: Vec<String>| -> f64 {
+        let last = lines.last().unwrap();
+        last.trim_start_matches("created ").parse().unwrap()
+    };
+    let first = created(fixture.stdout.until(|line| line.starts_with("created")));
+    let second = created(fixture.stdout.until(|line| line.starts_with("created")));
+    fixture.kill();
+    let rate = (second - first) / 10.0;
+    assert_labelled(&report);
+    let sampling = &report["sampling"];
+    assert_eq!(sampling["window_s"], 0.2);
+    assert_eq!(sampling["period_s"], 10.0);
+    assert_eq!(sampling["poll_s"], 1.0);
+    assert!(sampling["windows"].as_u64() >= Some(2), "{sampling}");
+    let leaks: Vec<&Value> = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|suspect| suspect["verdict"] == "never-released")
+        .collect();
+    assert_eq!(leaks.len(), 1, "{leaks:#?}");
+    assert!(leaks[0]["growth_per_s"].as_f64() > Some(0.0), "{leaks:#?}");
+    assert!(leaks[0]["live"].as_u64() > Some(0), "{leaks:#?}");
+    let site = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|site| site["site"]["function"] == "main.handleRequest")
+        .expect("the per-request maps' site");
+    let seen = site["maps_created"].as_f64().unwrap();
+    let estimated = site["maps_created_estimated"].as_f64().unwrap();
+    let scale = sampling["scale"].as_f64().unwrap();
+    assert!(seen > 0.0, "{site}");
+    assert!(
+        (estimated - seen * scale).abs() <= scale,
+        "{site} {sampling}"
+    );
+    let made = rate * report["duration_s"].as_f64().unwrap();
+    assert!(
+        (0.5..2.0).contains(&(estimated / made)),
+        "estimated {estimated} maps, the fixture made about {made}: {site} {sampling}"
+    );
+}
+
 macro_rules! sampled_tests {
     ($($trends:ident, $release:ident: $version:literal $(, $key:literal = $value:literal)?;)*) => {$(
         #[test]
@@ -146,6 +234,21 @@ macro_rules! sampled_tests {
             release_in_sampled_mode($version, &[$(($key, $value))?], stringify!($release));
         }
     )*};
+}
+
+#[test]
+fn sampled_busy_go1_21() {
+    busy_in_sampled_mode("1.21.13", &[], "sampled_busy_go1_21");
+}
+
+#[test]
+fn sampled_busy_go1_27() {
+    busy_in_sampled_mode("1.27.3", &[], "sampled_busy_go1_27");
+}
+
+#[test]
+fn sampled_soak_defaults_go1_24() {
+    soak_leak_found_with_defaults("1.24.11", "sampled_soak_defaults_go1_24");
 }
 
 sampled_tests! {
