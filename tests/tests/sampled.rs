@@ -256,3 +256,32 @@ sampled_tests! {
     sampled_trends_go1_24_classic, sampled_release_go1_24_classic: "1.24.11", "GOEXPERIMENT" = "noswissmap";
     sampled_trends_go1_27, sampled_release_go1_27: "1.27.3";
 }
+
+/// A schedule that cannot be followed is refused in one line, before anything is attached.
+#[test]
+fn sampled_schedule_errors_are_one_line() {
+    for (args, expected) in [
+        (
+            ["--window", "2s", "--period", "1s"],
+            "--period (1000 ms) must be longer than --window (2000 ms)",
+        ),
+        (
+            ["--poll", "0s", "--period", "1s"],
+            "--window, --period and --poll must be at least 1 ms",
+        ),
+    ] {
+        let output = Command::new(tracer_bin())
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                "--mode",
+                "sampled",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr, format!("gomaptrace: error: {expected}\n"));
+    }
+}
