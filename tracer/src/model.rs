@@ -170,7 +170,8 @@ pub struct MapRecord {
     pub seen: Seen,
     /// Found by the inventory and not operated on since: its counts are its header's.
     pub idle: bool,
-    /// The capacity its header showed when the inventory read it, while it stays idle.
+    /// The capacity its header showed when the inventory read it, while it stays idle, or
+    /// at the last poll of `--mode sampled`.
     pub capacity: Option<Capacity>,
     /// `--mode sampled`: a discovery window began since its last event, so its next event
     /// is a baseline (it changed unseen between windows), not an outcome to explain.

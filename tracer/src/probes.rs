@@ -86,16 +86,6 @@ pub struct Probes {
 pub struct Detaching(Vec<UProbeLink>);
 
 impl Detaching {
-    /// How many uprobes go.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there is nothing to detach.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Detaches every uprobe, each on a thread of its own (one per probe site): the kernel
     /// waits out a grace period for each, and in parallel those waits overlap.
     pub fn detach(self) {
