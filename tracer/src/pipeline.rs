@@ -128,6 +128,9 @@ pub enum Note {
         at_ns: u64,
         /// What they read.
         headers: Vec<Polled>,
+        /// How long reading them took, in ms.
+        #[serde(default)]
+        took_ms: f64,
     },
     /// The trace is over.
     Finish {
@@ -352,8 +355,12 @@ impl Pipeline {
                 self.model.freeze(end_ns);
             }
             Note::Detached { detach_ms } => self.tally.detached(detach_ms),
-            Note::Poll { at_ns, headers } => {
-                self.tally.polled(at_ns);
+            Note::Poll {
+                at_ns,
+                headers,
+                took_ms,
+            } => {
+                self.tally.polled(at_ns, headers.len(), took_ms);
                 self.model.poll(at_ns, &headers);
             }
             Note::Finish { lost, resolved } => {

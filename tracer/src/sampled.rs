@@ -176,6 +176,10 @@ pub struct Tally {
     pub detach_ms_max: f64,
     /// Time of the last poll (monotonic ns).
     pub last_poll_ns: Option<u64>,
+    /// Slowest poll (ms), with the ring buffer drained between its batches.
+    pub poll_ms_max: f64,
+    /// Most maps read by one poll.
+    pub polled_maps_max: u64,
 }
 
 impl Tally {
@@ -199,10 +203,12 @@ impl Tally {
         self.detach_ms_max = self.detach_ms_max.max(detach_ms);
     }
 
-    /// A poll was applied at `at_ns`.
-    pub fn polled(&mut self, at_ns: u64) {
+    /// A poll of `maps` headers, which took `took_ms`, was applied at `at_ns`.
+    pub fn polled(&mut self, at_ns: u64, maps: usize, took_ms: f64) {
         self.polls += 1;
         self.last_poll_ns = Some(at_ns);
+        self.poll_ms_max = self.poll_ms_max.max(took_ms);
+        self.polled_maps_max = self.polled_maps_max.max(maps as u64);
     }
 
     /// Time observed so far, counting the open window up to `now_ns`.
@@ -239,6 +245,10 @@ pub struct SamplingReport {
     pub attach_ms_max: f64,
     /// Slowest detach of every probe after a window, in ms (off the event loop).
     pub detach_ms_max: f64,
+    /// Slowest poll, in ms (on the event loop, draining between batches).
+    pub poll_ms_max: f64,
+    /// Most maps one poll read.
+    pub polled_maps_max: u64,
     /// Which numbers are exact.
     pub exact: &'static str,
     /// Which numbers are estimated.
@@ -276,6 +286,8 @@ pub fn label(report: &mut Report, schedule: &Schedule, tally: &Tally, start_ns: 
         scale: (scale * 1e3).round() / 1e3,
         attach_ms_max: tally.attach_ms_max,
         detach_ms_max: tally.detach_ms_max,
+        poll_ms_max: tally.poll_ms_max,
+        polled_maps_max: tally.polled_maps_max,
         exact: EXACT,
         estimated: ESTIMATED,
     });
@@ -460,7 +472,7 @@ mod tests {
         let mut tally = Tally::default();
         tally.open(0, 0.0);
         tally.close(200_000_000);
-        tally.polled(1_000_000_000);
+        tally.polled(1_000_000_000, 1, 0.5);
         label(&mut report, &schedule, &tally, 0, 10_000_000_000);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["mode"], "sampled");

@@ -252,6 +252,7 @@ impl Feed<'_> {
         addrs.sort_unstable();
         let implementation = self.pipeline.setup().implementation;
         let at_ns = monotonic_ns();
+        let started = Instant::now();
         let mut headers = Vec::with_capacity(addrs.len());
         for batch in addrs.chunks(sampled::BATCH) {
             headers.extend(sampled::read_headers(
@@ -261,7 +262,11 @@ impl Feed<'_> {
             ));
             self.drain(events);
         }
-        self.note(Note::Poll { at_ns, headers });
+        self.note(Note::Poll {
+            at_ns,
+            headers,
+            took_ms: millis(started.elapsed()),
+        });
     }
 }
 
