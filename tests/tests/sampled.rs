@@ -170,7 +170,7 @@ fn busy_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
 /// the windows and their estimated total is the fixture's own rate over the trace.
 fn soak_leak_found_with_defaults(version: &str, test: &str) {
     let binary = build("soak", version, Flavor::Plain, &[]);
-    let mut fixture = Fixture::start_command(Command::new(&binary).arg("1000"));
+    let fixture = Fixture::start_command(Command::new(&binary).arg("1000"));
     let json = report_path(test);
     let pid = fixture.pid().to_string();
     let tracer = Tracer::attach(&[
