@@ -19,6 +19,9 @@ use std::thread::JoinHandle;
 use super::*;
 use crate::sampled::{self, Schedule};
 
+/// Records read between two looks at the clock while a window is open.
+const CLOCK_EVERY: u32 = 256;
+
 /// Where the windows are.
 enum Phase {
     /// Every probe attached, until the window ends.
@@ -132,11 +135,11 @@ impl Feed<'_> {
                 _ = exited.readable() => break StopReason::TargetExited,
                 ready = events.readable_mut() => {
                     let mut guard = ready?;
-                    self.drain(guard.get_inner_mut());
+                    self.drain_within(guard.get_inner_mut(), windows);
                     guard.clear_ready();
                 }
                 _ = drain_tick.tick() => {
-                    self.drain(events.get_mut());
+                    self.drain_within(events.get_mut(), windows);
                     self.check_detached(events, windows);
                 }
                 _ = view_tick.tick() => {
@@ -169,9 +172,10 @@ impl Feed<'_> {
         events: &mut AsyncFd<RingBuf<MapData>>,
         windows: &mut Windows<'_>,
     ) -> Result<bool, SessionError> {
-        self.drain(events.get_mut());
         match windows.phase {
             Phase::Open { .. } => {
+                // Not drained first: the window ends now, however many events are still to
+                // be read (those from before its end count, the others only settle).
                 self.note(Note::WindowEnd {
                     end_ns: monotonic_ns(),
                 });
@@ -185,6 +189,7 @@ impl Feed<'_> {
                 windows.phase = Phase::Detaching(thread);
             }
             Phase::Closed => {
+                self.drain(events.get_mut());
                 let started = Instant::now();
                 let attached = windows
                     .probes
@@ -209,6 +214,22 @@ impl Feed<'_> {
             Phase::Detaching(_) => {}
         }
         Ok(true)
+    }
+
+    /// Drains like [`Feed::drain`]; while a window is open, only until its end: a ring buffer
+    /// that refills as fast as it is read must not keep the probes on past it.
+    fn drain_within(&mut self, events: &mut RingBuf<MapData>, windows: &Windows<'_>) {
+        if let Phase::Open { until } = windows.phase {
+            let mut read = 0u32;
+            while let Some(record) = events.next() {
+                self.pipeline.record(&record);
+                read = read.wrapping_add(1);
+                if read % CLOCK_EVERY == 0 && Instant::now() >= until {
+                    return;
+                }
+            }
+        }
+        self.drain(events);
     }
 
     /// Once the last window's probes are gone: settles and polls (see [`Feed::detached`]).
