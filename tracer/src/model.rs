@@ -104,8 +104,6 @@ pub enum Seen {
     Event,
     /// The inventory at attach found it through a package-level variable.
     Inventory,
-    /// A poll of `--mode sampled` read it at the address of a known map, with another seed.
-    Poll,
 }
 
 /// Interned creation stack: an index into [`Model::stacks`].
@@ -173,6 +171,10 @@ pub struct MapRecord {
     /// The capacity its header showed when the inventory read it, while it stays idle, or
     /// at the last poll of `--mode sampled`.
     pub capacity: Option<Capacity>,
+    /// `--mode sampled`: entries that polls saw go while no probe was attached (the count
+    /// fell under the same seed, which only deletes do: an emptying delete or a clear draws a
+    /// new one). A lower bound; not in `deletes`, which counts what the windows saw.
+    pub unseen_deletes: u64,
     /// `--mode sampled`: a discovery window began since its last event, so its next event
     /// is a baseline (it changed unseen between windows), not an outcome to explain.
     baseline_due: bool,
@@ -211,6 +213,7 @@ impl MapRecord {
             seen: if created { Seen::Creation } else { Seen::Event },
             idle: false,
             capacity: None,
+            unseen_deletes: 0,
             baseline_due: false,
             seed: header.seed,
             seed_pending: false,
@@ -584,11 +587,14 @@ impl Model {
     }
 
     /// Headers read between discovery windows (`--mode sampled`), at `at_ns`. A header with
-    /// the map's seed gives its exact count and capacity at that instant; an empty one with a
-    /// new seed is the map emptied (the runtime reseeds a map a delete or clear empties). Any
-    /// other seed means the map is gone, or was emptied and filled again between two polls:
-    /// the record ends there (released), and when the header reads as a map (a non-zero
-    /// seed, and no more entries than its capacity holds) a new one starts from it. Polls come
+    /// the map's seed gives its exact count and capacity at that instant. A header with
+    /// another seed that still reads as a map (a non-zero seed, no more entries than its
+    /// capacity holds, a capacity no smaller than before since Go never shrinks a map, and
+    /// only known classic flags) is the map emptied, as the runtime reseeds a map a delete or
+    /// clear empties, and maybe filled again between two polls, which a busy map does all
+    /// the time (`clear`, then new entries); anything else is no map any more: the record is
+    /// released. A map freed and its memory handed to
+    /// another map between two polls is left to the heap check ([`Model::dropped`]). Polls come
     /// after a window's end, when events only settle: a map's operation still pending is
     /// first settled by the header as one read after the probes are ([`Model::settle_words`]).
     pub fn poll(&mut self, at_ns: u64, polled: &[Polled]) {
@@ -608,23 +614,22 @@ impl Model {
                 continue;
             };
             let own = record.seed_pending || header.seed == record.seed;
-            let emptied = header.count == 0 && header.seed != 0;
-            if !own && !emptied {
-                let plausible = header.seed != 0
-                    && header_read
-                        .capacity
-                        .is_some_and(|capacity| header.count <= capacity.slots);
-                if plausible {
-                    let mut fresh = MapRecord::new(header_read.addr, false, header, at_ns);
-                    fresh.seen = Seen::Poll;
-                    fresh.capacity = header_read.capacity;
-                    fresh.log2_buckets = header.log2_buckets;
-                    fresh.map_type = record.map_type;
-                    self.begin(fresh);
-                } else if let Some(gone) = self.maps.remove(&header_read.addr) {
+            let reseeded = reads_as_map(self.implementation, words)
+                && header.seed != 0
+                && header_read.capacity.is_some_and(|capacity| {
+                    header.count <= capacity.slots
+                        && record
+                            .capacity
+                            .is_none_or(|before| capacity.slots >= before.slots)
+                });
+            if !own && !reseeded {
+                if let Some(gone) = self.maps.remove(&header_read.addr) {
                     self.release(gone, at_ns);
                 }
                 continue;
+            }
+            if header.seed == record.seed {
+                record.unseen_deletes += record.live.saturating_sub(header.count);
             }
             record.live = header.count;
             record.peak = record.peak.max(header.count);
@@ -1099,6 +1104,15 @@ impl Model {
     /// (see [`Model::arm`]).
     pub fn before_arming(&self) -> u64 {
         self.before_arming
+    }
+}
+
+/// Whether a header's words can be a map's: a classic header's flags byte (the low byte of
+/// its second word) has only the runtime's four flag bits; a swiss header has no such byte.
+fn reads_as_map(implementation: MapImplementation, words: [u64; 2]) -> bool {
+    match implementation {
+        MapImplementation::Classic => words[1] & 0xf0 == 0,
+        MapImplementation::Swiss => true,
     }
 }
 

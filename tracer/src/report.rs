@@ -216,8 +216,7 @@ pub struct MapReport {
     /// The last operation's effect was never seen (the map or the target was gone first).
     pub unsettled: u64,
     /// How it was first seen: `creation`, `event` (an operation on a map made before), or
-    /// `inventory` (found through a package-level variable at attach), or `poll` (`--mode
-    /// sampled`: read at a known map's address with another seed).
+    /// `inventory` (found through a package-level variable at attach).
     pub seen: Seen,
     /// Found by the inventory and not operated on while traced: its numbers are its header's.
     pub idle: bool,

@@ -156,10 +156,10 @@ impl Feed<'_> {
                 }
             }
         };
-        if let Phase::Detaching(thread) = std::mem::replace(&mut windows.phase, Phase::Closed) {
-            self.detached(events, thread);
-        }
-        if matches!(windows.phase, Phase::Closed) {
+        // Between windows the trace ends with a poll, without waiting for a detach still
+        // under way (a poll settles what the window left pending, and later events only
+        // settle): the report's window ends when it was told to.
+        if !matches!(windows.phase, Phase::Open { .. }) {
             self.poll(events.get_mut());
         }
         Ok(reason)
@@ -247,8 +247,8 @@ impl Feed<'_> {
         }
     }
 
-    /// The last window's probes are gone (waiting for them if needed): no event comes any
-    /// more, so what is still pending is settled from memory.
+    /// The last window's probes are gone (`thread` finished): no event comes any more, so
+    /// what is still pending is settled from memory.
     fn detached(&mut self, events: &mut AsyncFd<RingBuf<MapData>>, thread: JoinHandle<Duration>) {
         let took = thread.join().unwrap_or_default();
         self.note(Note::Detached {
