@@ -224,7 +224,7 @@ impl Feed<'_> {
             while let Some(record) = events.next() {
                 self.pipeline.record(&record);
                 read = read.wrapping_add(1);
-                if read % CLOCK_EVERY == 0 && Instant::now() >= until {
+                if read.is_multiple_of(CLOCK_EVERY) && Instant::now() >= until {
                     return;
                 }
             }
