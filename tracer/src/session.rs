@@ -121,6 +121,7 @@ pub struct Options {
     /// How often `on_tick` runs while tracing.
     pub tick: Duration,
     /// `--mode sampled`: discovery windows and polls on this schedule; `None`: exact.
+    /// Ignored with `floor`, which measures the exact mode's probes.
     pub sampling: Option<crate::sampled::Schedule>,
 }
 
@@ -343,7 +344,7 @@ async fn follow_attached(
         } else {
             options.sample_one_in
         },
-        sampling: options.sampling,
+        sampling: options.sampling.filter(|_| !options.floor),
     };
     let mut pipeline = Pipeline::new(setup, recorder);
     let detector = Detector::new(&binary, bias, plan.implementation);
@@ -370,7 +371,7 @@ async fn follow_attached(
         drops_at: Instant::now(),
     };
     feed.read_resident();
-    let stop_reason = match options.sampling {
+    let stop_reason = match options.sampling.filter(|_| !options.floor) {
         Some(schedule) => {
             let exe = inspected.target.exe_link();
             let mut windows = sampled::Windows::new(schedule, &mut probes, &plan, exe, pid);
