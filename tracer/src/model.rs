@@ -952,9 +952,10 @@ impl Model {
 
     /// Ends the observation window at monotonic time `end_ns`: events that happened later
     /// only settle pending operations. Events from before it that are still in flight apply
-    /// normally.
+    /// normally. A window already ended earlier stays ended then (`--mode sampled` ends
+    /// each discovery window, and the trace's end comes later).
     pub fn freeze(&mut self, end_ns: u64) {
-        self.window_end_ns = Some(end_ns);
+        self.window_end_ns = Some(self.window_end_ns.map_or(end_ns, |ended| ended.min(end_ns)));
     }
 
     /// Addresses of the maps whose last operation waits for a final count.

@@ -441,6 +441,20 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_end_does_not_reopen_a_window_that_ended() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 5, SEED, 1)).unwrap();
+        model.freeze(2);
+        model.observe(&event(kind::ASSIGN, 6, SEED, 3)).unwrap();
+        model.freeze(10);
+        // Unseen operations happened between the two: this event only settles.
+        model.observe(&event(kind::DELETE, 3, SEED, 4)).unwrap();
+        let map = model.maps()[0];
+        assert_eq!((map.inserts, map.deletes, map.live), (1, 0, 6));
+        assert_eq!(map.unexplained, 0);
+    }
+
+    #[test]
     fn a_poll_settles_the_last_operation_of_the_window() {
         let mut model = model();
         model.observe(&event(kind::ASSIGN, 5, SEED, 1)).unwrap();

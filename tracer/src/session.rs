@@ -346,6 +346,7 @@ async fn follow_attached(
         },
         sampling: options.sampling.filter(|_| !options.floor),
     };
+    let setup_sampled = setup.sampling.is_some();
     let mut pipeline = Pipeline::new(setup, recorder);
     let detector = Detector::new(&binary, bias, plan.implementation);
     pipeline.note(Note::ReleaseDetection {
@@ -400,6 +401,9 @@ async fn follow_attached(
     }
     .lost()?;
     feed.settle_from_memory();
+    if setup_sampled {
+        feed.last_poll();
+    }
     feed.read_resident();
     if let Some(peak_bytes) = feed.peak_resident {
         feed.note(Note::Resident { peak_bytes });

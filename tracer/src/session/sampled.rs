@@ -156,12 +156,9 @@ impl Feed<'_> {
                 }
             }
         };
-        // Between windows the trace ends with a poll, without waiting for a detach still
-        // under way (a poll settles what the window left pending, and later events only
-        // settle): the report's window ends when it was told to.
-        if !matches!(windows.phase, Phase::Open { .. }) {
-            self.poll(events.get_mut());
-        }
+        // The trace ends without waiting for a detach still under way (later events only
+        // settle): the report's window ends when it was told to, and its last poll comes
+        // once every probe is off (see `last_poll`).
         Ok(reason)
     }
 
@@ -258,9 +255,24 @@ impl Feed<'_> {
         self.settle_from_memory();
     }
 
+    /// The trace's last poll, once its probes are detached and its events drained: every
+    /// known map's `live` is its header's at the end, whether the trace ended in a window or
+    /// between two.
+    pub(super) fn last_poll(&mut self) {
+        self.poll_with(|_| {});
+    }
+
     /// Reads the header of every known map, in batches with the ring buffer drained between
     /// them, and passes them on as one recorded input.
     fn poll(&mut self, events: &mut RingBuf<MapData>) {
+        // First every event still queued: a window ended with a backlog (its drain stops at
+        // its end), and a header read before its events apply would be older than them.
+        self.drain(events);
+        self.poll_with(|feed| feed.drain(events));
+    }
+
+    /// Reads every known map's header in batches, running `between` after each batch.
+    fn poll_with(&mut self, mut between: impl FnMut(&mut Self)) {
         if !self.inspected.target.is_alive() {
             return;
         }
@@ -281,7 +293,7 @@ impl Feed<'_> {
                 batch,
                 implementation,
             ));
-            self.drain(events);
+            between(self);
         }
         self.note(Note::Poll {
             at_ns,
