@@ -175,6 +175,10 @@ pub struct MapRecord {
     /// fell under the same seed, which only deletes do: an emptying delete or a clear draws a
     /// new one). A lower bound; not in `deletes`, which counts what the windows saw.
     pub unseen_deletes: u64,
+    /// `--mode sampled`: when a poll last read its header (0: never). An event from before
+    /// then that arrives later (its program was preempted before it committed the record)
+    /// is already in that header, and is not applied again.
+    polled_ns: u64,
     /// `--mode sampled`: a discovery window began since its last event, so its next event
     /// is a baseline (it changed unseen between windows), not an outcome to explain.
     baseline_due: bool,
@@ -214,6 +218,7 @@ impl MapRecord {
             idle: false,
             capacity: None,
             unseen_deletes: 0,
+            polled_ns: 0,
             baseline_due: false,
             seed: header.seed,
             seed_pending: false,
@@ -632,6 +637,7 @@ impl Model {
                 record.unseen_deletes += record.live.saturating_sub(header.count);
             }
             record.live = header.count;
+            record.polled_ns = at_ns;
             record.peak = record.peak.max(header.count);
             record.series.record(at_ns, header.count);
             record.seed = header.seed;
@@ -774,6 +780,13 @@ impl Model {
             _ => {}
         }
         let operation = operation(event)?;
+        if self
+            .maps
+            .get(&event.map)
+            .is_some_and(|record| now <= record.polled_ns)
+        {
+            return Ok(());
+        }
         let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
         let known = self.maps.get(&event.map);
         if readable && known.is_some_and(|record| record.idle && record.owns(header)) {

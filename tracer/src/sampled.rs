@@ -455,6 +455,18 @@ mod tests {
     }
 
     #[test]
+    fn an_event_older_than_a_poll_is_already_in_it() {
+        let mut model = model();
+        model.observe(&event(kind::ASSIGN, 5, SEED, 1)).unwrap();
+        model.freeze(20);
+        model.poll(25, &[polled(7, SEED, 8)]);
+        // From inside the window, committed after the poll, which read its effect already.
+        model.observe(&event(kind::ASSIGN, 6, SEED, 15)).unwrap();
+        let map = model.maps()[0];
+        assert_eq!((map.live, map.unexplained), (7, 0));
+    }
+
+    #[test]
     fn a_poll_settles_the_last_operation_of_the_window() {
         let mut model = model();
         model.observe(&event(kind::ASSIGN, 5, SEED, 1)).unwrap();
