@@ -58,7 +58,7 @@ fn assert_labelled(report: &Value) {
     assert_eq!(report["mode"], "sampled");
     let sampling = &report["sampling"];
     assert!(sampling["windows"].as_u64() >= Some(1), "{sampling}");
-    assert!(sampling["polls"].as_u64() >= Some(2), "{sampling}");
+    assert!(sampling["polls"].as_u64() >= Some(1), "{sampling}");
     assert!(sampling["scale"].as_f64() >= Some(1.0), "{sampling}");
     assert!(sampling["estimated"].as_str().is_some(), "{sampling}");
     for site in report["sites"].as_array().unwrap() {

@@ -594,8 +594,9 @@ impl Model {
     /// Headers read between discovery windows (`--mode sampled`), at `at_ns`. A header with
     /// the map's seed gives its exact count and capacity at that instant. A header with
     /// another seed that still reads as a map (a non-zero seed, no more entries than its
-    /// capacity holds, a capacity no smaller than before since Go never shrinks a map, and
-    /// only known classic flags) is the map emptied, as the runtime reseeds a map a delete or
+    /// capacity holds, a capacity no smaller than before since Go never shrinks a map nor
+    /// more than [`MAX_GROWTH_BETWEEN_POLLS`] times bigger, and only known classic flags) is
+    /// the map emptied, as the runtime reseeds a map a delete or
     /// clear empties, and maybe filled again between two polls, which a busy map does all
     /// the time (`clear`, then new entries); anything else is no map any more: the record is
     /// released. A map freed and its memory handed to
@@ -622,10 +623,18 @@ impl Model {
             let reseeded = reads_as_map(self.implementation, words)
                 && header.seed != 0
                 && header_read.capacity.is_some_and(|capacity| {
+                    // What the model last knew the map's storage to be: a poll's reading, or
+                    // the `B` events showed (a swiss map's first group otherwise).
+                    let before = record.capacity.map_or_else(
+                        || {
+                            8u64.checked_shl(u32::from(record.log2_buckets))
+                                .unwrap_or(u64::MAX)
+                        },
+                        |before| before.slots,
+                    );
                     header.count <= capacity.slots
-                        && record
-                            .capacity
-                            .is_none_or(|before| capacity.slots >= before.slots)
+                        && capacity.slots >= before
+                        && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
                 });
             if !own && !reseeded {
                 if let Some(gone) = self.maps.remove(&header_read.addr) {
@@ -1120,6 +1129,11 @@ impl Model {
         self.before_arming
     }
 }
+
+/// How much a map's storage may grow between two polls and still read as the same map after
+/// a new seed: four doublings. More is a foreign header (a `B` read from a pointer), not a
+/// map cleared and refilled within one `--poll`.
+const MAX_GROWTH_BETWEEN_POLLS: u64 = 16;
 
 /// Whether a header's words can be a map's: a classic header's flags byte (the low byte of
 /// its second word) has only the runtime's four flag bits; a swiss header has no such byte.
