@@ -28,6 +28,7 @@ pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod rootfs;
+pub mod sampled;
 pub mod session;
 pub mod sibling;
 pub mod snapshot;

@@ -94,6 +94,14 @@ impl LiveView {
             events.saturating_sub(self.previous_events) as f64 / tick_s,
         );
         self.previous_events = events;
+        if let Some(schedule) = &pipeline.setup().sampling {
+            let _ = writeln!(
+                text,
+                "mode: sampled (probes {} ms every {} ms): entries exact at each poll, \
+                 events/s only in windows",
+                schedule.window_ms, schedule.period_ms
+            );
+        }
         let now_ns = crate::session::monotonic_ns();
         let rows = sites::rows(pipeline, &changes, &mut self.site_names, now_ns);
         let _ = writeln!(
@@ -169,6 +177,9 @@ impl LiveView {
             live_entries,
             rate
         );
+        if pipeline.setup().sampling.is_some() {
+            line.push_str(" mode=sampled");
+        }
         if self.addresses {
             if let Some(top) = top.filter(|top| top.growth > 0) {
                 let _ = write!(

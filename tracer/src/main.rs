@@ -16,6 +16,7 @@ use tracer::launch::{Launched, Program};
 use tracer::live::LiveView;
 use tracer::pipeline;
 use tracer::report::Report;
+use tracer::sampled::Schedule;
 use tracer::session::{self, Options, StopReason};
 use tracer::verdict::Thresholds;
 
@@ -165,12 +166,36 @@ struct TraceArgs {
     #[arg(long)]
     live_addresses: bool,
     /// Attach empty programs at the same sites instead (measures the uprobe cost itself).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "mode")]
     floor: bool,
     /// Print on stderr why a probe could not read what it needed (a map header, a new map,
     /// a call stack): the BPF programs' own diagnostics, off unless asked for.
     #[arg(long)]
     verbose: bool,
+    /// `exact`: every map call probed for the whole trace, every number exact. `sampled`:
+    /// for long runs on busy services, probes attached only for `--window` every `--period`
+    /// and map headers polled every `--poll` in between (exact live counts, capacity,
+    /// releases and verdicts; per-site creation counts estimated and labelled so).
+    #[arg(long, value_enum, default_value = "exact")]
+    mode: ModeArg,
+    /// `--mode sampled`: how long every probe stays attached in each discovery window.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    window: Duration,
+    /// `--mode sampled`: from one discovery window's start to the next.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    period: Duration,
+    /// `--mode sampled`: how often the known maps' headers are read between windows.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll: Duration,
+}
+
+/// The values of `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Every probe on every map call.
+    Exact,
+    /// Discovery windows and polled headers.
+    Sampled,
 }
 
 /// Rows of each table in the text report.
@@ -282,6 +307,10 @@ fn run(args: &TraceArgs, launched: &mut Option<Launched>) -> anyhow::Result<Exit
             .refresh
             .min(args.interval)
             .max(Duration::from_millis(100)),
+        sampling: match args.mode {
+            ModeArg::Exact => None,
+            ModeArg::Sampled => Some(Schedule::new(args.window, args.period, args.poll)?),
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -49,6 +49,7 @@ use tracer_common::{
 use crate::memory::inventory::{Capacity, Sighting, Summary};
 use crate::memory::release::Dropped;
 use crate::plan::MapImplementation;
+use crate::sampled::Polled;
 use crate::trend::Series;
 use crate::writers::{self, Writers};
 
@@ -168,8 +169,20 @@ pub struct MapRecord {
     pub seen: Seen,
     /// Found by the inventory and not operated on since: its counts are its header's.
     pub idle: bool,
-    /// The capacity its header showed when the inventory read it, while it stays idle.
+    /// The capacity its header showed when the inventory read it, while it stays idle, or
+    /// at the last poll of `--mode sampled`.
     pub capacity: Option<Capacity>,
+    /// `--mode sampled`: entries that polls saw go while no probe was attached (the count
+    /// fell under the same seed, which only deletes do: an emptying delete or a clear draws a
+    /// new one). A lower bound; not in `deletes`, which counts what the windows saw.
+    pub unseen_deletes: u64,
+    /// `--mode sampled`: when a poll last read its header (0: never). An event from before
+    /// then that arrives later (its program was preempted before it committed the record)
+    /// is already in that header, and is not applied again.
+    polled_ns: u64,
+    /// `--mode sampled`: a discovery window began since its last event, so its next event
+    /// is a baseline (it changed unseen between windows), not an outcome to explain.
+    baseline_due: bool,
     seed: u32,
     seed_pending: bool,
     pending: Option<Pending>,
@@ -205,6 +218,9 @@ impl MapRecord {
             seen: if created { Seen::Creation } else { Seen::Event },
             idle: false,
             capacity: None,
+            unseen_deletes: 0,
+            polled_ns: 0,
+            baseline_due: false,
             seed: header.seed,
             seed_pending: false,
             pending: None,
@@ -296,6 +312,17 @@ impl MapRecord {
         self.seed_pending = false;
         self.peak = self.peak.max(count);
         change
+    }
+
+    /// Takes `header`, the first of a new discovery window, as the map's state: whatever
+    /// happened between windows was not observed, and is neither counted nor unexplained.
+    fn rebase(&mut self, header: Header, now: u64) {
+        self.baseline_due = false;
+        self.abandon();
+        self.live = header.count;
+        self.peak = self.peak.max(header.count);
+        self.series.record(now, header.count);
+        self.log2_buckets = self.log2_buckets.max(header.log2_buckets);
     }
 
     /// Counts the pending growth now that the header reads `observed`.
@@ -554,6 +581,84 @@ impl Model {
         self.armed_ns = at_ns;
     }
 
+    /// A new discovery window of `--mode sampled` is armed at `at_ns`: events count again
+    /// from then on, and each known map's first event is its new baseline, as at the start
+    /// of the trace (see [`Model::arm`]).
+    pub fn rearm(&mut self, at_ns: u64) {
+        self.armed_ns = at_ns;
+        self.window_end_ns = None;
+        for record in self.maps.values_mut() {
+            record.baseline_due = true;
+        }
+    }
+
+    /// Headers read between discovery windows (`--mode sampled`), at `at_ns`. A header with
+    /// the map's seed gives its exact count and capacity at that instant. A header with
+    /// another seed that still reads as a map (a non-zero seed, no more entries than its
+    /// capacity holds, a capacity no smaller than before since Go never shrinks a map nor
+    /// more than [`MAX_GROWTH_BETWEEN_POLLS`] times bigger, and only known classic flags) is
+    /// the map emptied, as the runtime reseeds a map a delete or
+    /// clear empties, and maybe filled again between two polls, which a busy map does all
+    /// the time (`clear`, then new entries); anything else is no map any more: the record is
+    /// released. A map freed and its memory handed to
+    /// another map between two polls is left to the heap check ([`Model::dropped`]). Polls come
+    /// after a window's end, when events only settle: a map's operation still pending is
+    /// first settled by the header as one read after the probes are ([`Model::settle_words`]).
+    pub fn poll(&mut self, at_ns: u64, polled: &[Polled]) {
+        for header_read in polled {
+            let Some(words) = header_read.words else {
+                continue;
+            };
+            if self
+                .maps
+                .get(&header_read.addr)
+                .is_some_and(MapRecord::is_pending)
+            {
+                self.settle_words(header_read.addr, words);
+            }
+            let header = self.header_from_words(words);
+            let Some(record) = self.maps.get_mut(&header_read.addr) else {
+                continue;
+            };
+            let own = record.seed_pending || header.seed == record.seed;
+            let reseeded = reads_as_map(self.implementation, words)
+                && header.seed != 0
+                && header_read.capacity.is_some_and(|capacity| {
+                    // What the model last knew the map's storage to be: a poll's reading, or
+                    // the `B` events showed (a swiss map's first group otherwise).
+                    let before = record.capacity.map_or_else(
+                        || {
+                            8u64.checked_shl(u32::from(record.log2_buckets))
+                                .unwrap_or(u64::MAX)
+                        },
+                        |before| before.slots,
+                    );
+                    header.count <= capacity.slots
+                        && capacity.slots >= before
+                        && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
+                });
+            if !own && !reseeded {
+                if let Some(gone) = self.maps.remove(&header_read.addr) {
+                    self.release(gone, at_ns);
+                }
+                continue;
+            }
+            if header.seed == record.seed {
+                record.unseen_deletes += record.live.saturating_sub(header.count);
+            }
+            record.live = header.count;
+            record.polled_ns = at_ns;
+            record.peak = record.peak.max(header.count);
+            record.series.record(at_ns, header.count);
+            record.seed = header.seed;
+            record.seed_pending = false;
+            record.log2_buckets = record.log2_buckets.max(header.log2_buckets);
+            if header_read.capacity.is_some() {
+                record.capacity = header_read.capacity;
+            }
+        }
+    }
+
     /// The header an event read.
     fn header(&self, event: &MapEvent) -> Header {
         self.header_from_words([event.count, event.header_word])
@@ -685,6 +790,13 @@ impl Model {
             _ => {}
         }
         let operation = operation(event)?;
+        if self
+            .maps
+            .get(&event.map)
+            .is_some_and(|record| now <= record.polled_ns)
+        {
+            return Ok(());
+        }
         let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
         let known = self.maps.get(&event.map);
         if readable && known.is_some_and(|record| record.idle && record.owns(header)) {
@@ -703,6 +815,9 @@ impl Model {
             record.abandon();
             record.unexplained += 1;
             return Ok(());
+        }
+        if record.baseline_due {
+            record.rebase(header, now);
         }
         let change = record.resolve(header);
         if matches!(operation, Pending::Clear { .. }) {
@@ -860,9 +975,10 @@ impl Model {
 
     /// Ends the observation window at monotonic time `end_ns`: events that happened later
     /// only settle pending operations. Events from before it that are still in flight apply
-    /// normally.
+    /// normally. A window already ended earlier stays ended then (`--mode sampled` ends
+    /// each discovery window, and the trace's end comes later).
     pub fn freeze(&mut self, end_ns: u64) {
-        self.window_end_ns = Some(end_ns);
+        self.window_end_ns = Some(self.window_end_ns.map_or(end_ns, |ended| ended.min(end_ns)));
     }
 
     /// Addresses of the maps whose last operation waits for a final count.
@@ -1012,6 +1128,20 @@ impl Model {
     /// (see [`Model::arm`]).
     pub fn before_arming(&self) -> u64 {
         self.before_arming
+    }
+}
+
+/// How much a map's storage may grow between two polls and still read as the same map after
+/// a new seed: four doublings. More is a foreign header (a `B` read from a pointer), not a
+/// map cleared and refilled within one `--poll`.
+const MAX_GROWTH_BETWEEN_POLLS: u64 = 16;
+
+/// Whether a header's words can be a map's: a classic header's flags byte (the low byte of
+/// its second word) has only the runtime's four flag bits; a swiss header has no such byte.
+fn reads_as_map(implementation: MapImplementation, words: [u64; 2]) -> bool {
+    match implementation {
+        MapImplementation::Classic => words[1] & 0xf0 == 0,
+        MapImplementation::Swiss => true,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::memory::release::{Dropped, ReleaseDetection};
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
 use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::sampled::{self, Polled, Schedule, Tally};
 use crate::sibling::create_temporary_sibling;
 use crate::verdict::{Thresholds, Window};
 
@@ -48,6 +49,9 @@ pub struct Setup {
     pub thresholds: Thresholds,
     /// One key in this many sampled; 0 for none.
     pub sample_one_in: u64,
+    /// `--mode sampled`: when the windows and polls happen; absent in exact mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Schedule>,
 }
 
 /// An input to the pipeline other than an event.
@@ -101,6 +105,33 @@ pub enum Note {
     },
     /// The target's memory says an idle map may be gone; the model decides.
     Dropped(Dropped),
+    /// `--mode sampled`: a discovery window's probes are all attached, at `armed_ns`.
+    Window {
+        /// When the last probe was attached (monotonic ns).
+        armed_ns: u64,
+        /// How long attaching every probe took, in ms.
+        attach_ms: f64,
+    },
+    /// `--mode sampled`: the discovery window ended; later events only settle.
+    WindowEnd {
+        /// When (monotonic ns).
+        end_ns: u64,
+    },
+    /// `--mode sampled`: the last window's probes are gone.
+    Detached {
+        /// How long detaching them took, in ms.
+        detach_ms: f64,
+    },
+    /// `--mode sampled`: the known maps' headers read between windows.
+    Poll {
+        /// When the reads began (monotonic ns).
+        at_ns: u64,
+        /// What they read.
+        headers: Vec<Polled>,
+        /// How long reading them took, in ms.
+        #[serde(default)]
+        took_ms: f64,
+    },
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -214,6 +245,8 @@ pub struct Pipeline {
     lost: u64,
     recorder: Option<Recorder>,
     release_detection: Option<ReleaseDetection>,
+    /// Windows and polls so far (`--mode sampled`).
+    tally: Tally,
     /// Frames of the stacks resolved while tracing, for snapshots; not recorded (the final
     /// resolution at [`Note::Finish`] is).
     live_frames: std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>>,
@@ -233,6 +266,7 @@ impl Pipeline {
             lost: 0,
             recorder,
             release_detection: None,
+            tally: Tally::default(),
             live_frames: std::collections::BTreeMap::new(),
         }
     }
@@ -265,6 +299,7 @@ impl Pipeline {
                     .max(self.setup.start_ns),
             },
             lost: self.lost,
+            tally: self.tally.clone(),
         }
     }
 
@@ -290,6 +325,7 @@ impl Pipeline {
                 self.resolved.types.insert(map_type, facts);
             }
             Note::Freeze { end_ns } => {
+                self.tally.close(end_ns);
                 self.window_end_ns = Some(end_ns);
                 self.model.freeze(end_ns);
             }
@@ -307,6 +343,26 @@ impl Pipeline {
             } => self.model.inventory(at_ns, summary, &sightings),
             Note::ReleaseDetection { method } => self.release_detection = Some(method),
             Note::Dropped(dropped) => self.model.dropped(&dropped),
+            Note::Window {
+                armed_ns,
+                attach_ms,
+            } => {
+                self.tally.open(armed_ns, attach_ms);
+                self.model.rearm(armed_ns);
+            }
+            Note::WindowEnd { end_ns } => {
+                self.tally.close(end_ns);
+                self.model.freeze(end_ns);
+            }
+            Note::Detached { detach_ms } => self.tally.detached(detach_ms),
+            Note::Poll {
+                at_ns,
+                headers,
+                took_ms,
+            } => {
+                self.tally.polled(at_ns, headers.len(), took_ms);
+                self.model.poll(at_ns, &headers);
+            }
             Note::Finish { lost, resolved } => {
                 self.model.abandon_pending();
                 self.lost = lost;
@@ -367,6 +423,15 @@ impl Pipeline {
         };
         let mut report = Report::new(&self.model, &context);
         report.release_detection = self.release_detection;
+        if let Some(schedule) = &self.setup.sampling {
+            sampled::label(
+                &mut report,
+                schedule,
+                &self.tally,
+                window.start_ns,
+                window.end_ns,
+            );
+        }
         report
     }
 }
@@ -378,6 +443,7 @@ pub struct Snapshot {
     resolved: Resolved,
     window: Window,
     lost: u64,
+    tally: Tally,
 }
 
 impl Snapshot {
@@ -392,7 +458,17 @@ impl Snapshot {
             sample_one_in: self.setup.sample_one_in,
             resolved: &self.resolved,
         };
-        Report::new(&self.model, &context)
+        let mut report = Report::new(&self.model, &context);
+        if let Some(schedule) = &self.setup.sampling {
+            sampled::label(
+                &mut report,
+                schedule,
+                &self.tally,
+                self.window.start_ns,
+                self.window.end_ns,
+            );
+        }
+        report
     }
 
     /// The model's distributions as of the snapshot.
@@ -499,6 +575,7 @@ mod tests {
             start_ns: 1_000,
             thresholds: Thresholds::default(),
             sample_one_in: 64,
+            sampling: None,
         }
     }
 

@@ -44,6 +44,10 @@ pub const KEPT_AFTER_ATTACH: [u32; 4] = [
     CAP_DAC_READ_SEARCH,
 ];
 
+/// What `--mode sampled` keeps besides [`KEPT_AFTER_ATTACH`]: it attaches its probes again
+/// at every discovery window, and opening a uprobe perf event takes `CAP_PERFMON`.
+pub const KEPT_TO_REATTACH: [u32; 1] = [CAP_PERFMON];
+
 /// Why privileges could not be dropped: the kernel refused a call.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot drop privileges after attaching ({call}): {source}")]
@@ -61,21 +65,24 @@ fn last_capability() -> u32 {
 }
 
 /// The capability sets after the drop: what is kept of `effective`, nothing else.
-fn kept(effective: u64) -> u64 {
+fn kept(effective: u64, reattaching: bool) -> u64 {
+    let extra: &[u32] = if reattaching { &KEPT_TO_REATTACH } else { &[] };
     KEPT_AFTER_ATTACH
         .iter()
+        .chain(extra)
         .fold(0, |kept, &cap| kept | (1 << cap))
         & effective
 }
 
-/// Drops every capability but [`KEPT_AFTER_ATTACH`] from this thread (and so from every
-/// thread it starts afterwards), for good. Capabilities belong to threads, not processes:
+/// Drops every capability but [`KEPT_AFTER_ATTACH`] (and [`KEPT_TO_REATTACH`] when the
+/// trace will attach probes again) from this thread (and so from every thread it starts
+/// afterwards), for good. Capabilities belong to threads, not processes:
 /// call it before the trace starts its other threads (the session does, right after the
 /// attach; the export worker and the inventory start after it).
-pub fn drop_after_attach() -> Result<(), DropError> {
+pub fn drop_after_attach(reattaching: bool) -> Result<(), DropError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = effective_capabilities(&status);
-    let kept = kept(effective);
+    let kept = kept(effective, reattaching);
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, "PR_SET_NO_NEW_PRIVS")?;
     prctl(
         libc::PR_CAP_AMBIENT,
@@ -208,16 +215,19 @@ mod tests {
 
     #[test]
     fn keeps_only_what_reading_and_reporting_need() {
-        let all = kept(u64::MAX);
+        let all = kept(u64::MAX, false);
         assert_eq!(all.count_ones(), 4);
         assert_eq!(all & (1 << CAP_SYS_ADMIN), 0);
         assert_eq!(all & (1 << CAP_PERFMON), 0);
         assert_ne!(all & (1 << CAP_SYS_PTRACE), 0);
         assert_eq!(
-            kept(1 << CAP_SYS_PTRACE),
+            kept(1 << CAP_SYS_PTRACE, true),
             1 << CAP_SYS_PTRACE,
             "never adds one"
         );
+        let sampled = kept(u64::MAX, true);
+        assert_eq!(sampled, all | 1 << CAP_PERFMON, "sampled mode attaches again");
+        assert_eq!(sampled & (1 << CAP_SYS_ADMIN), 0);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::uprobe::{
+    UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope,
+};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{globals, maps, LOST_SLOT};
@@ -80,6 +82,25 @@ pub enum ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     attached: usize,
+    /// Every live uprobe by program, so that they can be detached without unloading
+    /// anything (see [`Probes::take_links`]).
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Uprobes taken off their programs: dropping this value detaches them, which takes the
+/// kernel about 0.1 s per probe, so it is dropped on a thread of its own.
+pub struct Detaching(Vec<UProbeLink>);
+
+impl Detaching {
+    /// Detaches every uprobe, each on a thread of its own (one per probe site): the kernel
+    /// waits out a grace period for each, and in parallel those waits overlap.
+    pub fn detach(self) {
+        std::thread::scope(|scope| {
+            for link in self.0 {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
 }
 
 /// Where the probes' output is read from. Kept apart from [`Probes`] so that the reader can
@@ -176,6 +197,7 @@ impl Probes {
                 .collect(),
             Programs::Floor => vec![(tracer_common::programs::FLOOR, ProbeKind::ALL.to_vec())],
         };
+        let mut links = Vec::new();
         for (program, kinds) in groups {
             let uprobe = uprobe(&mut ebpf, program)?;
             uprobe.load().map_err(|source| ProbeError::Program {
@@ -183,25 +205,18 @@ impl Probes {
                 source: Box::new(source),
             })?;
             for site in plan.sites.iter().filter(|site| kinds.contains(&site.kind)) {
-                uprobe
-                    .attach(
-                        UProbeAttachPoint {
-                            location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
-                            cookie: Some(site.cookie),
-                        },
-                        exe,
-                        UProbeScope::OneProcess(pid),
-                    )
-                    .map_err(|source| ProbeError::Attach {
-                        program,
-                        function: site.function.clone(),
-                        offset: site.file_offset,
-                        source: Box::new(source),
-                    })?;
+                links.push((program, attach_site(uprobe, program, site, exe, pid)?));
                 attached += 1;
             }
         }
-        Ok((Probes { ebpf, attached }, outputs))
+        Ok((
+            Probes {
+                ebpf,
+                attached,
+                links,
+            },
+            outputs,
+        ))
     }
 
     /// How many uprobes are live.
@@ -209,11 +224,67 @@ impl Probes {
         self.attached
     }
 
+    /// Takes every live uprobe off its program, programs and maps staying loaded; the
+    /// uprobes stay in place (and trap) until the returned value is dropped.
+    pub fn take_links(&mut self) -> Result<Detaching, ProbeError> {
+        let mut taken = Vec::with_capacity(self.links.len());
+        for (program, id) in std::mem::take(&mut self.links) {
+            let link = uprobe(&mut self.ebpf, program)?
+                .take_link(id)
+                .map_err(|source| ProbeError::Program {
+                    program,
+                    source: Box::new(source),
+                })?;
+            taken.push(link);
+        }
+        self.attached = 0;
+        Ok(Detaching(taken))
+    }
+
+    /// Attaches the tracing programs, still loaded, at every plan site again (after
+    /// [`Probes::take_links`]): the discovery windows of `--mode sampled`.
+    pub fn reattach(&mut self, plan: &ProbePlan, exe: &Path, pid: u32) -> Result<(), ProbeError> {
+        let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
+        for site in &plan.sites {
+            let program = site.kind.program();
+            let uprobe = uprobe(&mut self.ebpf, program)?;
+            let id = attach_site(uprobe, program, site, exe, pid)?;
+            self.links.push((program, id));
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
     /// Detaches every probe now. After this returns no new event is produced, so draining
     /// the ring buffer once more sees everything.
     pub fn detach(self) {
         drop(self.ebpf);
     }
+}
+
+/// Attaches `uprobe` (a loaded `program`) at one plan site, for `pid` only.
+fn attach_site(
+    uprobe: &mut UProbe,
+    program: &'static str,
+    site: &crate::plan::ProbeSite,
+    exe: &Path,
+    pid: NonZeroU32,
+) -> Result<UProbeLinkId, ProbeError> {
+    uprobe
+        .attach(
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                cookie: Some(site.cookie),
+            },
+            exe,
+            UProbeScope::OneProcess(pid),
+        )
+        .map_err(|source| ProbeError::Attach {
+            program,
+            function: site.function.clone(),
+            offset: site.file_offset,
+            source: Box::new(source),
+        })
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {

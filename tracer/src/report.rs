@@ -18,12 +18,19 @@ use crate::memory::inventory::{Capacity, Summary};
 use crate::memory::release::ReleaseDetection;
 use crate::model::{MapRecord, Model, Seen, StackId};
 use crate::plan::MapImplementation;
+use crate::sampled::{Mode, SamplingReport};
 use crate::trend::Confidence;
 use crate::verdict::{self, Storage, Thresholds, Verdict, Window};
 
 /// The whole report of one trace.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// Which mode made it: `exact` (every call probed), or `sampled` (discovery windows and
+    /// polled headers: see `sampling` for what is exact and what is estimated).
+    pub mode: Mode,
+    /// `--mode sampled` only: how it sampled, and what its `*_estimated` numbers mean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingReport>,
     /// Which process was traced.
     pub target: TargetInfo,
     /// How long the probes were attached, in seconds.
@@ -302,6 +309,9 @@ pub struct SiteReport {
     pub by: SiteKind,
     /// Maps seen created there (released ones included).
     pub maps_created: u64,
+    /// `--mode sampled` only: `maps_created` scaled from the windows to the whole trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maps_created_estimated: Option<f64>,
     /// Of the maps from there, those not known released.
     pub live_maps: u64,
     /// Their entries at the end.
@@ -618,6 +628,8 @@ impl Report {
         let (sampled_live, untracked) = model.sampled_entries();
         let histograms = model.histograms(context.window.end_ns);
         Report {
+            mode: Mode::Exact,
+            sampling: None,
             target: context.target.clone(),
             duration_s: window_s,
             events: EventStats {
@@ -675,6 +687,9 @@ impl Report {
             self.events.received,
             self.events.lost,
         );
+        if let Some(line) = crate::sampled::text_line(self) {
+            let _ = writeln!(text, "{line}");
+        }
         self.render_suspects(&mut text);
         self.render_idle(&mut text, max_rows);
         self.render_sites(&mut text, max_rows);
@@ -914,6 +929,7 @@ fn sites(
             by,
             site,
             maps_created: 0,
+            maps_created_estimated: None,
             live_maps: 0,
             live_entries: 0,
             est_bytes: Some(0),

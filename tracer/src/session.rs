@@ -25,6 +25,8 @@ use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
 use crate::target::{Target, TargetError};
 use crate::verdict::{Storage, Thresholds};
 
+mod sampled;
+
 /// How often the ring buffer is drained when the BPF side does not wake the reader. Short
 /// enough that the buffer never comes close to full at the fastest event rate of a map loop.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -124,6 +126,9 @@ pub struct Options {
     pub tick: Duration,
     /// Print the BPF programs' diagnostics on stderr ([`crate::diagnostics`]).
     pub verbose: bool,
+    /// `--mode sampled`: discovery windows and polls on this schedule; `None`: exact.
+    /// Ignored with `floor`, which measures the exact mode's probes.
+    pub sampling: Option<crate::sampled::Schedule>,
 }
 
 /// What the caller learns once the probes are live.
@@ -308,7 +313,7 @@ async fn follow_attached(
                 go_version,
                 recorder,
             },
-        probes,
+        mut probes,
         outputs,
         armed_ns: start_ns,
     } = live;
@@ -316,8 +321,9 @@ async fn follow_attached(
     // Naming the container may run its runtime's tool (`podman inspect`), which needs the
     // privileges given up next.
     let container = crate::container::of_pid(pid);
-    // From here on only target-controlled bytes are parsed: nothing more to attach.
-    privileges::drop_after_attach()?;
+    // From here on only target-controlled bytes are parsed, and only sampled mode's windows
+    // attach again.
+    privileges::drop_after_attach(options.sampling.is_some() && !options.floor)?;
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -350,7 +356,9 @@ async fn follow_attached(
         } else {
             options.sample_one_in
         },
+        sampling: options.sampling.filter(|_| !options.floor),
     };
+    let setup_sampled = setup.sampling.is_some();
     let mut pipeline = Pipeline::new(setup, recorder);
     let detector = Detector::new(&binary, bias, plan.implementation);
     pipeline.note(Note::ReleaseDetection {
@@ -384,9 +392,18 @@ async fn follow_attached(
         drops_at: Instant::now(),
     };
     feed.read_resident();
-    let stop_reason = feed
-        .follow(&mut events, options, stop, &mut on_tick)
-        .await?;
+    let stop_reason = match options.sampling.filter(|_| !options.floor) {
+        Some(schedule) => {
+            let exe = inspected.target.exe_link();
+            let mut windows = sampled::Windows::new(schedule, &mut probes, &plan, exe, pid);
+            feed.follow_sampled(&mut events, options, &mut windows, stop, &mut on_tick)
+                .await?
+        }
+        None => {
+            feed.follow(&mut events, options, stop, &mut on_tick)
+                .await?
+        }
+    };
     feed.take_inventory(true);
     if inspected.target.is_alive() {
         // Counted as of the end of the window, not as of the last tick.
@@ -405,6 +422,9 @@ async fn follow_attached(
     }
     .lost()?;
     feed.settle_from_memory();
+    if setup_sampled {
+        feed.last_poll();
+    }
     feed.read_resident();
     if let Some(peak_bytes) = feed.peak_resident {
         feed.note(Note::Resident { peak_bytes });

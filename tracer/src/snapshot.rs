@@ -52,6 +52,7 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
             start_ns,
             thresholds,
             sample_one_in: 0,
+            sampling: None,
         },
         None,
     );

@@ -158,7 +158,8 @@ pub fn judge(record: &MapRecord, window: Window, thresholds: &Thresholds) -> Opt
         return Some(Verdict::NeverReleased);
     }
     let shrunk = (record.live as f64) <= record.peak as f64 * thresholds.retain_max_ratio;
-    if record.peak >= thresholds.retain_min_peak && record.deletes > 0 && shrunk {
+    let deleted = record.deletes > 0 || record.unseen_deletes > 0;
+    if record.peak >= thresholds.retain_min_peak && deleted && shrunk {
         return Some(Verdict::RetainsCapacity);
     }
     None

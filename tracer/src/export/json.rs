@@ -47,6 +47,8 @@ pub fn limited(report: &Report, max_maps: usize) -> Report {
     // Field by field, so that only the listed maps are copied (a report of an hours-long
     // trace is mostly maps).
     Report {
+        mode: report.mode,
+        sampling: report.sampling.clone(),
         target: report.target.clone(),
         duration_s: report.duration_s,
         events: report.events.clone(),

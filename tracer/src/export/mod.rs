@@ -241,6 +241,7 @@ mod tests {
             start_ns: 1_000,
             thresholds: Thresholds::default(),
             sample_one_in: 64,
+            sampling: None,
         };
         Pipeline::new(setup, None)
     }

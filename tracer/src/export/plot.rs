@@ -279,6 +279,7 @@ mod tests {
             site: None,
             by: SiteKind::Creation,
             maps_created: 1,
+            maps_created_estimated: None,
             live_maps: 1,
             live_entries: 7,
             est_bytes: None,

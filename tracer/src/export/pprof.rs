@@ -218,10 +218,13 @@ pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
         has_line_numbers: true,
         has_inline_frames: true,
     }];
-    let comment = vec![tables.string(&format!(
+    let mut comment = vec![tables.string(&format!(
         "gomaptrace: pid {} ({}, {})",
         report.target.pid, report.target.exe, report.target.go_version
     ))];
+    if let Some(line) = crate::sampled::text_line(report) {
+        comment.push(tables.string(&line));
+    }
     proto::Profile {
         sample_type,
         sample: samples,

@@ -239,6 +239,8 @@ pub fn encode(snapshot: &Snapshot<'_>, container: &str) -> String {
         )
     });
     let mut other = SiteTotals::default();
+    let estimated = Family::<Labels, Gauge>::default();
+    let mut other_estimated = 0.0;
     for (rank, site) in ranked.iter().enumerate() {
         let totals = SiteTotals {
             live_maps: site.live_maps as i64,
@@ -248,6 +250,7 @@ pub fn encode(snapshot: &Snapshot<'_>, container: &str) -> String {
             suspects: site.suspects as i64,
         };
         if rank >= TOP_SITES {
+            other_estimated += site.maps_created_estimated.unwrap_or(0.0);
             other.live_maps += totals.live_maps;
             other.entries += totals.entries;
             other.bytes += totals.bytes;
@@ -262,12 +265,37 @@ pub fn encode(snapshot: &Snapshot<'_>, container: &str) -> String {
         set(
             &live, &entries, &bytes, &created, &suspects, &labels, totals,
         );
+        if let Some(scaled) = site.maps_created_estimated {
+            estimated.get_or_create(&labels).set(scaled as i64);
+        }
     }
     if ranked.len() > TOP_SITES {
         let mut labels = site_labels(None, SiteKind::Creation, "");
         labels[0].1 = "other".to_string();
         labels[4].1 = "other".to_string();
         set(&live, &entries, &bytes, &created, &suspects, &labels, other);
+        if report.sampling.is_some() {
+            estimated.get_or_create(&labels).set(other_estimated as i64);
+        }
+    }
+    if let Some(sampling) = &report.sampling {
+        // Sampled mode only: the mode, and the creation counts scaled from the windows
+        // (`gomaptrace_maps_created` counts what the windows saw).
+        registry.register(
+            "gomaptrace_maps_created_estimated",
+            "Sampled mode: maps created at the site, estimated from the discovery windows",
+            estimated,
+        );
+        registry.register(
+            "gomaptrace_sampling",
+            "How the trace samples: live entries are exact at each poll, creations estimated",
+            Info::new(vec![
+                ("mode".to_string(), "sampled".to_string()),
+                ("window_s".to_string(), sampling.window_s.to_string()),
+                ("period_s".to_string(), sampling.period_s.to_string()),
+                ("poll_s".to_string(), sampling.poll_s.to_string()),
+            ]),
+        );
     }
     registry.register(
         "gomaptrace_maps_live",

@@ -180,6 +180,7 @@ mod tests {
             start_ns: 1_000_000_000,
             thresholds: Thresholds::default(),
             sample_one_in: 0,
+            sampling: None,
         };
         let mut pipeline = Pipeline::new(setup, None);
         let mut stack = [0u64; STACK_DEPTH];

@@ -349,6 +349,18 @@ pub fn find(
     sightings
 }
 
+/// The header of the map at `addr`: its count and seed word, and its capacity when its
+/// storage reads consistently. The same reads as the inventory's, for the polls of
+/// `--mode sampled` ([`crate::sampled`]).
+pub fn read_header(
+    memory: &impl ReadMemory,
+    addr: u64,
+    implementation: MapImplementation,
+) -> Option<([u64; 2], Option<Capacity>)> {
+    let words = read_words(memory, addr)?;
+    Some((words, capacity(memory, addr, words, implementation)))
+}
+
 fn read_u64(memory: &impl ReadMemory, addr: u64) -> Option<u64> {
     let bytes = memory.read(addr, 8)?;
     Some(u64::from_le_bytes(bytes.as_slice().try_into().ok()?))
@@ -604,6 +616,7 @@ mod tests {
                 start_ns: 100,
                 thresholds: Thresholds::default(),
                 sample_one_in: 0,
+                sampling: None,
             },
             None,
         );
