@@ -9,6 +9,10 @@ use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor
 
 const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SETUID: u32 = 7;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_MODULE: u32 = 16;
+const CAP_SYS_RAWIO: u32 = 17;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -117,4 +121,53 @@ fn every_thread_keeps_only_what_reading_needs_and_counts_stay_exact() {
     }
     let log = std::fs::read_to_string(&hlog).unwrap();
     assert!(log.contains("Tag=map_peak_entries"), "{log}");
+}
+
+#[test]
+fn sampled_mode_keeps_what_its_windows_need_to_attach_again_and_nothing_else() {
+    let binary = build("maps", "1.24.11", Flavor::Plain, &[]);
+    let json = report_path("privileges_sampled");
+    let mut fixture = Fixture::start(&binary);
+    let pid = fixture.pid();
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+        "--mode",
+        "sampled",
+        "--window",
+        "200ms",
+        "--period",
+        "1s",
+        "--poll",
+        "500ms",
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    for (name, status) in threads(tracer.pid()) {
+        let effective = status_field(&status, "CapEff:", 16);
+        assert_ne!(
+            effective & 1 << CAP_PERFMON,
+            0,
+            "thread {name} attaches again"
+        );
+        for gone in [CAP_NET_ADMIN, CAP_SYS_MODULE, CAP_SETUID, CAP_SYS_RAWIO] {
+            assert_eq!(effective & 1 << gone, 0, "thread {name}: capability {gone}");
+        }
+        assert_eq!(status_field(&status, "NoNewPrivs:", 10), 1, "thread {name}");
+    }
+    fixture.run_operations();
+    let (status, stderr) = tracer.interrupt();
+    assert!(
+        status.success(),
+        "gomaptrace failed ({status}): {stderr:#?}"
+    );
+    assert_eq!(fixture.finish().code(), Some(3));
+    let report = read_report(&json);
+    assert_eq!(report["mode"], "sampled", "{report}");
+    let windows = report["sampling"]["windows"].as_u64().unwrap();
+    assert!(
+        windows >= 2,
+        "windows opened again after the drop: {windows}"
+    );
 }
