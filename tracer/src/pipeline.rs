@@ -265,6 +265,7 @@ impl Pipeline {
                     .max(self.setup.start_ns),
             },
             lost: self.lost,
+            release_detection: self.release_detection,
         }
     }
 
@@ -378,6 +379,8 @@ pub struct Snapshot {
     resolved: Resolved,
     window: Window,
     lost: u64,
+    /// How dropped maps were being found, as the final report says it.
+    release_detection: Option<ReleaseDetection>,
 }
 
 impl Snapshot {
@@ -392,7 +395,9 @@ impl Snapshot {
             sample_one_in: self.setup.sample_one_in,
             resolved: &self.resolved,
         };
-        Report::new(&self.model, &context)
+        let mut report = Report::new(&self.model, &context);
+        report.release_detection = self.release_detection;
+        report
     }
 
     /// The model's distributions as of the snapshot.
@@ -600,6 +605,19 @@ mod tests {
             panic!("not a finish note: {note:?}");
         };
         assert!(resolved.held_by.is_empty());
+    }
+
+    #[test]
+    fn an_interval_snapshot_says_how_releases_are_found() {
+        let mut pipeline = Pipeline::new(setup(), None);
+        assert_eq!(pipeline.snapshot(2_000).report().release_detection, None);
+        pipeline.note(Note::ReleaseDetection {
+            method: ReleaseDetection::Heap,
+        });
+        assert_eq!(
+            pipeline.snapshot(2_000).report().release_detection,
+            Some(ReleaseDetection::Heap)
+        );
     }
 
     #[test]
