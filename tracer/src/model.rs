@@ -404,6 +404,13 @@ impl Default for Limits {
     }
 }
 
+/// Most map records the table of live maps has room for, per live map, before it shrinks
+/// (see [`Model::dropped`]).
+pub const MAP_TABLE_SLACK: usize = 4;
+
+/// Room the table of live maps keeps whatever the count: no shrinking below it.
+pub const MIN_MAP_CAPACITY: usize = 1024;
+
 /// Why an event could not be applied; the event is dropped and counted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
@@ -950,6 +957,19 @@ impl Model {
         }
         if let Some(gone) = self.maps.remove(&dropped.addr) {
             self.release(gone, dropped.at_ns);
+            self.shrink_maps();
+        }
+    }
+
+    /// Gives back the table space of maps released since the live count peaked: a hash
+    /// table keeps its largest capacity, and every interval's copy of the model is made at
+    /// that capacity. Shrinks to twice the live maps once capacity exceeds four times them,
+    /// so the table stays within [`MAP_TABLE_SLACK`] times the live maps (plus
+    /// [`MIN_MAP_CAPACITY`]) and each shrink is paid for by the releases before it.
+    fn shrink_maps(&mut self) {
+        let live = self.maps.len();
+        if self.maps.capacity() > MAP_TABLE_SLACK * live + MIN_MAP_CAPACITY {
+            self.maps.shrink_to(2 * live);
         }
     }
 
@@ -1044,6 +1064,10 @@ fn operation(event: &MapEvent) -> Result<Pending, ModelError> {
         other => Err(ModelError::UnknownKind(other)),
     }
 }
+
+#[cfg(test)]
+#[path = "model_bounds_tests.rs"]
+mod bounds_tests;
 
 #[cfg(test)]
 mod tests {
