@@ -8,6 +8,7 @@
 //! it while it runs.
 
 pub mod abi;
+pub mod allocator;
 pub mod container;
 #[cfg(test)]
 mod dwarf_oracle;
