@@ -8,6 +8,7 @@
 //! it while it runs.
 
 pub mod abi;
+pub mod allocator;
 pub mod container;
 pub mod diagnostics;
 #[cfg(test)]

@@ -202,6 +202,7 @@ enum ModeArg {
 const TEXT_ROWS: usize = 20;
 
 fn main() -> ExitCode {
+    tracer::allocator::configure();
     let cli = Cli::parse();
     // Outlives `run`, so that an error is printed before a launched program is waited for.
     let mut launched = None;

@@ -432,6 +432,13 @@ impl Default for Limits {
     }
 }
 
+/// Most map records the table of live maps has room for, per live map, before it shrinks
+/// (see [`Model::dropped`]).
+pub const MAP_TABLE_SLACK: usize = 8;
+
+/// Room the table of live maps keeps whatever the count: no shrinking below it.
+pub const MIN_MAP_CAPACITY: usize = 1024;
+
 /// Why an event could not be applied; the event is dropped and counted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
@@ -1067,6 +1074,21 @@ impl Model {
         }
         if let Some(gone) = self.maps.remove(&dropped.addr) {
             self.release(gone, dropped.at_ns);
+            self.shrink_maps();
+        }
+    }
+
+    /// Gives back the table space of maps released since the live count peaked: a hash
+    /// table keeps its largest capacity, and every interval's copy of the model is made at
+    /// that capacity. Shrinks to twice the live maps once capacity exceeds eight times them,
+    /// so that after a release the table has room for at most [`MAP_TABLE_SLACK`] maps per
+    /// live map (plus [`MIN_MAP_CAPACITY`]), and each shrink is paid for by the releases
+    /// before it. The slack is wide so that live counts rising and falling with the target's
+    /// GC cycles do not make the table shrink and grow again every cycle.
+    fn shrink_maps(&mut self) {
+        let live = self.maps.len();
+        if self.maps.capacity() > MAP_TABLE_SLACK * live + MIN_MAP_CAPACITY {
+            self.maps.shrink_to(2 * live);
         }
     }
 
@@ -1175,6 +1197,10 @@ fn operation(event: &MapEvent) -> Result<Pending, ModelError> {
         other => Err(ModelError::UnknownKind(other)),
     }
 }
+
+#[cfg(test)]
+#[path = "model_bounds_tests.rs"]
+mod bounds_tests;
 
 #[cfg(test)]
 mod tests {

@@ -300,6 +300,7 @@ impl Pipeline {
             },
             lost: self.lost,
             tally: self.tally.clone(),
+            release_detection: self.release_detection,
         }
     }
 
@@ -444,6 +445,8 @@ pub struct Snapshot {
     window: Window,
     lost: u64,
     tally: Tally,
+    /// How dropped maps were being found, as the final report says it.
+    release_detection: Option<ReleaseDetection>,
 }
 
 impl Snapshot {
@@ -468,6 +471,7 @@ impl Snapshot {
                 self.window.end_ns,
             );
         }
+        report.release_detection = self.release_detection;
         report
     }
 
@@ -677,6 +681,19 @@ mod tests {
             panic!("not a finish note: {note:?}");
         };
         assert!(resolved.held_by.is_empty());
+    }
+
+    #[test]
+    fn an_interval_snapshot_says_how_releases_are_found() {
+        let mut pipeline = Pipeline::new(setup(), None);
+        assert_eq!(pipeline.snapshot(2_000).report().release_detection, None);
+        pipeline.note(Note::ReleaseDetection {
+            method: ReleaseDetection::Heap,
+        });
+        assert_eq!(
+            pipeline.snapshot(2_000).report().release_detection,
+            Some(ReleaseDetection::Heap)
+        );
     }
 
     #[test]

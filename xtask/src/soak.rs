@@ -36,6 +36,28 @@ struct Sample {
     minute: u64,
     rss_kib: u64,
     cpu_s: f64,
+    /// Maps the model held (not known released), from the JSON the tracer last rewrote.
+    live_maps: u64,
+    /// Maps created since the trace began, from the same JSON.
+    created: u64,
+}
+
+/// Live and created maps summed over the sites of the JSON report at `path`; zeros while
+/// there is none yet.
+fn model_counts(path: &Path) -> (u64, u64) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return (0, 0);
+    };
+    let Ok(report) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return (0, 0);
+    };
+    let sum = |field: &str| -> u64 {
+        report["sites"]
+            .as_array()
+            .map(|sites| sites.iter().filter_map(|site| site[field].as_u64()).sum())
+            .unwrap_or(0)
+    };
+    (sum("live_maps"), sum("maps_created"))
 }
 
 /// Runs the soak and prints its figures.
@@ -88,14 +110,17 @@ pub fn run_soak(root: &Path, options: &SoakOptions) -> anyhow::Result<()> {
         }
         let memory = procfs::memory(tracer_pid)?;
         let cpu_s = procfs::cpu_ns(tracer_pid)? as f64 / 1e9;
+        let (live_maps, created) = model_counts(&path("report.json"));
         eprintln!(
-            "xtask: soak minute {minute}: tracer RSS {} KiB, CPU {cpu_s:.1} s",
+            "xtask: soak minute {minute}: tracer RSS {} KiB, CPU {cpu_s:.1} s, model {live_maps} live maps, {created} created",
             memory.now_kib
         );
         samples.push(Sample {
             minute,
             rss_kib: memory.now_kib,
             cpu_s,
+            live_maps,
+            created,
         });
     }
     procfs::signal(tracer_pid, libc::SIGINT)?;
@@ -138,6 +163,8 @@ pub fn run_soak(root: &Path, options: &SoakOptions) -> anyhow::Result<()> {
         "maps_created_per_s": created as f64 / duration_s,
         "lost": report["events"]["lost"],
         "rss_kib_per_minute": samples.iter().map(|sample| sample.rss_kib).collect::<Vec<_>>(),
+        "live_maps_per_minute": samples.iter().map(|sample| sample.live_maps).collect::<Vec<_>>(),
+        "created_per_minute": samples.iter().map(|sample| sample.created).collect::<Vec<_>>(),
         "rss_flat_within_10_percent_after_minute_1": flat,
         "cpu_cores": cpu_cores,
         "bytes": {
@@ -148,15 +175,19 @@ pub fn run_soak(root: &Path, options: &SoakOptions) -> anyhow::Result<()> {
         },
     });
     std::fs::write(path("results.json"), serde_json::to_vec_pretty(&results)?)?;
-    println!("| minute | tracer RSS (MiB) | tracer CPU (s) |");
-    println!("|---:|---:|---:|");
+    println!("| minute | tracer RSS (MiB) | tracer CPU (s) | model's live maps | maps created/s |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mut created_before = 0;
     for sample in &samples {
         println!(
-            "| {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {} | {:.0} |",
             sample.minute,
             sample.rss_kib as f64 / 1024.0,
-            sample.cpu_s
+            sample.cpu_s,
+            sample.live_maps,
+            sample.created.saturating_sub(created_before) as f64 / 60.0
         );
+        created_before = sample.created;
     }
     println!(
         "\n{:.0} maps/s created for {:.0} s, {} events lost; tracer {cpu_cores:.3} cores; RSS after minute 1 {} within 10 % ({:.1}–{:.1} MiB); report.json {} bytes, maps.pb.gz {}, maps.hlog {}, maps.svg {}",

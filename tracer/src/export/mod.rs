@@ -190,6 +190,8 @@ impl Worker {
                             eprintln!("gomaptrace: {error}");
                         }
                     }
+                    drop((report, histograms));
+                    crate::allocator::release_free_memory();
                     busy.store(false, Ordering::Release);
                 }
                 outputs

@@ -124,48 +124,40 @@ impl Tables {
 }
 
 /// The frames pprof shows for a map, innermost first: its creation stack from the creation
-/// site outwards, else its main writer's stack from the write site outwards.
-fn program_stack(map: &MapReport) -> (Vec<Location>, &'static str) {
-    let from_site = |stack: &[Location], site: &Location| -> Vec<Location> {
+/// site outwards, else its main writer's stack from the write site outwards; `None` when it
+/// has neither. Borrowed from the report: a profile of many maps copies no stack per map.
+fn program_stack(map: &MapReport) -> Option<(&[Location], &'static str)> {
+    fn from_site<'a>(stack: &'a [Location], site: &Location) -> &'a [Location] {
         let start = stack.iter().position(|frame| frame == site).unwrap_or(0);
-        stack[start..].to_vec()
-    };
+        &stack[start..]
+    }
     if let Some(site) = &map.site {
-        return (from_site(&map.stack, site), "creation");
+        return Some((from_site(&map.stack, site), "creation"));
     }
-    if let Some(site) = map.main_writer_site() {
-        if let Some(writer) = map
-            .writers
-            .iter()
-            .find(|writer| writer.site.as_ref().is_some_and(|s| std::ptr::eq(s, site)))
-        {
-            return (from_site(&writer.stack, site), "writer");
-        }
-    }
-    let unknown = Location {
-        function: UNKNOWN_STACK.to_string(),
-        file: String::new(),
-        line: 0,
-    };
-    (vec![unknown], "none")
+    let site = map.main_writer_site()?;
+    map.writers
+        .iter()
+        .find(|writer| writer.site.as_ref().is_some_and(|s| std::ptr::eq(s, site)))
+        .map(|writer| (from_site(&writer.stack, site), "writer"))
 }
 
 /// The profile of the maps in `report` not known released, stamped `time_nanos`.
 pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
     let mut tables = Tables::new();
-    type Key = (Vec<Location>, String, &'static str, String);
+    let unknown = [Location {
+        function: UNKNOWN_STACK.to_string(),
+        file: String::new(),
+        line: 0,
+    }];
+    type Key<'a> = (&'a [Location], &'a str, &'static str, String);
     let mut totals: HashMap<Key, [i64; 3]> = HashMap::new();
     let mut order: Vec<Key> = Vec::new();
     for map in report.maps.iter().filter(|map| !map.released) {
-        let (stack, by) = program_stack(map);
-        let verdicts: Vec<String> = map
-            .verdicts
-            .iter()
-            .map(|verdict| verdict.name().to_string())
-            .collect();
+        let (stack, by) = program_stack(map).unwrap_or((&unknown, "none"));
+        let verdicts: Vec<&str> = map.verdicts.iter().map(|verdict| verdict.name()).collect();
         let key = (
             stack,
-            map.map_type.clone().unwrap_or_default(),
+            map.map_type.as_deref().unwrap_or_default(),
             by,
             verdicts.join(","),
         );
@@ -193,7 +185,7 @@ pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
         let (stack, map_type, by, verdicts) = key;
         let location_id = stack.iter().map(|frame| tables.location(frame)).collect();
         let mut label = vec![
-            string_label(&mut tables, "type", &map_type),
+            string_label(&mut tables, "type", map_type),
             string_label(&mut tables, "site_kind", by),
         ];
         if !verdicts.is_empty() {
