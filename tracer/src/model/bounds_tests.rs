@@ -6,6 +6,7 @@ use tracer_common::{kind, CreateEvent, MapEvent, FLAG_KEY_SAMPLED, STACK_DEPTH};
 
 use super::*;
 use crate::memory::release::Dropped;
+use crate::writers;
 
 const BASE: u64 = 0x00c0_0000_0000;
 /// The creation sites of the synthetic program.

@@ -1,0 +1,712 @@
+//! The life of every map the tracer has seen, rebuilt from events alone.
+//!
+//! This module does no I/O: it is fed [`MapEvent`]s and [`CreateEvent`]s (live from the ring
+//! buffer, or recorded sequences in tests and `gomaptrace replay`) and, at the end, the final
+//! headers the caller could read from the target. Everything it reports follows from those
+//! inputs.
+//!
+//! Probes only fire on entry, so each event carries the count *before* its operation. Go maps
+//! are not safe for concurrent writes, so operations on one map are ordered, and the ring
+//! buffer keeps that order: the effect of an operation shows in the count at the map's next
+//! observation. An assign followed by a count one higher was an insert, by the same count an
+//! overwrite; a delete followed by a count one lower removed a key.
+//!
+//! Growth is settled the same way. A classic `hashGrow` either doubles the buckets or, when
+//! overflow buckets piled up, moves the entries into a new array of the same size: the
+//! header's `B` at the map's next observation is one higher after a doubling only. A swiss
+//! `pruneTombstones` either clears tombstones in place or frees too little and does nothing,
+//! and then the table grows before the assign goes on: a growth event next means nothing was
+//! pruned. So growth splits exactly into capacity growth (`grows`) and reorganisation
+//! without growing (`reorganisations`), with no load-factor constants (they differ between
+//! releases: Go 1.21 doubles at 6 entries per bucket, the others at 6.5).
+//!
+//! The hash seed in each event tells maps at the same address apart: a stack map made by a
+//! later call, or a heap map reusing freed memory, has a new seed. The runtime also picks a
+//! new seed when a map becomes empty through a delete or a clear, which is expected. A map
+//! whose creation was seen before its seed was drawn adopts the seed of its next event.
+//!
+//! The garbage collector frees maps without calling any map function, so a map is only
+//! known to be released when another map appears at its address (or its process exits).
+//! Released maps are kept individually up to [`Limits::released_maps`], then only counted,
+//! so that a program creating a map per request cannot grow the tracer without bound.
+//!
+//! Some writes carry their writer's call stack, interned with the creation stacks; each map
+//! keeps a short list of them ([`crate::writers`]), which locates maps made before the trace.
+//!
+//! The observation window ends with [`Model::freeze`]: events that happen after it only settle
+//! the operations still pending, so that a busy map's last operation is classified by the next
+//! one, exactly as during the window. [`Model::settle`] does the same with a header read from
+//! the target's memory for maps that stayed quiet.
+//!
+//! Layout: [`record`] is one map's state machine, `distributions` the sampled keys and the
+//! histograms, `stacks` the interned call stacks; this file dispatches each input to them
+//! and keeps the tables of maps.
+
+use std::collections::HashMap;
+
+use tracer_common::{
+    classic_log2_buckets, kind, seed_from_word, CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE,
+    FLAG_KEY_SAMPLED, FLAG_SEED_PENDING,
+};
+
+use crate::memory::inventory::{Sighting, Summary};
+use crate::memory::release::Dropped;
+use crate::plan::MapImplementation;
+use crate::sampled::Polled;
+
+mod distributions;
+pub mod record;
+mod stacks;
+
+pub use distributions::Histograms;
+use distributions::{record_us, record_value, SampledEntries};
+use record::{KeyChange, Pending};
+pub use record::{MapHeader, MapRecord, Seen};
+pub use stacks::{StackId, StackTotals};
+
+/// Bounds on what the model keeps, whatever the target does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Released maps kept individually; later ones are only counted (and still feed the
+    /// histograms and per-site totals).
+    pub released_maps: usize,
+    /// Sampled keys followed at once; keys sampled while this many are live are not
+    /// followed, and counted.
+    pub sampled_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            released_maps: 10_000,
+            sampled_entries: 100_000,
+        }
+    }
+}
+
+/// Most map records the table of live maps has room for, per live map, before it shrinks
+/// (see [`Model::dropped`]).
+pub const MAP_TABLE_SLACK: usize = 8;
+
+/// Room the table of live maps keeps whatever the count: no shrinking below it.
+pub const MIN_MAP_CAPACITY: usize = 1024;
+
+/// Why an event could not be applied; the event is dropped and counted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    /// The BPF side and userspace disagree on the event format.
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+}
+
+/// Per-map state for one trace. Cloned for the exports, which build their report from a
+/// copy off the event loop (see [`crate::pipeline::Pipeline::snapshot`]).
+#[derive(Clone, Debug)]
+pub struct Model {
+    implementation: MapImplementation,
+    limits: Limits,
+    maps: HashMap<u64, MapRecord>,
+    released: Vec<MapRecord>,
+    released_unlisted: u64,
+    stacks: Vec<Vec<u64>>,
+    stack_ids: HashMap<Vec<u64>, StackId>,
+    stack_totals: HashMap<StackId, StackTotals>,
+    types_seen: Vec<u64>,
+    entries: SampledEntries,
+    histograms: Histograms,
+    received: u64,
+    malformed: u64,
+    before_arming: u64,
+    armed_ns: u64,
+    window_end_ns: Option<u64>,
+    inventory: Option<Summary>,
+}
+
+impl Model {
+    /// An empty model for a target whose maps use `implementation`.
+    pub fn new(implementation: MapImplementation, limits: Limits) -> Model {
+        Model {
+            implementation,
+            limits,
+            maps: HashMap::new(),
+            released: Vec::new(),
+            released_unlisted: 0,
+            stacks: Vec::new(),
+            stack_ids: HashMap::new(),
+            stack_totals: HashMap::new(),
+            types_seen: Vec::new(),
+            entries: SampledEntries::default(),
+            histograms: Histograms::new(),
+            received: 0,
+            malformed: 0,
+            before_arming: 0,
+            armed_ns: 0,
+            window_end_ns: None,
+            inventory: None,
+        }
+    }
+
+    /// Takes in the maps the inventory found at `at_ns`. A map already seen by an event
+    /// keeps its record (events win); the others enter idle, with their header's count as
+    /// their live count and peak. An idle map's first event is its baseline, as for any
+    /// map first seen in use: it continues the same record when the seed matches, and is a
+    /// new map (the old one freed) when not, so counts stay exact from the arming instant.
+    pub fn inventory(&mut self, at_ns: u64, summary: Summary, sightings: &[Sighting]) {
+        self.inventory = Some(summary);
+        for sighting in sightings {
+            if self.maps.contains_key(&sighting.addr) {
+                continue;
+            }
+            let header = self.header_from_words(sighting.words);
+            let mut record = MapRecord::new(sighting.addr, false, header, at_ns);
+            record.seen = Seen::Inventory;
+            record.idle = true;
+            record.capacity = sighting.capacity;
+            record.log2_buckets = sighting
+                .capacity
+                .and_then(|capacity| capacity.log2_buckets)
+                .unwrap_or(0);
+            self.maps.insert(sighting.addr, record);
+            self.note_type(sighting.addr, sighting.map_type);
+        }
+    }
+
+    /// What the inventory did, once it finished.
+    pub fn inventory_summary(&self) -> Option<&Summary> {
+        self.inventory.as_ref()
+    }
+
+    /// Counts only events from `at_ns` on: the monotonic time by which every probe was
+    /// attached. Probes go on one after another while a busy program keeps calling map
+    /// functions; before the last one is live, some operations go unseen (deletes while only
+    /// assigns are probed), and a count they changed would read as unexplained. Each map's
+    /// first event after arming is its baseline, so counts are exact from that instant.
+    pub fn arm(&mut self, at_ns: u64) {
+        self.armed_ns = at_ns;
+    }
+
+    /// A new discovery window of `--mode sampled` is armed at `at_ns`: events count again
+    /// from then on, and each known map's first event is its new baseline, as at the start
+    /// of the trace (see [`Model::arm`]).
+    pub fn rearm(&mut self, at_ns: u64) {
+        self.armed_ns = at_ns;
+        self.window_end_ns = None;
+        for record in self.maps.values_mut() {
+            record.baseline_due = true;
+        }
+    }
+
+    /// Headers read between discovery windows (`--mode sampled`), at `at_ns`. A header with
+    /// the map's seed gives its exact count and capacity at that instant. A header with
+    /// another seed that still reads as a map (a non-zero seed, no more entries than its
+    /// capacity holds, a capacity no smaller than before since Go never shrinks a map nor
+    /// more than [`MAX_GROWTH_BETWEEN_POLLS`] times bigger, and only known classic flags) is
+    /// the map emptied, as the runtime reseeds a map a delete or
+    /// clear empties, and maybe filled again between two polls, which a busy map does all
+    /// the time (`clear`, then new entries); anything else is no map any more: the record is
+    /// released. A map freed and its memory handed to
+    /// another map between two polls is left to the heap check ([`Model::dropped`]). Polls come
+    /// after a window's end, when events only settle: a map's operation still pending is
+    /// first settled by the header as one read after the probes are ([`Model::settle_words`]).
+    pub fn poll(&mut self, at_ns: u64, polled: &[Polled]) {
+        for header_read in polled {
+            let Some(words) = header_read.words else {
+                continue;
+            };
+            if self
+                .maps
+                .get(&header_read.addr)
+                .is_some_and(MapRecord::is_pending)
+            {
+                self.settle_words(header_read.addr, words);
+            }
+            let header = self.header_from_words(words);
+            let Some(record) = self.maps.get_mut(&header_read.addr) else {
+                continue;
+            };
+            let own = record.seed_pending || header.seed == record.seed;
+            let reseeded = reads_as_map(self.implementation, words)
+                && header.seed != 0
+                && header_read.capacity.is_some_and(|capacity| {
+                    // What the model last knew the map's storage to be: a poll's reading, or
+                    // the `B` events showed (a swiss map's first group otherwise).
+                    let before = record.capacity.map_or_else(
+                        || {
+                            8u64.checked_shl(u32::from(record.log2_buckets))
+                                .unwrap_or(u64::MAX)
+                        },
+                        |before| before.slots,
+                    );
+                    header.count <= capacity.slots
+                        && capacity.slots >= before
+                        && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
+                });
+            if !own && !reseeded {
+                if let Some(gone) = self.maps.remove(&header_read.addr) {
+                    self.release(gone, at_ns);
+                }
+                continue;
+            }
+            if header.seed == record.seed {
+                record.unseen_deletes += record.live.saturating_sub(header.count);
+            }
+            record.live = header.count;
+            record.polled_ns = at_ns;
+            record.peak = record.peak.max(header.count);
+            record.series.record(at_ns, header.count);
+            record.seed = header.seed;
+            record.seed_pending = false;
+            record.log2_buckets = record.log2_buckets.max(header.log2_buckets);
+            if header_read.capacity.is_some() {
+                record.capacity = header_read.capacity;
+            }
+        }
+    }
+
+    /// The header an event read.
+    fn header(&self, event: &MapEvent) -> MapHeader {
+        self.header_from_words([event.count, event.header_word])
+    }
+
+    /// A header's first two words (count, and the word holding the seed) as a [`MapHeader`].
+    fn header_from_words(&self, words: [u64; 2]) -> MapHeader {
+        MapHeader {
+            count: words[0],
+            seed: seed_from_word(words[1], self.implementation.seed_shift()),
+            log2_buckets: match self.implementation {
+                MapImplementation::Classic => classic_log2_buckets(words[1]),
+                MapImplementation::Swiss => 0,
+            },
+        }
+    }
+
+    /// Applies one event. Unknown kinds are counted in [`Model::malformed`] and reported.
+    pub fn observe(&mut self, event: &MapEvent) -> Result<(), ModelError> {
+        self.observe_with_stack(event, None)
+    }
+
+    /// Applies one creation, or one write with its writer's stack (kind `ASSIGN` or
+    /// `DELETE`), interning its call stack.
+    pub fn observe_create(&mut self, create: &CreateEvent) -> Result<(), ModelError> {
+        let frames = &create.stack[..create.stack_len as usize];
+        let mut stack = Vec::with_capacity(frames.len() + 1);
+        if let Some((probed, callers)) = frames.split_first() {
+            stack.push(*probed);
+            // Recent kernels add the return address themselves when a probe sits on a
+            // function's `PUSH BP` (a write probe on Go 1.21+): it must not appear twice.
+            if create.caller != 0 && callers.first() != Some(&create.caller) {
+                stack.push(create.caller);
+            }
+            stack.extend_from_slice(callers);
+        }
+        let write = matches!(create.event.kind, kind::ASSIGN | kind::DELETE);
+        let id = if stack.is_empty() {
+            None
+        } else if write {
+            self.intern_writer(stack)
+        } else {
+            Some(self.intern(stack))
+        };
+        self.observe_with_stack(&create.event, id)
+    }
+
+    fn observe_with_stack(
+        &mut self,
+        event: &MapEvent,
+        stack: Option<StackId>,
+    ) -> Result<(), ModelError> {
+        self.received += 1;
+        if event.ktime_ns < self.armed_ns {
+            self.before_arming += 1;
+            return Ok(());
+        }
+        let after_window = self.window_end_ns.is_some_and(|end| event.ktime_ns > end);
+        let result = if after_window {
+            self.settle_from(event)
+        } else {
+            self.apply(event, stack)
+        };
+        if result.is_err() {
+            self.malformed += 1;
+        }
+        result
+    }
+
+    /// Applies one raw ring-buffer record, a creation (or a write with its writer's stack) or
+    /// an operation by its size; a record of neither size is counted in [`Model::malformed`].
+    pub fn observe_record(&mut self, record: &[u8]) {
+        // An unknown kind is counted by `observe`.
+        let _ = match record.len() {
+            CreateEvent::SIZE => CreateEvent::from_bytes(record).map(|c| self.observe_create(&c)),
+            MapEvent::SIZE => MapEvent::from_bytes(record).map(|e| self.observe(&e)),
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            self.received += 1;
+            self.malformed += 1;
+            Ok(())
+        });
+    }
+
+    fn apply(&mut self, event: &MapEvent, stack: Option<StackId>) -> Result<(), ModelError> {
+        let now = event.ktime_ns;
+        let header = self.header(event);
+        match event.kind {
+            kind::CREATE => {
+                let mut record = MapRecord::new(event.map, true, header, now);
+                record.seed_pending = event.flags & FLAG_SEED_PENDING != 0;
+                record.stack = stack;
+                self.begin(record);
+                return Ok(());
+            }
+            kind::CLONE => {
+                self.clone_filled(event.map, header, now, stack);
+                return Ok(());
+            }
+            kind::GROW | kind::HASH_GROW | kind::PRUNE => {
+                // Inside an assign: the count has not changed yet, so no operation is
+                // resolved; a growth seen before the assign itself is not the map's.
+                let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
+                if let Some(record) = self.maps.get_mut(&event.map) {
+                    record.grow(event.kind, header, readable);
+                }
+                self.note_type(event.map, event.map_type);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let operation = operation(event)?;
+        if self
+            .maps
+            .get(&event.map)
+            .is_some_and(|record| now <= record.polled_ns)
+        {
+            return Ok(());
+        }
+        let readable = event.flags & FLAG_COUNT_UNREADABLE == 0;
+        let known = self.maps.get(&event.map);
+        if readable && known.is_some_and(|record| record.idle && record.owns(header)) {
+            self.wake(event.map, header, now);
+        }
+        let known = self.maps.get(&event.map);
+        if readable && known.is_some_and(|record| !record.owns(header)) {
+            self.begin(MapRecord::new(event.map, false, header, now));
+        }
+        let record = self
+            .maps
+            .entry(event.map)
+            .or_insert_with(|| MapRecord::new(event.map, false, header, now));
+        record.last_seen_ns = now;
+        if !readable {
+            record.abandon();
+            record.unexplained += 1;
+            return Ok(());
+        }
+        if record.baseline_due {
+            record.rebase(header, now);
+        }
+        let change = record.resolve(header);
+        if matches!(operation, Pending::Clear { .. }) {
+            record.clears += 1;
+        }
+        record.pending = Some(operation);
+        record.writers.start(stack);
+        let addr = event.map;
+        self.follow_key(addr, change);
+        self.note_type(addr, event.map_type);
+        Ok(())
+    }
+
+    /// The first event on a map the inventory found idle: the same map (its seed matched)
+    /// starts over from this event's header, as a map first seen in use does.
+    fn wake(&mut self, addr: u64, header: MapHeader, now: u64) {
+        let mut fresh = MapRecord::new(addr, false, header, now);
+        fresh.seen = Seen::Inventory;
+        if let Some(idle) = self.maps.insert(addr, fresh) {
+            self.note_type(addr, idle.map_type);
+        }
+    }
+
+    /// Remembers the map's type the first time an operation passes it.
+    fn note_type(&mut self, addr: u64, map_type: u64) {
+        if map_type == 0 {
+            return;
+        }
+        if let Some(record) = self.maps.get_mut(&addr) {
+            if record.map_type == 0 {
+                record.map_type = map_type;
+                if !self.types_seen.contains(&map_type) {
+                    self.types_seen.push(map_type);
+                }
+            }
+        }
+    }
+
+    /// A clone returned, holding entries no assign put there. When its create was seen
+    /// inside the clone (Go ≤ 1.24) the clone completes that map; on 1.25+ this is its first
+    /// sighting.
+    fn clone_filled(&mut self, addr: u64, header: MapHeader, now: u64, stack: Option<StackId>) {
+        let known = self
+            .maps
+            .get(&addr)
+            .is_some_and(|record| record.created && record.owns(header));
+        if !known {
+            self.begin(MapRecord::new(addr, true, header, now));
+        }
+        if let Some(record) = self.maps.get_mut(&addr) {
+            record.cloned = true;
+            record.live = header.count;
+            record.series.record(now, header.count);
+            record.seed = header.seed;
+            record.seed_pending = false;
+            record.peak = record.peak.max(header.count);
+            record.last_seen_ns = now;
+            if let Some(stack) = stack {
+                // The clone's own call site, not the constructor call inside the clone.
+                if let Some(inner) = record.stack.replace(stack) {
+                    self.stack_totals.entry(inner).or_default().created -= 1;
+                }
+                self.stack_totals.entry(stack).or_default().created += 1;
+            }
+        }
+    }
+
+    /// After the window: an event only settles its map's pending operation, and a growth
+    /// only says that a prune inside the window cleared nothing (the growth itself is not
+    /// counted).
+    fn settle_from(&mut self, event: &MapEvent) -> Result<(), ModelError> {
+        match event.kind {
+            kind::CREATE | kind::CLONE => {
+                // Another map at this address: the one known there is gone, and its last
+                // operation can no longer be observed.
+                if let Some(record) = self.maps.get_mut(&event.map) {
+                    record.abandon();
+                }
+            }
+            kind::HASH_GROW | kind::PRUNE => {}
+            kind::GROW => {
+                if let Some(record) = self.maps.get_mut(&event.map) {
+                    record.cancel_prune();
+                }
+            }
+            _ => {
+                operation(event)?;
+                if event.flags & FLAG_COUNT_UNREADABLE == 0 {
+                    self.settle(event.map, self.header(event));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new record at its address; the map that lived there before is gone.
+    fn begin(&mut self, fresh: MapRecord) {
+        if let Some(stack) = fresh.stack {
+            self.stack_totals.entry(stack).or_default().created += 1;
+        }
+        let now = fresh.first_seen_ns;
+        if let Some(gone) = self.maps.insert(fresh.addr, fresh) {
+            self.release(gone, now);
+        }
+    }
+
+    /// Files a map away as gone at `now`.
+    fn release(&mut self, mut gone: MapRecord, now: u64) {
+        gone.abandon();
+        gone.released_ns = Some(now);
+        self.entries.take_map(gone.addr);
+        if let Some(stack) = gone.stack {
+            self.stack_totals.entry(stack).or_default().released += 1;
+        }
+        record_value(&mut self.histograms.map_peak_entries, gone.peak);
+        record_us(&mut self.histograms.map_lifetime_us, gone.lifetime_ns(now));
+        if self.released.len() < self.limits.released_maps {
+            self.released.push(gone);
+        } else {
+            self.released_unlisted += 1;
+        }
+    }
+
+    /// Ends the observation window at monotonic time `end_ns`: events that happened later
+    /// only settle pending operations. Events from before it that are still in flight apply
+    /// normally. A window already ended earlier stays ended then (`--mode sampled` ends
+    /// each discovery window, and the trace's end comes later).
+    pub fn freeze(&mut self, end_ns: u64) {
+        self.window_end_ns = Some(self.window_end_ns.map_or(end_ns, |ended| ended.min(end_ns)));
+    }
+
+    /// Addresses of the maps whose last operation waits for a final count.
+    pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {
+        self.maps
+            .values()
+            .filter(|record| record.is_pending())
+            .map(|record| record.addr)
+    }
+
+    /// Resolves the map's pending operation with a header seen after the window (the next
+    /// event, or a read of the target's memory). A header from another map is not used.
+    pub fn settle(&mut self, addr: u64, header: MapHeader) {
+        let Some(record) = self.maps.get_mut(&addr) else {
+            return;
+        };
+        if !record.is_pending() {
+            return;
+        }
+        if record.owns(header) {
+            let change = record.resolve(header);
+            self.follow_key(addr, change);
+        } else {
+            record.abandon();
+        }
+    }
+
+    /// Settles with a raw header (count and second word) read from the target's memory.
+    ///
+    /// Memory is read after the probes are gone, so it proves nothing by itself: the map may
+    /// have been freed and its memory reused by another object (whose first words can even
+    /// keep the old seed), or it may have gone on changing unseen. Such a header settles the
+    /// pending operation only when it is one of that operation's possible outcomes; anything
+    /// else leaves it unsettled rather than taking a count that no observed operation made.
+    pub fn settle_words(&mut self, addr: u64, words: [u64; 2]) {
+        let header = self.header_from_words(words);
+        match self.maps.get_mut(&addr) {
+            Some(record) if record.is_pending() && !record.could_follow(header) => record.abandon(),
+            _ => self.settle(addr, header),
+        }
+    }
+
+    /// Gives up on every operation still pending: the target is gone, its counts with it.
+    pub fn abandon_pending(&mut self) {
+        self.maps.values_mut().for_each(MapRecord::abandon);
+    }
+
+    /// The process exited at `now`: every map it held is released with it.
+    pub fn release_all(&mut self, now: u64) {
+        let mut gone: Vec<MapRecord> = self.maps.drain().map(|(_, record)| record).collect();
+        gone.sort_by_key(|record| (record.first_seen_ns, record.addr));
+        for record in gone {
+            self.release(record, now);
+        }
+    }
+
+    /// Maps not known to be released, in no particular order: the ones whose memory is
+    /// checked for a drop.
+    pub fn live_maps(&self) -> impl Iterator<Item = &MapRecord> + '_ {
+        self.maps.values()
+    }
+
+    /// The target's memory says the map at `dropped.addr` may be gone. It is released (at
+    /// `dropped.at_ns`) only if it is still the map that was checked (same seed, no event
+    /// since), and then only when the heap freed it or holds another object there, or its
+    /// header now reads as another map or another object. A freed map's header still holds
+    /// its last count, which settles its last operation when it reads as the map's own last
+    /// state.
+    pub fn dropped(&mut self, dropped: &Dropped) {
+        let header = dropped.words.map(|words| self.header_from_words(words));
+        let Some(record) = self.maps.get_mut(&dropped.addr) else {
+            return;
+        };
+        if record.seed != dropped.seed || record.last_seen_ns != dropped.last_seen_ns {
+            return;
+        }
+        let owned = header.filter(|&header| record.owns(header));
+        let other = dropped.reused || header.is_some_and(|_| owned.is_none());
+        if !dropped.freed && !other {
+            return;
+        }
+        let last_state = owned.filter(|&header| !other && record.is_last_state(header));
+        if let Some(header) = last_state {
+            let change = record.resolve(header);
+            self.follow_key(dropped.addr, change);
+        }
+        if let Some(gone) = self.maps.remove(&dropped.addr) {
+            self.release(gone, dropped.at_ns);
+            self.shrink_maps();
+        }
+    }
+
+    /// Gives back the table space of maps released since the live count peaked: a hash
+    /// table keeps its largest capacity, and every interval's copy of the model is made at
+    /// that capacity. Shrinks to twice the live maps once capacity exceeds eight times them,
+    /// so that after a release the table has room for at most [`MAP_TABLE_SLACK`] maps per
+    /// live map (plus [`MIN_MAP_CAPACITY`]), and each shrink is paid for by the releases
+    /// before it. The slack is wide so that live counts rising and falling with the target's
+    /// GC cycles do not make the table shrink and grow again every cycle.
+    fn shrink_maps(&mut self) {
+        let live = self.maps.len();
+        if self.maps.capacity() > MAP_TABLE_SLACK * live + MIN_MAP_CAPACITY {
+            self.maps.shrink_to(2 * live);
+        }
+    }
+
+    /// Every map listed individually, freed ones included, in order of first sighting.
+    pub fn maps(&self) -> Vec<&MapRecord> {
+        let mut all: Vec<&MapRecord> = self.released.iter().chain(self.maps.values()).collect();
+        all.sort_by_key(|record| (record.first_seen_ns, record.addr));
+        all
+    }
+
+    /// Released maps not listed individually (beyond [`Limits::released_maps`]).
+    pub fn released_unlisted(&self) -> u64 {
+        self.released_unlisted
+    }
+
+    /// Map-type pointers in order of first sighting: the caller resolves each once.
+    pub fn types_seen(&self) -> &[u64] {
+        &self.types_seen
+    }
+
+    /// Events applied or rejected.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Events rejected as malformed.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Events that fired while the probes were still being attached, and were not counted
+    /// (see [`Model::arm`]).
+    pub fn before_arming(&self) -> u64 {
+        self.before_arming
+    }
+}
+
+/// How much a map's storage may grow between two polls and still read as the same map after
+/// a new seed: four doublings. More is a foreign header (a `B` read from a pointer), not a
+/// map cleared and refilled within one `--poll`.
+const MAX_GROWTH_BETWEEN_POLLS: u64 = 16;
+
+/// Whether a header's words can be a map's: a classic header's flags byte (the low byte of
+/// its second word) has only the runtime's four flag bits; a swiss header has no such byte.
+fn reads_as_map(implementation: MapImplementation, words: [u64; 2]) -> bool {
+    match implementation {
+        MapImplementation::Classic => words[1] & 0xf0 == 0,
+        MapImplementation::Swiss => true,
+    }
+}
+
+fn operation(event: &MapEvent) -> Result<Pending, ModelError> {
+    let key = (event.flags & FLAG_KEY_SAMPLED != 0).then_some(event.key_hash);
+    let at_ns = event.ktime_ns;
+    match event.kind {
+        kind::ASSIGN => Ok(Pending::Assign {
+            before: event.count,
+            key,
+            at_ns,
+        }),
+        kind::DELETE => Ok(Pending::Delete {
+            before: event.count,
+            key,
+            at_ns,
+        }),
+        kind::CLEAR => Ok(Pending::Clear { at_ns }),
+        other => Err(ModelError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! One map's life: the state machine that turns the counts an entry probe sees into
+//! inserts, overwrites, deletes, growth and release (see the [parent module](super) for
+//! the rules).
+
+use tracer_common::kind;
+
+use crate::memory::inventory::Capacity;
+use crate::trend::Series;
+use crate::writers::Writers;
+
+use super::StackId;
+
+/// An operation whose effect is only known once the map's count is seen again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pending {
+    Assign {
+        before: u64,
+        key: Option<u32>,
+        at_ns: u64,
+    },
+    Delete {
+        before: u64,
+        key: Option<u32>,
+        at_ns: u64,
+    },
+    Clear {
+        at_ns: u64,
+    },
+}
+
+/// A growth whose kind is only known once the map's header is seen again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PendingGrowth {
+    /// Classic `hashGrow` entered with `B` = `log2_buckets`: a doubling if the next header's
+    /// `B` is higher, else a same-size reorganisation.
+    Buckets { log2_buckets: u8 },
+    /// Swiss `pruneTombstones` entered: tombstones were cleared in place unless the map grows
+    /// before its next operation.
+    Prune,
+}
+
+/// What a map header said at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapHeader {
+    /// Element count (`len(m)`).
+    pub count: u64,
+    /// Hash seed (see [`seed_from_word`]).
+    pub seed: u32,
+    /// Classic maps' `B`, log2 of the bucket count (see [`classic_log2_buckets`]); 0 for swiss
+    /// maps. It tells a doubling from a same-size growth.
+    pub log2_buckets: u8,
+}
+
+/// How the tracer first learned of a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seen {
+    /// Its creation (or clone) was probed.
+    Creation,
+    /// An operation on it, made before the trace (or on a stack), was probed.
+    Event,
+    /// The inventory at attach found it: through a package-level variable, or by scanning
+    /// the heap.
+    Inventory,
+}
+
+/// Everything known about one map, from its first sighting on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapRecord {
+    /// MapHeader address, equal to Go's `%p` of the map.
+    pub addr: u64,
+    /// Seen being created, rather than first seen already in use.
+    pub created: bool,
+    /// Element count after the last operation whose effect is known.
+    pub live: u64,
+    /// Element count when first seen: 0 for maps seen created, else what the map already
+    /// held when tracing began.
+    pub first_count: u64,
+    /// Highest element count seen.
+    pub peak: u64,
+    /// Assignments that added a key.
+    pub inserts: u64,
+    /// Assignments to a key that was already present.
+    pub overwrites: u64,
+    /// Deletes that removed a present key.
+    pub deletes: u64,
+    /// `mapclear` calls (`clear(m)`, the range-delete idiom).
+    pub clears: u64,
+    /// Times the map's capacity grew: a classic doubling of the buckets; a swiss map's first
+    /// group, first table, a table doubled, or a table split in two.
+    pub grows: u64,
+    /// Times the map was reorganised without growing: a classic same-size growth (too many
+    /// overflow buckets), or swiss tombstones cleared in place (Go 1.25+).
+    pub reorganisations: u64,
+    /// Made by a clone (`maps.Clone`): it started with the source's entries.
+    pub cloned: bool,
+    /// Count changes that no observed operation explains: lost events, or runtime paths
+    /// without a probe. Zero means every number above is exact.
+    pub unexplained: u64,
+    /// Operations whose effect was never observed because the map (or the whole target) was
+    /// gone before its count could be seen again. At most one per map.
+    pub unsettled: u64,
+    /// When it was known to be gone (another map appeared at its address, or the process
+    /// exited), in monotonic nanoseconds.
+    pub released_ns: Option<u64>,
+    /// Monotonic time of the first and last event, in nanoseconds.
+    pub first_seen_ns: u64,
+    /// See `first_seen_ns`.
+    pub last_seen_ns: u64,
+    /// When an assign last added a key.
+    pub last_insert_ns: Option<u64>,
+    /// The map-type pointer in the target (0 until an operation that passes it is seen).
+    pub map_type: u64,
+    /// Where it was created, when that was seen.
+    pub stack: Option<StackId>,
+    /// Largest classic `B` (log2 of the bucket count) seen in its header; 0 for swiss maps.
+    pub log2_buckets: u8,
+    /// Its entry count over time, for the leak verdict's trend (constant size per map).
+    pub series: Series,
+    /// Stacks of the code that wrote to it, from the sampled writes that carried one.
+    pub writers: Writers,
+    /// How it was first seen.
+    pub seen: Seen,
+    /// Found by the inventory and not operated on since: its counts are its header's.
+    pub idle: bool,
+    /// The capacity its header showed when the inventory read it, while it stays idle, or
+    /// at the last poll of `--mode sampled`.
+    pub capacity: Option<Capacity>,
+    /// `--mode sampled`: entries that polls saw go while no probe was attached (the count
+    /// fell under the same seed, which only deletes do: an emptying delete or a clear draws a
+    /// new one). A lower bound; not in `deletes`, which counts what the windows saw.
+    pub unseen_deletes: u64,
+    /// `--mode sampled`: when a poll last read its header (0: never). An event from before
+    /// then that arrives later (its program was preempted before it committed the record)
+    /// is already in that header, and is not applied again.
+    pub(super) polled_ns: u64,
+    /// `--mode sampled`: a discovery window began since its last event, so its next event
+    /// is a baseline (it changed unseen between windows), not an outcome to explain.
+    pub(super) baseline_due: bool,
+    pub(super) seed: u32,
+    pub(super) seed_pending: bool,
+    pub(super) pending: Option<Pending>,
+    pub(super) growth: Option<PendingGrowth>,
+}
+
+impl MapRecord {
+    pub(super) fn new(addr: u64, created: bool, header: MapHeader, now_ns: u64) -> MapRecord {
+        MapRecord {
+            addr,
+            created,
+            live: header.count,
+            first_count: header.count,
+            peak: header.count,
+            inserts: 0,
+            overwrites: 0,
+            deletes: 0,
+            clears: 0,
+            grows: 0,
+            reorganisations: 0,
+            cloned: false,
+            unexplained: 0,
+            unsettled: 0,
+            released_ns: None,
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            last_insert_ns: None,
+            map_type: 0,
+            stack: None,
+            log2_buckets: 0,
+            series: Series::new(now_ns, header.count),
+            writers: Writers::default(),
+            seen: if created { Seen::Creation } else { Seen::Event },
+            idle: false,
+            capacity: None,
+            unseen_deletes: 0,
+            polled_ns: 0,
+            baseline_due: false,
+            seed: header.seed,
+            seed_pending: false,
+            pending: None,
+            growth: None,
+        }
+    }
+
+    /// Known to be gone.
+    pub fn is_released(&self) -> bool {
+        self.released_ns.is_some()
+    }
+
+    /// How long the map has lived, from its creation (or first sighting) to its release or
+    /// `end_ns`.
+    pub fn lifetime_ns(&self, end_ns: u64) -> u64 {
+        self.released_ns
+            .unwrap_or(end_ns)
+            .saturating_sub(self.first_seen_ns)
+    }
+
+    /// Whether `header` can belong to this map: the same seed, a map whose seed was not drawn
+    /// yet when its creation was seen, or a new seed the runtime picked because the pending
+    /// delete (of its last entry) or clear left the map empty. An empty header with a new seed
+    /// after a delete from a bigger map is another map: one made later at the same address.
+    pub(super) fn owns(&self, header: MapHeader) -> bool {
+        let reseeded = header.count == 0
+            && matches!(
+                self.pending,
+                Some(Pending::Delete { before: 1, .. } | Pending::Clear { .. })
+            );
+        self.seed_pending || header.seed == self.seed || reseeded
+    }
+
+    /// Whether `header`, read from memory the map may no longer own, is its own last state:
+    /// its exact seed, and a count its pending operation explains. Freed memory can be
+    /// reused, zeroed or returned to the system at any time, so anything else is not used.
+    pub(super) fn is_last_state(&self, header: MapHeader) -> bool {
+        header.seed == self.seed
+            && !self.seed_pending
+            && self.pending.is_some()
+            && self.could_follow(header)
+    }
+
+    /// Accounts for the pending operation now that the header reads `observed`, and says
+    /// what happened to the sampled key it carried (and when the operation ran).
+    pub(super) fn resolve(&mut self, observed: MapHeader) -> Option<(KeyChange, u64)> {
+        let (inserts, deletes) = (self.inserts, self.deletes);
+        self.settle_growth(observed);
+        self.log2_buckets = self.log2_buckets.max(observed.log2_buckets);
+        let count = observed.count;
+        let mut change = None;
+        let at_ns = match self.pending {
+            Some(Pending::Assign { at_ns, .. } | Pending::Delete { at_ns, .. })
+            | Some(Pending::Clear { at_ns }) => at_ns,
+            None => self.last_seen_ns,
+        };
+        let explained = match self.pending.take() {
+            Some(Pending::Assign { before, key, at_ns }) if count == before + 1 => {
+                self.inserts += 1;
+                self.last_insert_ns = Some(at_ns);
+                change = key.map(|key| (KeyChange::Inserted(key), at_ns));
+                true
+            }
+            Some(Pending::Assign { before, .. }) if count == before => {
+                self.overwrites += 1;
+                true
+            }
+            Some(Pending::Delete { before, key, at_ns }) if count + 1 == before => {
+                self.deletes += 1;
+                change = key.map(|key| (KeyChange::Deleted(key), at_ns));
+                true
+            }
+            Some(Pending::Delete { before, .. }) => count == before,
+            Some(Pending::Clear { at_ns }) => {
+                change = Some((KeyChange::Cleared, at_ns));
+                count == 0
+            }
+            Some(Pending::Assign { .. }) => false,
+            None => count == self.live,
+        };
+        if !explained {
+            self.unexplained += 1;
+        }
+        self.writers
+            .resolve(self.inserts - inserts, self.deletes - deletes);
+        self.live = count;
+        self.series.record(at_ns, count);
+        self.seed = observed.seed;
+        self.seed_pending = false;
+        self.peak = self.peak.max(count);
+        change
+    }
+
+    /// Takes `header`, the first of a new discovery window, as the map's state: whatever
+    /// happened between windows was not observed, and is neither counted nor unexplained.
+    pub(super) fn rebase(&mut self, header: MapHeader, now: u64) {
+        self.baseline_due = false;
+        self.abandon();
+        self.live = header.count;
+        self.peak = self.peak.max(header.count);
+        self.series.record(now, header.count);
+        self.log2_buckets = self.log2_buckets.max(header.log2_buckets);
+    }
+
+    /// Counts the pending growth now that the header reads `observed`.
+    pub(super) fn settle_growth(&mut self, observed: MapHeader) {
+        match self.growth.take() {
+            Some(PendingGrowth::Buckets { log2_buckets })
+                if observed.log2_buckets > log2_buckets =>
+            {
+                self.grows += 1
+            }
+            Some(PendingGrowth::Buckets { .. } | PendingGrowth::Prune) => self.reorganisations += 1,
+            None => {}
+        }
+    }
+
+    /// A growth function was entered (inside an assign, so no count changes yet).
+    pub(super) fn grow(&mut self, event_kind: u8, header: MapHeader, readable: bool) {
+        if event_kind == kind::GROW {
+            self.cancel_prune();
+            self.grows += 1;
+        } else {
+            // Only a lost event leaves a growth pending here; what the map says now settles it.
+            self.settle_growth(header);
+            self.growth = match event_kind {
+                kind::HASH_GROW if readable => Some(PendingGrowth::Buckets {
+                    log2_buckets: header.log2_buckets,
+                }),
+                kind::HASH_GROW => {
+                    // Doubling or not, there is no `B` to tell.
+                    self.unexplained += 1;
+                    None
+                }
+                _ => Some(PendingGrowth::Prune),
+            };
+        }
+        self.log2_buckets = self.log2_buckets.max(header.log2_buckets);
+    }
+
+    /// The map grew right after a prune: the prune cleared nothing, the table grew instead.
+    pub(super) fn cancel_prune(&mut self) {
+        if self.growth == Some(PendingGrowth::Prune) {
+            self.growth = None;
+        }
+    }
+
+    /// Gives up on the pending operation, and the growth inside it: their effect can no
+    /// longer be observed.
+    pub(super) fn abandon(&mut self) {
+        self.growth = None;
+        self.writers.abandon();
+        if self.pending.take().is_some() {
+            self.unsettled += 1;
+        }
+    }
+
+    /// Whether `header` is a possible outcome of the pending operation: an assign adds one
+    /// entry or none, a delete removes one or none, a clear leaves none.
+    pub(super) fn could_follow(&self, header: MapHeader) -> bool {
+        match self.pending {
+            Some(Pending::Assign { before, .. }) => {
+                header.count == before || Some(header.count) == before.checked_add(1)
+            }
+            Some(Pending::Delete { before, .. }) => {
+                header.count == before || Some(header.count) == before.checked_sub(1)
+            }
+            Some(Pending::Clear { .. }) => header.count == 0,
+            None => header.count == self.live,
+        }
+    }
+
+    /// Whether the last operation still waits for a count.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The hash seed the map is known by: tells it from a later map at the same address.
+    pub fn seed(&self) -> u32 {
+        self.seed
+    }
+}
+
+/// What a resolved operation did to the sampled keys of its map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KeyChange {
+    Inserted(u32),
+    Deleted(u32),
+    Cleared,
+}

@@ -1,0 +1,602 @@
+//! The model against recorded event sequences: every rule of the state machine.
+
+use super::*;
+
+const M: u64 = 0x00c0_0001_0000;
+const SEED: u32 = 0x5eed;
+
+fn event(kind: u8, count: u64, seed: u32, ktime_ns: u64) -> MapEvent {
+    MapEvent {
+        ktime_ns,
+        map: M,
+        count,
+        header_word: seed as u64,
+        map_type: 0,
+        key_hash: 0,
+        kind,
+        flags: 0,
+        _pad: [0; 2],
+    }
+}
+
+fn swiss() -> Model {
+    Model::new(MapImplementation::Swiss, Limits::default())
+}
+
+/// Feeds `(kind, count)` events for map `M`, all with the same seed.
+fn replay(events: &[(u8, u64)]) -> Model {
+    replay_seeded(
+        &events
+            .iter()
+            .map(|&(kind, count)| (kind, count, SEED))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn replay_seeded(events: &[(u8, u64, u32)]) -> Model {
+    let mut model = swiss();
+    for (time, &(kind, count, seed)) in events.iter().enumerate() {
+        model
+            .observe(&event(kind, count, seed, time as u64))
+            .unwrap();
+    }
+    model
+}
+
+fn header(count: u64) -> MapHeader {
+    MapHeader {
+        count,
+        seed: SEED,
+        log2_buckets: 0,
+    }
+}
+
+fn only(model: &Model) -> &MapRecord {
+    let maps = model.maps();
+    assert_eq!(maps.len(), 1, "{maps:#?}");
+    maps[0]
+}
+
+#[test]
+fn insert_overwrite_and_delete_are_told_apart_by_the_next_count() {
+    let mut model = replay(&[
+        (kind::CREATE, 0),
+        (kind::ASSIGN, 0), // insert
+        (kind::ASSIGN, 1), // overwrite
+        (kind::ASSIGN, 1), // insert
+        (kind::DELETE, 2), // removes
+        (kind::DELETE, 1), // missing key
+        (kind::ASSIGN, 1), // pending until settled
+    ]);
+    assert_eq!(model.pending().collect::<Vec<_>>(), vec![M]);
+    model.settle(M, header(2));
+    let map = only(&model);
+    assert!(map.created);
+    assert_eq!((map.inserts, map.overwrites, map.deletes), (3, 1, 1));
+    assert_eq!(
+        (map.live, map.peak, map.unexplained, map.unsettled),
+        (2, 2, 0, 0)
+    );
+    assert_eq!(model.pending().count(), 0);
+}
+
+#[test]
+fn clear_counts_once_and_expects_an_empty_map() {
+    let mut model = replay(&[(kind::ASSIGN, 5), (kind::CLEAR, 6), (kind::ASSIGN, 0)]);
+    model.settle(M, header(1));
+    let map = only(&model);
+    assert!(!map.created);
+    assert_eq!((map.clears, map.inserts, map.live, map.peak), (1, 2, 1, 6));
+    assert_eq!(map.unexplained, 0);
+}
+
+#[test]
+fn a_count_no_operation_explains_is_flagged() {
+    let mut model = replay(&[(kind::ASSIGN, 0), (kind::ASSIGN, 7)]);
+    model.settle(M, header(8));
+    let map = only(&model);
+    assert_eq!((map.inserts, map.unexplained, map.live), (1, 1, 8));
+}
+
+#[test]
+fn a_new_seed_at_a_known_address_is_a_new_map() {
+    // A per-request stack map: same address, new seed every call.
+    let model = replay_seeded(&[
+        (kind::ASSIGN, 0, 1),
+        (kind::ASSIGN, 1, 1),
+        (kind::ASSIGN, 0, 2),
+        (kind::ASSIGN, 1, 2),
+    ]);
+    let maps = model.maps();
+    assert_eq!(maps.len(), 2);
+    assert!(maps[0].is_released() && !maps[1].is_released());
+    assert_eq!(
+        (maps[0].inserts, maps[0].unsettled, maps[0].unexplained),
+        (1, 1, 0)
+    );
+    assert_eq!((maps[1].inserts, maps[1].unexplained), (1, 0));
+}
+
+#[test]
+fn emptying_a_map_may_change_its_seed() {
+    let mut model = replay_seeded(&[
+        (kind::ASSIGN, 0, 1),
+        (kind::DELETE, 1, 1),
+        (kind::ASSIGN, 0, 2), // the runtime reseeded the now empty map
+        (kind::CLEAR, 1, 2),
+        (kind::ASSIGN, 0, 3), // and again after the clear
+    ]);
+    model.settle(
+        M,
+        MapHeader {
+            seed: 3,
+            ..header(1)
+        },
+    );
+    let map = only(&model);
+    assert_eq!(
+        (map.inserts, map.deletes, map.clears, map.live),
+        (3, 1, 1, 1)
+    );
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+}
+
+#[test]
+fn after_the_window_events_only_settle_pending_operations() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    model.freeze(5);
+    // Drained late, but it happened inside the window.
+    model.observe(&event(kind::ASSIGN, 1, SEED, 4)).unwrap();
+    for (time, count) in [(10, 2), (11, 3), (12, 4)] {
+        model
+            .observe(&event(kind::ASSIGN, count, SEED, time))
+            .unwrap();
+    }
+    let map = only(&model);
+    assert_eq!((map.inserts, map.live, map.last_seen_ns), (2, 2, 4));
+    assert!(!map.is_pending());
+    assert_eq!(model.received(), 6);
+}
+
+#[test]
+fn a_foreign_header_does_not_settle_a_map() {
+    let mut model = replay(&[(kind::ASSIGN, 3)]);
+    model.settle(
+        M,
+        MapHeader {
+            seed: SEED + 1,
+            ..header(4)
+        },
+    );
+    let map = only(&model);
+    assert_eq!((map.inserts, map.live, map.unsettled), (0, 3, 1));
+}
+
+#[test]
+fn a_new_map_at_the_address_after_the_window_does_not_settle_the_old_one() {
+    // Dropped after a delete that left two entries; after the window a new map is made
+    // at its address: its empty header with a fresh seed is not the old map emptied.
+    let mut model = replay_seeded(&[
+        (kind::CREATE, 0, 1),
+        (kind::ASSIGN, 0, 1),
+        (kind::ASSIGN, 1, 1),
+        (kind::ASSIGN, 2, 1),
+        (kind::DELETE, 3, 1),
+    ]);
+    model.freeze(10);
+    model.observe(&event(kind::ASSIGN, 0, 2, 11)).unwrap();
+    let map = only(&model);
+    assert_eq!((map.live, map.deletes, map.unexplained), (3, 0, 0));
+    assert_eq!(map.unsettled, 1);
+    // The same with the new map's creation seen first.
+    let mut model = replay_seeded(&[(kind::ASSIGN, 3, 1), (kind::DELETE, 4, 1)]);
+    model.freeze(10);
+    model.observe(&event(kind::CREATE, 0, 2, 11)).unwrap();
+    model.observe(&event(kind::ASSIGN, 0, 2, 12)).unwrap();
+    let map = only(&model);
+    assert_eq!((map.live, map.unexplained, map.unsettled), (4, 0, 1));
+}
+
+#[test]
+fn memory_that_no_pending_operation_explains_does_not_settle() {
+    // Freed, and its first word reused by another object; the seed word survived.
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    model.settle_words(M, [0xc0_0000_0000, u64::from(SEED)]);
+    let map = only(&model);
+    assert_eq!((map.live, map.peak, map.inserts), (0, 0, 0));
+    assert_eq!((map.unsettled, map.unexplained), (1, 0));
+    // A header the pending insert explains settles it.
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    model.settle_words(M, [1, u64::from(SEED)]);
+    let map = only(&model);
+    assert_eq!((map.live, map.inserts, map.unsettled), (1, 1, 0));
+}
+
+#[test]
+fn abandoned_operations_are_unsettled_not_guessed() {
+    let mut model = replay(&[(kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
+    model.abandon_pending();
+    let map = only(&model);
+    assert_eq!(
+        (map.inserts, map.overwrites, map.unsettled, map.live),
+        (1, 0, 1, 1)
+    );
+}
+
+#[test]
+fn a_create_at_a_known_address_releases_the_old_map() {
+    let model = replay(&[
+        (kind::CREATE, 0),
+        (kind::ASSIGN, 0),
+        (kind::CREATE, 0),
+        (kind::ASSIGN, 0),
+    ]);
+    let maps = model.maps();
+    assert_eq!(maps.len(), 2);
+    assert!(maps[0].is_released() && !maps[1].is_released());
+    assert_eq!(
+        maps[0].unsettled, 1,
+        "its last assign can no longer be resolved"
+    );
+}
+
+#[test]
+fn unreadable_counts_and_unknown_kinds_are_counted() {
+    let mut model = swiss();
+    let mut unreadable = event(kind::ASSIGN, 0, SEED, 1);
+    unreadable.flags = FLAG_COUNT_UNREADABLE;
+    model.observe(&unreadable).unwrap();
+    assert_eq!(
+        model.observe(&event(99, 0, SEED, 2)),
+        Err(ModelError::UnknownKind(99))
+    );
+    model.observe_record(&[0; 8]);
+    assert_eq!((model.received(), model.malformed()), (3, 2));
+    assert_eq!(only(&model).unexplained, 1);
+}
+
+#[test]
+fn a_clone_starts_with_its_entries_and_growth_changes_no_count() {
+    // Go ≤ 1.24: the clone's create is seen first, then the clone fills it.
+    let mut model = replay(&[
+        (kind::CREATE, 0),
+        (kind::CLONE, 40),
+        (kind::ASSIGN, 40),
+        (kind::GROW, 40),
+    ]);
+    model.settle(M, header(41));
+    let map = only(&model);
+    assert!(map.created && map.cloned);
+    assert_eq!((map.live, map.peak, map.inserts, map.grows), (41, 41, 1, 1));
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+
+    // Go 1.25+: no create call; the clone is the first sighting.
+    let model = replay(&[(kind::CLONE, 3)]);
+    let map = only(&model);
+    assert!(map.created && map.cloned);
+    assert_eq!(map.live, 3);
+}
+
+/// Feeds `(kind, count, B)` events for a classic map `M`, as the runtime emits them: the
+/// header's second word holds `B` at offset 9 and the seed in its upper half.
+fn replay_classic(events: &[(u8, u64, u8)]) -> Model {
+    let mut model = Model::new(MapImplementation::Classic, Limits::default());
+    for (time, &(kind, count, log2_buckets)) in events.iter().enumerate() {
+        let mut event = event(kind, count, 0, time as u64);
+        event.header_word = classic_word(log2_buckets);
+        model.observe(&event).unwrap();
+    }
+    model
+}
+
+fn classic_word(log2_buckets: u8) -> u64 {
+    u64::from(SEED) << 32 | u64::from(log2_buckets) << 8
+}
+
+#[test]
+fn a_classic_growth_doubles_when_the_next_header_has_more_buckets() {
+    // The 9th insert into an empty map doubles 1 bucket to 2, the 14th 2 to 4.
+    let mut events = vec![(kind::CREATE, 0, 0)];
+    for count in 0..14 {
+        let log2_buckets = if count < 9 { 0 } else { 1 };
+        events.push((kind::ASSIGN, count, log2_buckets));
+        if count == 8 || count == 13 {
+            events.push((kind::HASH_GROW, count, log2_buckets));
+        }
+    }
+    let mut model = replay_classic(&events);
+    // The map went quiet: the header read after the window settles the last growth.
+    model.freeze(100);
+    model.settle_words(M, [14, classic_word(2)]);
+    let map = only(&model);
+    assert_eq!(
+        (map.grows, map.reorganisations, map.log2_buckets),
+        (2, 0, 2)
+    );
+    assert_eq!(
+        (map.inserts, map.live, map.unexplained, map.unsettled),
+        (14, 14, 0, 0)
+    );
+}
+
+#[test]
+fn a_classic_growth_to_the_same_size_is_a_reorganisation() {
+    // Too many overflow buckets at 90 entries in 16 buckets: B stays 4.
+    let model = replay_classic(&[
+        (kind::ASSIGN, 90, 4),
+        (kind::HASH_GROW, 90, 4),
+        (kind::DELETE, 91, 4),
+        (kind::ASSIGN, 90, 4),
+    ]);
+    let map = only(&model);
+    assert_eq!((map.grows, map.reorganisations), (0, 1));
+    assert_eq!((map.inserts, map.deletes, map.unexplained), (1, 1, 0));
+}
+
+#[test]
+fn a_growth_whose_map_is_never_seen_again_is_not_guessed() {
+    let mut model = replay_classic(&[(kind::ASSIGN, 8, 0), (kind::HASH_GROW, 8, 0)]);
+    model.abandon_pending();
+    let map = only(&model);
+    assert_eq!((map.grows, map.reorganisations, map.unsettled), (0, 0, 1));
+
+    // A growth with no readable `B` cannot be told either.
+    let mut model = Model::new(MapImplementation::Classic, Limits::default());
+    model.observe(&event(kind::ASSIGN, 8, 0, 1)).unwrap();
+    let mut unreadable = event(kind::HASH_GROW, 0, 0, 2);
+    unreadable.flags = FLAG_COUNT_UNREADABLE;
+    model.observe(&unreadable).unwrap();
+    model.observe(&event(kind::ASSIGN, 9, 0, 3)).unwrap();
+    let map = only(&model);
+    assert_eq!((map.grows, map.reorganisations, map.unexplained), (0, 0, 1));
+}
+
+#[test]
+fn swiss_growth_counts_at_once_and_a_prune_only_when_no_growth_follows() {
+    let mut events = vec![(kind::CREATE, 0)];
+    for count in 0..15 {
+        events.push((kind::ASSIGN, count));
+        match count {
+            0 => events.push((kind::GROW, count)), // growToSmall: the first group
+            8 => events.push((kind::GROW, count)), // growToTable: 16 slots
+            14 => {
+                // The table is full: the prune finds nothing to clear, the table doubles.
+                events.extend([(kind::PRUNE, count), (kind::GROW, count)]);
+            }
+            _ => {}
+        }
+    }
+    events.extend([
+        (kind::DELETE, 15),
+        // Deletes left tombstones: the prune clears them, and no growth follows.
+        (kind::ASSIGN, 14),
+        (kind::PRUNE, 14),
+        (kind::ASSIGN, 15), // an overwrite
+        (kind::ASSIGN, 15),
+        (kind::PRUNE, 15),
+    ]);
+    let mut model = replay(&events);
+    // The last prune is settled by the header read after the window.
+    model.settle(M, header(16));
+    let map = only(&model);
+    assert_eq!((map.grows, map.reorganisations), (3, 2));
+    assert_eq!((map.inserts, map.overwrites, map.deletes), (17, 1, 1));
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+}
+
+#[test]
+fn a_growth_after_the_window_undoes_a_prune_inside_it() {
+    let mut model = replay(&[(kind::ASSIGN, 14), (kind::PRUNE, 14)]);
+    model.freeze(5);
+    for (time, kind, count) in [(6, kind::GROW, 14), (7, kind::ASSIGN, 15)] {
+        model.observe(&event(kind, count, SEED, time)).unwrap();
+    }
+    let map = only(&model);
+    assert_eq!((map.grows, map.reorganisations, map.inserts), (0, 0, 1));
+}
+
+#[test]
+fn settling_a_map_without_pending_operation_changes_nothing() {
+    let mut model = replay(&[(kind::CREATE, 0)]);
+    model.settle(M, header(42));
+    assert_eq!(only(&model).live, 0);
+}
+
+#[test]
+fn a_creation_seen_before_its_seed_adopts_the_next_one() {
+    let mut create = event(kind::CREATE, 0, 0, 0);
+    create.flags = FLAG_SEED_PENDING;
+    let mut model = swiss();
+    model.observe(&create).unwrap();
+    model.observe(&event(kind::ASSIGN, 0, SEED, 1)).unwrap();
+    model.observe(&event(kind::ASSIGN, 1, SEED, 2)).unwrap();
+    model.settle(M, header(2));
+    let map = only(&model);
+    assert!(map.created);
+    assert_eq!((map.inserts, map.unexplained), (2, 0));
+}
+
+#[test]
+fn sampled_keys_give_entry_lifetimes() {
+    let keyed = |kind, count, key: u32, at| {
+        let mut event = event(kind, count, SEED, at);
+        event.flags = FLAG_KEY_SAMPLED;
+        event.key_hash = key;
+        event
+    };
+    let mut model = swiss();
+    for event in [
+        keyed(kind::ASSIGN, 0, 11, 1_000_000),
+        keyed(kind::ASSIGN, 1, 22, 2_000_000),
+        keyed(kind::DELETE, 2, 11, 5_000_000),
+        event(kind::CLEAR, 1, SEED, 9_000_000),
+    ] {
+        model.observe(&event).unwrap();
+    }
+    model.settle(M, header(0));
+    let histograms = model.histograms(10_000_000);
+    let lifetimes = &histograms.entry_lifetime_us;
+    assert_eq!(lifetimes.len(), 2);
+    assert_eq!(
+        lifetimes.min(),
+        4_000,
+        "key 11: inserted at 1 ms, deleted at 5 ms"
+    );
+    assert!(
+        lifetimes.equivalent(lifetimes.max(), 7_000),
+        "key 22 went with the clear"
+    );
+    assert_eq!(model.sampled_entries(), (0, 0));
+}
+
+#[test]
+fn creation_stacks_are_interned_with_the_caller_the_walk_missed() {
+    let mut model = swiss();
+    let mut stack = [0u64; tracer_common::STACK_DEPTH];
+    stack[..2].copy_from_slice(&[0x1000, 0x3000]);
+    for at in 0..3 {
+        model
+            .observe_create(&CreateEvent {
+                event: MapEvent {
+                    map: M + at * 0x100,
+                    ..event(kind::CREATE, 0, SEED, at)
+                },
+                caller: 0x2000,
+                stack_len: 2,
+                _pad: 0,
+                stack,
+            })
+            .unwrap();
+    }
+    assert_eq!(model.stacks(), &[vec![0x1000, 0x2000, 0x3000]]);
+    assert_eq!(model.stack_totals(0).created, 3);
+    assert!(model.maps().iter().all(|map| map.stack == Some(0)));
+}
+
+/// A write of `kind` to `M` at `count` carrying a writer stack whose direct caller is
+/// `caller`.
+fn written(kind: u8, count: u64, at: u64, caller: u64) -> CreateEvent {
+    let mut stack = [0u64; tracer_common::STACK_DEPTH];
+    stack[..2].copy_from_slice(&[0x1000, 0x9000]);
+    CreateEvent {
+        event: event(kind, count, SEED, at),
+        caller,
+        stack_len: 2,
+        _pad: 0,
+        stack,
+    }
+}
+
+#[test]
+fn writer_stacks_are_interned_and_credited_when_their_operation_resolves() {
+    let mut model = swiss();
+    model
+        .observe_create(&written(kind::ASSIGN, 10, 1, 0x2000))
+        .unwrap();
+    model.observe(&event(kind::ASSIGN, 11, SEED, 2)).unwrap();
+    model
+        .observe_create(&written(kind::ASSIGN, 12, 3, 0x2000))
+        .unwrap();
+    model
+        .observe_create(&written(kind::DELETE, 12, 4, 0x3000))
+        .unwrap();
+    // Deleting a missing key: listed, but credited nothing.
+    model
+        .observe_create(&written(kind::DELETE, 11, 5, 0x3000))
+        .unwrap();
+    model
+        .observe_create(&written(kind::ASSIGN, 11, 6, 0x2000))
+        .unwrap();
+    model.settle(M, header(11));
+    let map = only(&model);
+    assert!(!map.created && map.stack.is_none());
+    assert_eq!((map.inserts, map.overwrites, map.deletes), (2, 2, 1));
+    assert_eq!(map.unexplained, 0);
+    let writers: Vec<_> = map
+        .writers
+        .list()
+        .iter()
+        .map(|w| {
+            (
+                model.stacks()[w.stack as usize].clone(),
+                w.inserts,
+                w.deletes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        writers,
+        vec![
+            (vec![0x1000, 0x2000, 0x9000], 1, 0),
+            (vec![0x1000, 0x3000, 0x9000], 0, 1),
+        ]
+    );
+    // Writer stacks count no creation.
+    assert_eq!(model.stack_totals(0).created, 0);
+
+    // When the kernel's walk already has the direct caller, it is not added twice.
+    let mut walked = written(kind::ASSIGN, 11, 7, 0x2000);
+    walked.stack[..3].copy_from_slice(&[0x1000, 0x2000, 0x9000]);
+    walked.stack_len = 3;
+    model.observe_create(&walked).unwrap();
+    assert_eq!(model.stacks().len(), 2);
+}
+
+#[test]
+fn a_write_stack_whose_operation_is_never_settled_is_listed_uncredited() {
+    let mut model = swiss();
+    model
+        .observe_create(&written(kind::ASSIGN, 0, 1, 0x2000))
+        .unwrap();
+    model.abandon_pending();
+    let map = only(&model);
+    assert_eq!(map.unsettled, 1);
+    assert_eq!(map.writers.list().len(), 1);
+    assert_eq!(
+        (map.writers.list()[0].inserts, map.writers.list()[0].deletes),
+        (0, 0)
+    );
+}
+
+#[test]
+fn writer_stacks_stop_being_interned_when_the_table_is_full() {
+    let mut model = swiss();
+    for at in 0..crate::writers::MAX_STACKS as u64 {
+        model
+            .observe_create(&written(kind::ASSIGN, at, at, 0x10_0000 + at))
+            .unwrap();
+    }
+    assert_eq!(model.stacks().len(), crate::writers::MAX_STACKS);
+    let last = crate::writers::MAX_STACKS as u64;
+    // A known stack is still recognised; a new one is not kept.
+    model
+        .observe_create(&written(kind::ASSIGN, last, last, 0x10_0000))
+        .unwrap();
+    model
+        .observe_create(&written(kind::ASSIGN, last + 1, last + 1, 0x2000))
+        .unwrap();
+    assert_eq!(model.stacks().len(), crate::writers::MAX_STACKS);
+    let map = only(&model);
+    assert_eq!(map.inserts, last + 1);
+    assert_eq!(map.writers.list()[0].inserts, 2);
+}
+
+#[test]
+fn released_maps_are_bounded_but_still_counted() {
+    let limits = Limits {
+        released_maps: 2,
+        sampled_entries: 10,
+    };
+    let mut model = Model::new(MapImplementation::Swiss, limits);
+    for seed in 1..=5 {
+        model
+            .observe(&event(kind::ASSIGN, 0, seed, seed as u64))
+            .unwrap();
+    }
+    assert_eq!(model.maps().len(), 3);
+    assert_eq!(model.released_unlisted(), 2);
+    model.release_all(100);
+    assert!(model.maps().iter().all(|map| map.is_released()));
+    assert_eq!(model.released_unlisted(), 3);
+    assert_eq!(model.histograms(100).map_lifetime_us.len(), 5);
+}
