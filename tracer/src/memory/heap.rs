@@ -240,17 +240,28 @@ impl Heap {
             .data_symbol("runtime.mheap_")
             .ok_or(HeapUnavailable::NoSymbol)?;
         let version = *binary.go_version();
-        let layout =
-            layout(version, binary.arch()).ok_or(HeapUnavailable::UnknownLayout(version))?;
         let experiments = binary.raw_go_version();
         let green_tea = !experiments.contains("nogreenteagc")
             && (version.minor >= 26 || experiments.contains("greenteagc"));
+        Heap::at(mheap.wrapping_add(bias), version, binary.arch(), green_tea)
+    }
+
+    /// The heap whose `runtime.mheap_` is at run-time address `mheap` in a target built by Go
+    /// `version` for `arch`, with or without the Green Tea collector: what [`Heap::find`]
+    /// makes of a binary, and how the fuzzer reaches the heap reader without one.
+    pub fn at(
+        mheap: u64,
+        version: GoVersion,
+        arch: Arch,
+        green_tea: bool,
+    ) -> Result<Heap, HeapUnavailable> {
+        let layout = layout(version, arch).ok_or(HeapUnavailable::UnknownLayout(version))?;
         Ok(Heap {
-            mheap: mheap.wrapping_add(bias),
+            mheap,
             layout,
             marks_in_gcmark_bits: !green_tea,
             arenas: HashMap::new(),
-            arena_base_offset: match binary.arch() {
+            arena_base_offset: match arch {
                 Arch::Amd64 => 0xffff_8000_0000_0000,
                 Arch::Arm64 => 0,
             },
