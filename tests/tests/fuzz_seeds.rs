@@ -91,7 +91,10 @@ fn sections_of(bytes: &[u8], cut: impl Fn(&str) -> usize) -> Vec<FuzzSection> {
 /// and one with the whole DWARF (whose compressed sections inflate), each a few hundred KiB.
 fn binary_seeds(seeds: &mut Seeds, path: &Path, tag: &str, arch: Arch, whole: bool) {
     let bytes = std::fs::read(path).unwrap();
-    let small = sections_of(&bytes, |name| if name == ".go.buildinfo" { 512 } else { CUT });
+    let small = sections_of(
+        &bytes,
+        |name| if name == ".go.buildinfo" { 512 } else { CUT },
+    );
     let small_input = encode_sections(arch, false, &small);
     seeds.add_mutated(Target::GoSections, &format!("{tag}-small"), &small_input);
     seeds.add(Target::GoSections, format!("{tag}-small"), small_input);
@@ -104,13 +107,13 @@ fn binary_seeds(seeds: &mut Seeds, path: &Path, tag: &str, arch: Arch, whole: bo
         .into_iter()
         .filter(|section| !section.data.is_empty())
         .collect();
-        let (parsed, _) = tracer::fuzzing::decode_sections(&encode_sections(
-            arch,
-            false,
-            &parseable,
-        ));
+        let (parsed, _) =
+            tracer::fuzzing::decode_sections(&encode_sections(arch, false, &parseable));
         let parsed = GoBinary::parse(parsed);
-        assert!(parsed.is_ok(), "{tag}: the pclntab seed does not parse: {parsed:?}");
+        assert!(
+            parsed.is_ok(),
+            "{tag}: the pclntab seed does not parse: {parsed:?}"
+        );
         let input = encode_sections(arch, false, &parseable);
         seeds.add(Target::GoSections, format!("{tag}-pclntab"), input);
     }
@@ -119,16 +122,15 @@ fn binary_seeds(seeds: &mut Seeds, path: &Path, tag: &str, arch: Arch, whole: bo
     seeds.add(Target::Elf, format!("{tag}-assembled"), elf);
     seeds.add(Target::Elf, format!("{tag}-head"), bytes[..CUT].to_vec());
 
-    let dwarf: Vec<FuzzSection> = sections_of(&bytes, |name| {
-        match (name.contains("debug_"), whole) {
+    let dwarf: Vec<FuzzSection> =
+        sections_of(&bytes, |name| match (name.contains("debug_"), whole) {
             (false, _) => 0,
             (true, true) => usize::MAX,
             (true, false) => CUT,
-        }
-    })
-    .into_iter()
-    .filter(|section| !section.data.is_empty())
-    .collect();
+        })
+        .into_iter()
+        .filter(|section| !section.data.is_empty())
+        .collect();
     if !dwarf.is_empty() {
         seeds.add(
             Target::DwarfRoots,
@@ -260,10 +262,22 @@ fn seeds_from_real_binaries_and_traces_pass_every_reader() {
         ("1.26.6", "go1.26", false),
     ] {
         let path = build("idle", version, Flavor::Plain, &[]);
-        binary_seeds(&mut seeds, &path, &format!("{tag}-amd64"), Arch::Amd64, whole);
+        binary_seeds(
+            &mut seeds,
+            &path,
+            &format!("{tag}-amd64"),
+            Arch::Amd64,
+            whole,
+        );
     }
     let stripped = build("idle", "1.24.11", Flavor::Stripped, &[]);
-    binary_seeds(&mut seeds, &stripped, "go1.24-amd64-stripped", Arch::Amd64, true);
+    binary_seeds(
+        &mut seeds,
+        &stripped,
+        "go1.24-amd64-stripped",
+        Arch::Amd64,
+        true,
+    );
     let arm64 = build_for_arch("idle", "1.27.3", Flavor::Plain, &[], "arm64");
     binary_seeds(&mut seeds, &arm64, "go1.27-arm64", Arch::Arm64, false);
     live_seeds(&mut seeds, "1.22.10", 22);

@@ -297,15 +297,15 @@ impl ReadMemory for Regions {
         let mut buffer = vec![0u8; len];
         // Regions may overlap (a recorded read inside an earlier, longer one): the few that
         // start closest below `addr` are tried.
-        let bytes = self
-            .0
-            .range(..=addr)
-            .rev()
-            .take(REGIONS_TRIED)
-            .find_map(|(start, bytes)| {
-                let from = usize::try_from(addr - start).ok()?;
-                bytes.get(from..from.checked_add(len)?)
-            })?;
+        let bytes =
+            self.0
+                .range(..=addr)
+                .rev()
+                .take(REGIONS_TRIED)
+                .find_map(|(start, bytes)| {
+                    let from = usize::try_from(addr - start).ok()?;
+                    bytes.get(from..from.checked_add(len)?)
+                })?;
         buffer.copy_from_slice(bytes);
         Some(buffer)
     }

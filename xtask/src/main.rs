@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod ebpf_clippy;
+mod fuzz;
 mod image;
 mod setup;
 mod soak;
@@ -49,6 +50,9 @@ enum Task {
     /// Trace a service making 20,000 maps a second for 30 minutes with every export on;
     /// record the tracer's memory each minute, its CPU and the outputs' sizes. Not in CI.
     Soak(soak::SoakOptions),
+    /// Fuzz every reader of target-controlled bytes (libFuzzer, `fuzz/`) for a fixed time
+    /// per target; print executions, coverage, CPU time and findings. Not in CI.
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(options) => bench::run_bench(&root, &options),
         Task::Image { tag } => image::build_image(&root, &tag),
         Task::Soak(options) => soak::run_soak(&root, &options),
+        Task::Fuzz(options) => fuzz::run_fuzz(&root, &options),
     }
 }
 

