@@ -461,7 +461,7 @@ pub fn assemble_elf(arch: Arch, pie: bool, sections: &[FuzzSection]) -> Vec<u8> 
     let mut file = vec![0u8; EHDR + PHDR * loaded.len()];
     let mut offsets = Vec::new();
     for section in sections {
-        while file.len() % 16 != 0 {
+        while !file.len().is_multiple_of(16) {
             file.push(0);
         }
         offsets.push(file.len() as u64);
@@ -469,7 +469,7 @@ pub fn assemble_elf(arch: Arch, pie: bool, sections: &[FuzzSection]) -> Vec<u8> 
     }
     let shstrtab_at = file.len() as u64;
     file.extend_from_slice(&shstrtab);
-    while file.len() % 8 != 0 {
+    while !file.len().is_multiple_of(8) {
         file.push(0);
     }
     let shoff = file.len() as u64;
