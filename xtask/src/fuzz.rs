@@ -128,9 +128,15 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> 
     let log_path = logs.join(format!("{target}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut command = cargo_fuzz(root);
+    // The fuzzer binary itself, not `cargo fuzz run`, so the CPU time counted is fuzzing
+    // only, never a rebuild.
+    let mut command = Command::new(
+        root.join("fuzz/target")
+            .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+            .join("release")
+            .join(target),
+    );
     command
-        .args(["run", "-O", "-a", target])
         .arg(&scratch)
         .arg(root.join("fuzz/corpus").join(target));
     let regressions = root.join("fuzz/regressions").join(target);
@@ -140,7 +146,6 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> 
     let mut artifact_prefix = artifacts.clone().into_os_string();
     artifact_prefix.push("/");
     command
-        .arg("--")
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={INPUT_TIMEOUT_S}"))
         .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
