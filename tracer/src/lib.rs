@@ -14,6 +14,8 @@ pub mod diagnostics;
 #[cfg(test)]
 mod dwarf_oracle;
 pub mod export;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod gofixture;
 pub mod inspect;

@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod ebpf_clippy;
+mod fuzz;
 // The fixture builder and the toolchain lists the tests use, shared as source: xtask builds
 // before the tracer's BPF object exists, so it cannot depend on the tracer crate. xtask uses
 // only part of it.
@@ -59,6 +60,9 @@ enum Task {
     /// Boot QEMU guests (arm64 and amd64, Debian's 6.1, 6.12 and 5.10 kernels) and trace the
     /// maps fixture inside them; see README "Kernels and architectures".
     VmTest(vm::VmOptions),
+    /// Fuzz every reader of target-controlled bytes (libFuzzer, `fuzz/`) for a fixed time
+    /// per target; print executions, coverage, CPU time and findings. Not in CI.
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Task::Image { tag } => image::build_image(&root, &tag),
         Task::Soak(options) => soak::run_soak(&root, &options),
         Task::VmTest(options) => vm::run_matrix(&root, &options),
+        Task::Fuzz(options) => fuzz::run_fuzz(&root, &options),
     }
 }
 

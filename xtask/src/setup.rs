@@ -14,6 +14,8 @@
 //!   `.tools/esbuild/<version>-<arch>/esbuild`.
 //! - What `cargo xtask vm-test` guests need: QEMU, the arm64 cross toolchain, Debian's 6.1
 //!   kernels and busybox-static for both architectures (`vm::install_guests`).
+//! - For `cargo xtask fuzz`: rustup's nightly toolchain (libFuzzer needs its sanitizer
+//!   flags) and cargo-fuzz from crates.io.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,6 +61,9 @@ const DEBIAN_COMMANDS: &[(&str, &str)] = &[("npm", "npm")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-fuzz from crates.io, which builds and runs the libFuzzer targets in `fuzz/`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Installs whatever is missing.
 pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     debian_packages()?;
@@ -66,7 +71,43 @@ pub fn install_missing(root: &Path) -> anyhow::Result<()> {
     go_toolchains(root)?;
     hdrhistogram_reader(root)?;
     released_go_programs(root)?;
+    fuzzing_tools()?;
     crate::vm::install_guests(root)
+}
+
+/// rustup's nightly toolchain and cargo-fuzz, for `cargo xtask fuzz`.
+fn fuzzing_tools() -> anyhow::Result<()> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !nightly {
+        eprintln!("xtask: installing rustup's nightly toolchain (for cargo-fuzz)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} from crates.io");
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]),
+    )
 }
 
 /// The venv with PyPI's HdrHistogram reader, made once.

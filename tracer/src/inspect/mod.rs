@@ -34,6 +34,8 @@ use std::path::Path;
 pub use creation::SeedCall;
 pub use error::{InspectError, TypeNameError};
 pub use lines::SourceFrame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use types::fuzz_map_type_info;
 pub use types::{map_type_info, MapTypeInfo, ReadMemory};
 pub use version::GoVersion;
 

@@ -216,6 +216,31 @@ pub fn map_type_info(
     bias: u64,
     maptype: u64,
 ) -> Result<MapTypeInfo, TypeNameError> {
+    describe_map_type(memory, binary.types, binary.has_swiss_maps(), bias, maptype)
+}
+
+/// [`map_type_info`] with the two facts it takes from the binary given directly, so the
+/// fuzzer can reach the descriptor reader without a whole Go binary.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_map_type_info(
+    memory: &dyn ReadMemory,
+    types: Option<(u64, Option<u64>)>,
+    swiss: bool,
+    bias: u64,
+    maptype: u64,
+) -> Result<MapTypeInfo, TypeNameError> {
+    let types = types.map(|(start, end)| TypesRange { start, end });
+    describe_map_type(memory, types, swiss, bias, maptype)
+}
+
+/// [`map_type_info`] given where static types are and whether maps are swiss tables.
+fn describe_map_type(
+    memory: &dyn ReadMemory,
+    types: Option<TypesRange>,
+    swiss: bool,
+    bias: u64,
+    maptype: u64,
+) -> Result<MapTypeInfo, TypeNameError> {
     let descriptor = read_exact(memory, maptype, MAP_TYPE_READ)
         .ok_or(TypeNameError::Unreadable { addr: maptype })?;
     let kind = descriptor[KIND_AT] & KIND_MASK;
@@ -227,10 +252,10 @@ pub fn map_type_info(
     }
     let namer = Namer {
         memory,
-        types: binary.types,
+        types,
         bias,
     };
-    let bucket_bytes = if binary.has_swiss_maps() {
+    let bucket_bytes = if swiss {
         read_u64(&descriptor, GROUP_SIZE_AT)
     } else {
         u64::from(u16::from_le_bytes([

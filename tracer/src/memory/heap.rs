@@ -240,17 +240,28 @@ impl Heap {
             .data_symbol("runtime.mheap_")
             .ok_or(HeapUnavailable::NoSymbol)?;
         let version = *binary.go_version();
-        let layout =
-            layout(version, binary.arch()).ok_or(HeapUnavailable::UnknownLayout(version))?;
         let experiments = binary.raw_go_version();
         let green_tea = !experiments.contains("nogreenteagc")
             && (version.minor >= 26 || experiments.contains("greenteagc"));
+        Heap::at(mheap.wrapping_add(bias), version, binary.arch(), green_tea)
+    }
+
+    /// The heap whose `runtime.mheap_` is at run-time address `mheap` in a target built by Go
+    /// `version` for `arch`, with or without the Green Tea collector: what [`Heap::find`]
+    /// makes of a binary, and how the fuzzer reaches the heap reader without one.
+    pub fn at(
+        mheap: u64,
+        version: GoVersion,
+        arch: Arch,
+        green_tea: bool,
+    ) -> Result<Heap, HeapUnavailable> {
+        let layout = layout(version, arch).ok_or(HeapUnavailable::UnknownLayout(version))?;
         Ok(Heap {
-            mheap: mheap.wrapping_add(bias),
+            mheap,
             layout,
             marks_in_gcmark_bits: !green_tea,
             arenas: HashMap::new(),
-            arena_base_offset: match binary.arch() {
+            arena_base_offset: match arch {
                 Arch::Amd64 => 0xffff_8000_0000_0000,
                 Arch::Arm64 => 0,
             },
@@ -292,7 +303,8 @@ impl Heap {
     /// byte once for all of them. Every `Free` answer is confirmed at the end: its span's
     /// fields and `mheap_.sweepgen` must read as they did before its bit was read.
     pub fn object_states(&mut self, memory: &dyn ReadMemory, addrs: &[u64]) -> Vec<ObjectState> {
-        let Some(sweepgen) = read_u32(memory, self.mheap + self.layout.mheap_sweepgen) else {
+        let sweepgen_at = self.mheap.checked_add(self.layout.mheap_sweepgen);
+        let Some(sweepgen) = sweepgen_at.and_then(|at| read_u32(memory, at)) else {
             return vec![ObjectState::Unknown; addrs.len()];
         };
         let mut reads = Reads::default();
@@ -304,7 +316,7 @@ impl Heap {
             })
             .collect();
         if states.iter().any(|(state, _)| *state == ObjectState::Free) {
-            let still = read_u32(memory, self.mheap + self.layout.mheap_sweepgen);
+            let still = sweepgen_at.and_then(|at| read_u32(memory, at));
             let mut unchanged: HashMap<u64, bool> = HashMap::new();
             for (state, span_addr) in &mut states {
                 if *state != ObjectState::Free {
@@ -333,7 +345,9 @@ impl Heap {
     ) -> Option<(ObjectState, u64)> {
         let arena = self.arena(memory, addr)?;
         let page = (addr / PAGE_BYTES) % PAGES_PER_ARENA;
-        let entry = arena + self.layout.arena_spans + page * 8;
+        let entry = arena
+            .checked_add(self.layout.arena_spans)?
+            .checked_add(page * 8)?;
         let span_addr = *reads
             .entries
             .entry(entry)
@@ -347,7 +361,7 @@ impl Heap {
         let state = match decide(&span, sweepgen, addr, self.marks_in_gcmark_bits)? {
             Decision::Known(state) => state,
             Decision::Bit { bits, index } => {
-                let at = nonzero(bits)? + index / 8;
+                let at = nonzero(bits)?.checked_add(index / 8)?;
                 let byte = *reads
                     .bytes
                     .entry(at)
@@ -371,8 +385,11 @@ impl Heap {
         if let Some(&arena) = self.arenas.get(&index) {
             return Some(arena);
         }
-        let l2 = nonzero(read_u64(memory, self.mheap + self.layout.mheap_arenas)?)?;
-        let arena = nonzero(read_u64(memory, l2 + index * 8)?)?;
+        let l2 = nonzero(read_u64(
+            memory,
+            self.mheap.checked_add(self.layout.mheap_arenas)?,
+        )?)?;
+        let arena = nonzero(read_u64(memory, l2.checked_add(index * 8)?)?)?;
         self.arenas.insert(index, arena);
         Some(arena)
     }

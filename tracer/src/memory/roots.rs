@@ -147,6 +147,16 @@ impl Roots {
         Ok(walk(&types, variables))
     }
 
+    /// Roots made of `paths` as if DWARF had listed them, for the fuzzer's inventory target.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn from_paths(paths: Vec<MapRoot>) -> Roots {
+        Roots {
+            roots: paths,
+            truncated: false,
+            dwarf: true,
+        }
+    }
+
     /// Every path found.
     pub fn paths(&self) -> &[MapRoot] {
         &self.roots

@@ -380,3 +380,34 @@ fn layout_table_matches_the_runtime_dwarf_of_every_toolchain() {
     }
     assert_eq!(checked, GO_VERSIONS.len() * 2 + 4);
 }
+
+/// Found by fuzzing (`fuzz/regressions/heap/`): `runtime.mheap_` comes from the target's
+/// symbol table and the heap's pointers from its memory, so an address plus an offset may
+/// not fit in 64 bits. Such a heap is unreadable (`Unknown`), never an overflow.
+#[test]
+fn addresses_at_the_top_of_the_address_space_are_unknown() {
+    let Fake { memory, .. } = fake(SWEEPGEN, SPAN_IN_USE);
+    let mut heap = Heap::at(u64::MAX - 8, go(24), Arch::Amd64, false).unwrap();
+    assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Unknown);
+    let Fake {
+        mut heap,
+        mut memory,
+    } = fake(SWEEPGEN, SPAN_IN_USE);
+    let arenas = MHEAP + layout(go(24), Arch::Amd64).unwrap().mheap_arenas;
+    memory.put(arenas, &(u64::MAX - 8).to_le_bytes());
+    assert_eq!(heap.object_state(&memory, object(5)), ObjectState::Unknown);
+    let Fake {
+        mut heap,
+        mut memory,
+    } = fake(SWEEPGEN, SPAN_IN_USE);
+    let index = START.wrapping_sub(0xffff_8000_0000_0000) / ARENA_BYTES;
+    memory.put(L2 + index * 8, &u64::MAX.to_le_bytes());
+    assert_eq!(heap.object_state(&memory, object(5)), ObjectState::Unknown);
+    let Fake {
+        mut heap,
+        mut memory,
+    } = fake(SWEEPGEN, SPAN_IN_USE);
+    let span = layout(go(24), Arch::Amd64).unwrap().span;
+    memory.put(SPAN + span.alloc_bits, &u64::MAX.to_le_bytes());
+    assert_eq!(heap.object_state(&memory, object(9)), ObjectState::Unknown);
+}
