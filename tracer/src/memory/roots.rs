@@ -154,6 +154,7 @@ impl Roots {
             roots: paths,
             truncated: false,
             dwarf: true,
+            map_types: Vec::new(),
         }
     }
 
