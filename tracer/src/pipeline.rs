@@ -1,13 +1,13 @@
 //! Everything a report is built from, in the order it happened, and the recording of it.
 //!
 //! A live trace and `gomaptrace replay` feed the same [`Pipeline`] the same inputs: raw
-//! ring-buffer records and [`Note`]s (the window's start and end, headers read from memory,
+//! ring-buffer records and [`SessionInput`]s (the window's start and end, headers read from memory,
 //! the target's exit, resolved symbols, lost counts). The live trace also writes every input
 //! to a recording as it goes; a replay reads them back. Since the model and the report are
 //! pure, the replayed report is byte for byte the live one.
 //!
 //! A recording is `MAGIC`, then frames of `[tag: u8][length: u32 LE][payload]`: tag 1 a raw
-//! ring-buffer record, tag 2 a JSON [`Note`]. Key contents are never in it (the BPF side only
+//! ring-buffer record, tag 2 a JSON [`SessionInput`]. Key contents are never in it (the BPF side only
 //! sends salted hashes, and the salt is not recorded).
 
 use std::fs::File;
@@ -54,9 +54,11 @@ pub struct Setup {
     pub sampling: Option<Schedule>,
 }
 
-/// An input to the pipeline other than an event.
+/// What the session tells the pipeline besides the probes' events: the trace's start and
+/// end, what it read from the binary and the target's memory, its sampled windows. Recorded
+/// next to the events, so a replay sees exactly the same inputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Note {
+pub enum SessionInput {
     /// The trace begins.
     Start(Setup),
     /// A map type was read from the target.
@@ -71,8 +73,10 @@ pub enum Note {
         /// When.
         end_ns: u64,
     },
-    /// A quiet map's header, read from memory after the probes were detached.
-    Settle {
+    /// A quiet map's header, read from memory after the probes were detached: it settles
+    /// the map's pending operation. Recorded under its first name, `Settle`.
+    #[serde(rename = "Settle")]
+    HeaderRead {
         /// The map.
         addr: u64,
         /// Its count and second header word.
@@ -248,7 +252,7 @@ pub struct Pipeline {
     /// Windows and polls so far (`--mode sampled`).
     tally: Tally,
     /// Frames of the stacks resolved while tracing, for snapshots; not recorded (the final
-    /// resolution at [`Note::Finish`] is).
+    /// resolution at [`SessionInput::Finish`] is).
     live_frames: std::collections::BTreeMap<u64, Vec<crate::inspect::SourceFrame>>,
 }
 
@@ -256,7 +260,7 @@ impl Pipeline {
     /// Starts a trace; every later input is also written to `recorder` when given.
     pub fn new(setup: Setup, mut recorder: Option<Recorder>) -> Pipeline {
         if let Some(recorder) = &mut recorder {
-            write_note(recorder, &Note::Start(setup.clone()));
+            write_note(recorder, &SessionInput::Start(setup.clone()));
         }
         Pipeline {
             model: armed_model(&setup),
@@ -313,50 +317,52 @@ impl Pipeline {
     }
 
     /// One other input.
-    pub fn note(&mut self, note: Note) {
+    pub fn note(&mut self, note: SessionInput) {
         if let Some(recorder) = &mut self.recorder {
             write_note(recorder, &note);
         }
         match note {
-            Note::Start(setup) => {
+            SessionInput::Start(setup) => {
                 self.model = armed_model(&setup);
                 self.setup = setup;
             }
-            Note::Type { map_type, facts } => {
+            SessionInput::Type { map_type, facts } => {
                 self.resolved.types.insert(map_type, facts);
             }
-            Note::Freeze { end_ns } => {
+            SessionInput::Freeze { end_ns } => {
                 self.tally.close(end_ns);
                 self.window_end_ns = Some(end_ns);
                 self.model.freeze(end_ns);
             }
-            Note::Settle { addr, words } => self.model.settle_words(addr, words),
-            Note::Resident { peak_bytes } => self.setup.target.peak_rss_bytes = Some(peak_bytes),
-            Note::Exited { at_ns } => {
+            SessionInput::HeaderRead { addr, words } => self.model.settle_with_read(addr, words),
+            SessionInput::Resident { peak_bytes } => {
+                self.setup.target.peak_rss_bytes = Some(peak_bytes)
+            }
+            SessionInput::Exited { at_ns } => {
                 self.setup.target.exited = true;
                 self.model.abandon_pending();
                 self.model.release_all(at_ns);
             }
-            Note::Inventory {
+            SessionInput::Inventory {
                 at_ns,
                 summary,
                 sightings,
             } => self.model.inventory(at_ns, summary, &sightings),
-            Note::ReleaseDetection { method } => self.release_detection = Some(method),
-            Note::Dropped(dropped) => self.model.dropped(&dropped),
-            Note::Window {
+            SessionInput::ReleaseDetection { method } => self.release_detection = Some(method),
+            SessionInput::Dropped(dropped) => self.model.dropped(&dropped),
+            SessionInput::Window {
                 armed_ns,
                 attach_ms,
             } => {
                 self.tally.open(armed_ns, attach_ms);
                 self.model.rearm(armed_ns);
             }
-            Note::WindowEnd { end_ns } => {
+            SessionInput::WindowEnd { end_ns } => {
                 self.tally.close(end_ns);
                 self.model.freeze(end_ns);
             }
-            Note::Detached { detach_ms } => self.tally.detached(detach_ms),
-            Note::Poll {
+            SessionInput::Detached { detach_ms } => self.tally.detached(detach_ms),
+            SessionInput::Poll {
                 at_ns,
                 headers,
                 took_ms,
@@ -364,7 +370,7 @@ impl Pipeline {
                 self.tally.polled(at_ns, headers.len(), took_ms);
                 self.model.poll(at_ns, &headers);
             }
-            Note::Finish { lost, resolved } => {
+            SessionInput::Finish { lost, resolved } => {
                 self.model.abandon_pending();
                 self.lost = lost;
                 self.resolved.frames = resolved.frames;
@@ -488,7 +494,7 @@ fn armed_model(setup: &Setup) -> Model {
     model
 }
 
-fn write_note(recorder: &mut Recorder, note: &Note) {
+fn write_note(recorder: &mut Recorder, note: &SessionInput) {
     match serde_json::to_vec(note) {
         Ok(json) => recorder.frame(TAG_NOTE, &json),
         Err(error) => recorder.failed = Some(error.into()),
@@ -537,11 +543,13 @@ pub fn replay(path: &Path) -> Result<Report, RecordingError> {
         match (head[0], pipeline.as_mut()) {
             (TAG_RECORD, Some(pipeline)) => pipeline.record(&payload),
             (TAG_NOTE, current) => {
-                let note: Note = serde_json::from_slice(&payload)
+                let note: SessionInput = serde_json::from_slice(&payload)
                     .map_err(|error| corrupt(offset, &error.to_string()))?;
-                finished |= matches!(note, Note::Finish { .. });
+                finished |= matches!(note, SessionInput::Finish { .. });
                 match (note, current) {
-                    (Note::Start(setup), None) => pipeline = Some(Pipeline::new(setup, None)),
+                    (SessionInput::Start(setup), None) => {
+                        pipeline = Some(Pipeline::new(setup, None))
+                    }
                     (note, Some(pipeline)) => pipeline.note(note),
                     (_, None) => return Err(corrupt(offset, "no start note")),
                 }
@@ -623,8 +631,8 @@ mod tests {
             pipeline.record(&event_bytes(kind::ASSIGN, count, at));
         }
         pipeline.record(&[1, 2, 3]);
-        pipeline.note(Note::Freeze { end_ns: 5_000 });
-        pipeline.note(Note::Settle {
+        pipeline.note(SessionInput::Freeze { end_ns: 5_000 });
+        pipeline.note(SessionInput::HeaderRead {
             addr: 0x00c0_000a_0000,
             words: [3, 0x1234_0000_0000],
         });
@@ -632,7 +640,7 @@ mod tests {
         resolved
             .held_by
             .insert(0x00c0_000a_0000, "main.sessions".into());
-        pipeline.note(Note::Finish { lost: 2, resolved });
+        pipeline.note(SessionInput::Finish { lost: 2, resolved });
         pipeline.finish().unwrap()
     }
 
@@ -674,10 +682,10 @@ mod tests {
 
     #[test]
     fn a_finish_note_recorded_before_held_by_existed_still_reads() {
-        let note: Note =
+        let note: SessionInput =
             serde_json::from_str(r#"{"Finish":{"lost":0,"resolved":{"frames":{},"types":{}}}}"#)
                 .unwrap();
-        let Note::Finish { resolved, .. } = note else {
+        let SessionInput::Finish { resolved, .. } = note else {
             panic!("not a finish note: {note:?}");
         };
         assert!(resolved.held_by.is_empty());
@@ -687,7 +695,7 @@ mod tests {
     fn an_interval_snapshot_says_how_releases_are_found() {
         let mut pipeline = Pipeline::new(setup(), None);
         assert_eq!(pipeline.snapshot(2_000).report().release_detection, None);
-        pipeline.note(Note::ReleaseDetection {
+        pipeline.note(SessionInput::ReleaseDetection {
             method: ReleaseDetection::Heap,
         });
         assert_eq!(

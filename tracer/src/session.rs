@@ -17,7 +17,7 @@ use crate::memory::release::{self, Detector, Dropped};
 use crate::memory::roots::{Roots, RootsError};
 use crate::memory::scan::{self, ScanStats, Scanner};
 use crate::model::Model;
-use crate::pipeline::{Note, Pipeline, Recorder, RecordingError, Setup};
+use crate::pipeline::{Pipeline, Recorder, RecordingError, SessionInput, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
 use crate::privileges::{self, DropError, PrivilegeError};
 use crate::probes::{Outputs, ProbeError, Probes, Programs};
@@ -361,7 +361,7 @@ async fn follow_attached(
     let setup_sampled = setup.sampling.is_some();
     let mut pipeline = Pipeline::new(setup, recorder);
     let detector = Detector::new(&binary, bias, plan.implementation);
-    pipeline.note(Note::ReleaseDetection {
+    pipeline.note(SessionInput::ReleaseDetection {
         method: detector.method(),
     });
     let inspected = Inspected {
@@ -410,8 +410,8 @@ async fn follow_attached(
         feed.release_dropped(events.get_mut());
     }
     let end_ns = monotonic_ns();
-    feed.note(Note::Freeze { end_ns });
-    feed.settle_from_events(&mut events).await;
+    feed.note(SessionInput::Freeze { end_ns });
+    feed.drain_until_settled(&mut events).await;
     probes.detach();
     feed.drain(events.get_mut());
     feed.apply_drops();
@@ -421,17 +421,17 @@ async fn follow_attached(
         diagnostics: None,
     }
     .lost()?;
-    feed.settle_from_memory();
+    feed.settle_quiet_maps();
     if setup_sampled {
         feed.last_poll();
     }
     feed.read_resident();
     if let Some(peak_bytes) = feed.peak_resident {
-        feed.note(Note::Resident { peak_bytes });
+        feed.note(SessionInput::Resident { peak_bytes });
     }
     let exited = !inspected.target.is_alive();
     if exited {
-        feed.note(Note::Exited {
+        feed.note(SessionInput::Exited {
             at_ns: monotonic_ns(),
         });
     }
@@ -469,7 +469,7 @@ async fn follow_attached(
         types: BTreeMap::new(),
         held_by,
     };
-    pipeline.note(Note::Finish { lost, resolved });
+    pipeline.note(SessionInput::Finish { lost, resolved });
     let histograms = pipeline.model().histograms(end_ns);
     let report = pipeline.finish()?;
     Ok(Outcome {
@@ -594,7 +594,7 @@ struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    fn note(&mut self, note: Note) {
+    fn note(&mut self, note: SessionInput) {
         self.pipeline.note(note);
     }
 
@@ -665,7 +665,7 @@ impl Feed<'_> {
             .filter(|sighting| inventory::is_scanned_holder(&sighting.held_by))
             .map(|sighting| (sighting.addr, sighting.held_by.clone()))
             .collect();
-        self.note(Note::Inventory {
+        self.note(SessionInput::Inventory {
             at_ns: monotonic_ns(),
             summary: taken.summary,
             sightings: taken.sightings,
@@ -686,7 +686,7 @@ impl Feed<'_> {
         self.types_resolved += fresh.len();
         for map_type in fresh {
             if let Some(facts) = self.inspected.type_facts(map_type) {
-                self.pipeline.note(Note::Type { map_type, facts });
+                self.pipeline.note(SessionInput::Type { map_type, facts });
             }
         }
     }
@@ -733,13 +733,13 @@ impl Feed<'_> {
     /// Passes the findings of the last check to the pipeline.
     fn apply_drops(&mut self) {
         for dropped in std::mem::take(&mut self.drops) {
-            self.pipeline.note(Note::Dropped(dropped));
+            self.pipeline.note(SessionInput::Dropped(dropped));
         }
     }
 
     /// Keeps draining for a short grace period, until every pending operation is settled by
     /// its map's next event or the target goes quiet or away.
-    async fn settle_from_events(&mut self, events: &mut AsyncFd<RingBuf<MapData>>) {
+    async fn drain_until_settled(&mut self, events: &mut AsyncFd<RingBuf<MapData>>) {
         let deadline = Instant::now() + SETTLE_GRACE;
         while Instant::now() < deadline
             && self.inspected.target.is_alive()
@@ -753,7 +753,7 @@ impl Feed<'_> {
     /// Settles what is still pending from the headers in the target's memory, now that no
     /// probe fires any more. A target that is gone takes those counts with it: they stay
     /// unsettled.
-    fn settle_from_memory(&mut self) {
+    fn settle_quiet_maps(&mut self) {
         let target = &self.inspected.target;
         if !target.is_alive() {
             return;
@@ -762,7 +762,7 @@ impl Feed<'_> {
         pending.sort_unstable();
         for addr in pending {
             if let Ok(words) = target.read_words(addr) {
-                self.pipeline.note(Note::Settle { addr, words });
+                self.pipeline.note(SessionInput::HeaderRead { addr, words });
             }
         }
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::inspect::{self, GoBinary};
 use crate::memory::inventory;
-use crate::pipeline::{Note, Pipeline, Setup};
+use crate::pipeline::{Pipeline, SessionInput, Setup};
 use crate::plan::MapImplementation;
 use crate::privileges;
 use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
@@ -61,14 +61,14 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
         .iter()
         .map(|sighting| (sighting.addr, sighting.held_by.clone()))
         .collect();
-    pipeline.note(Note::Inventory {
+    pipeline.note(SessionInput::Inventory {
         at_ns: start_ns,
         summary: taken.summary,
         sightings: taken.sightings,
     });
     for &map_type in pipeline.model().types_seen().to_vec().iter() {
         if let Ok(info) = inspect::map_type_info(&target, &binary, bias, map_type) {
-            pipeline.note(Note::Type {
+            pipeline.note(SessionInput::Type {
                 map_type,
                 facts: TypeFacts {
                     name: info.name,
@@ -81,10 +81,10 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
         }
     }
     if let Ok(peak_bytes) = target.peak_resident_bytes() {
-        pipeline.note(Note::Resident { peak_bytes });
+        pipeline.note(SessionInput::Resident { peak_bytes });
     }
-    pipeline.note(Note::Freeze { end_ns: start_ns });
-    pipeline.note(Note::Finish {
+    pipeline.note(SessionInput::Freeze { end_ns: start_ns });
+    pipeline.note(SessionInput::Finish {
         lost: 0,
         resolved: Resolved {
             frames: BTreeMap::new(),

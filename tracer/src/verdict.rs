@@ -300,7 +300,7 @@ mod tests {
                 .unwrap();
         }
         model.freeze(WINDOW.end_ns);
-        model.settle_words(0x00c0_0001_0000, [final_count, 7]);
+        model.settle_with_read(0x00c0_0001_0000, [final_count, 7]);
         model.maps()[0].clone()
     }
 

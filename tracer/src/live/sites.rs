@@ -141,7 +141,7 @@ mod tests {
 
     use crate::inspect::SourceFrame;
     use crate::live::LiveView;
-    use crate::pipeline::{Note, Pipeline, Setup};
+    use crate::pipeline::{Pipeline, SessionInput, Setup};
     use crate::plan::MapImplementation;
     use crate::report::{TargetInfo, TypeFacts};
     use crate::verdict::{Storage, Thresholds};
@@ -210,7 +210,7 @@ mod tests {
         frames.insert(0x40_1000, vec![frame("runtime.makemap_small", 3)]);
         frames.insert(CALLER, vec![frame("main.newIndex", 17)]);
         pipeline.add_live_frames(frames);
-        pipeline.note(Note::Type {
+        pipeline.note(SessionInput::Type {
             map_type: MAP_TYPE,
             facts: TypeFacts {
                 name: "map[string]int".into(),

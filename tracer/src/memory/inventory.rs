@@ -534,7 +534,7 @@ mod tests {
         model.observe(&event(kind::ASSIGN, 12, SEED, 600)).unwrap();
         model.observe(&event(kind::DELETE, 13, SEED, 700)).unwrap();
         model.freeze(WINDOW.end_ns);
-        model.settle_words(MAP, [12, SEED]);
+        model.settle_with_read(MAP, [12, SEED]);
         let maps = model.maps();
         assert_eq!(maps.len(), 1, "the same map, not a new one");
         let record = maps[0];
@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn the_report_lists_idle_maps_with_what_they_would_give_back() {
-        use crate::pipeline::{Note, Pipeline, Setup};
+        use crate::pipeline::{Pipeline, SessionInput, Setup};
         use crate::report::{Resolved, TargetInfo, TypeFacts};
         use crate::verdict::Storage;
 
@@ -620,12 +620,12 @@ mod tests {
             },
             None,
         );
-        pipeline.note(Note::Inventory {
+        pipeline.note(SessionInput::Inventory {
             at_ns: 500,
             summary: summary(1),
             sightings: vec![drained(10)],
         });
-        pipeline.note(Note::Type {
+        pipeline.note(SessionInput::Type {
             map_type: 0x4a_0000,
             facts: TypeFacts {
                 name: "map[int64][]uint8".into(),
@@ -635,8 +635,8 @@ mod tests {
                 },
             },
         });
-        pipeline.note(Note::Freeze { end_ns: 10_000 });
-        pipeline.note(Note::Finish {
+        pipeline.note(SessionInput::Freeze { end_ns: 10_000 });
+        pipeline.note(SessionInput::Finish {
             lost: 0,
             resolved: Resolved {
                 held_by: [(MAP, "main.idle".to_string())].into(),

@@ -387,10 +387,10 @@ mod tests {
 
     #[test]
     fn a_dropped_note_survives_a_recording() {
-        let note = crate::pipeline::Note::Dropped(dropped(Some([1, 2]), true));
+        let note = crate::pipeline::SessionInput::Dropped(dropped(Some([1, 2]), true));
         let json = serde_json::to_string(&note).unwrap();
         assert_eq!(
-            serde_json::from_str::<crate::pipeline::Note>(&json).unwrap(),
+            serde_json::from_str::<crate::pipeline::SessionInput>(&json).unwrap(),
             note
         );
     }

@@ -35,7 +35,7 @@
 //!
 //! The observation window ends with [`Model::freeze`]: events that happen after it only settle
 //! the operations still pending, so that a busy map's last operation is classified by the next
-//! one, exactly as during the window. [`Model::settle`] does the same with a header read from
+//! one, exactly as during the window. [`Model::settle_with_header`] does the same with a header read from
 //! the target's memory for maps that stayed quiet.
 //!
 //! Layout: [`record`] is one map's state machine, `distributions` the sampled keys and the
@@ -207,7 +207,7 @@ impl Model {
     /// released. A map freed and its memory handed to
     /// another map between two polls is left to the heap check ([`Model::dropped`]). Polls come
     /// after a window's end, when events only settle: a map's operation still pending is
-    /// first settled by the header as one read after the probes are ([`Model::settle_words`]).
+    /// first settled by the header as one read after the probes are ([`Model::settle_with_read`]).
     pub fn poll(&mut self, at_ns: u64, polled: &[Polled]) {
         for header_read in polled {
             let Some(words) = header_read.words else {
@@ -218,7 +218,7 @@ impl Model {
                 .get(&header_read.addr)
                 .is_some_and(MapRecord::is_pending)
             {
-                self.settle_words(header_read.addr, words);
+                self.settle_with_read(header_read.addr, words);
             }
             let header = self.header_from_words(words);
             let Some(record) = self.maps.get_mut(&header_read.addr) else {
@@ -322,7 +322,7 @@ impl Model {
         }
         let after_window = self.window_end_ns.is_some_and(|end| event.ktime_ns > end);
         let result = if after_window {
-            self.settle_from(event)
+            self.settle_with_event(event)
         } else {
             self.apply(event, stack)
         };
@@ -474,7 +474,7 @@ impl Model {
     /// After the window: an event only settles its map's pending operation, and a growth
     /// only says that a prune inside the window cleared nothing (the growth itself is not
     /// counted).
-    fn settle_from(&mut self, event: &MapEvent) -> Result<(), ModelError> {
+    fn settle_with_event(&mut self, event: &MapEvent) -> Result<(), ModelError> {
         match event.kind {
             kind::CREATE | kind::CLONE => {
                 // Another map at this address: the one known there is gone, and its last
@@ -492,7 +492,7 @@ impl Model {
             _ => {
                 operation(event)?;
                 if event.flags & FLAG_COUNT_UNREADABLE == 0 {
-                    self.settle(event.map, self.header(event));
+                    self.settle_with_header(event.map, self.header(event));
                 }
             }
         }
@@ -545,7 +545,7 @@ impl Model {
 
     /// Resolves the map's pending operation with a header seen after the window (the next
     /// event, or a read of the target's memory). A header from another map is not used.
-    pub fn settle(&mut self, addr: u64, header: MapHeader) {
+    pub fn settle_with_header(&mut self, addr: u64, header: MapHeader) {
         let Some(record) = self.maps.get_mut(&addr) else {
             return;
         };
@@ -567,11 +567,11 @@ impl Model {
     /// keep the old seed), or it may have gone on changing unseen. Such a header settles the
     /// pending operation only when it is one of that operation's possible outcomes; anything
     /// else leaves it unsettled rather than taking a count that no observed operation made.
-    pub fn settle_words(&mut self, addr: u64, words: [u64; 2]) {
+    pub fn settle_with_read(&mut self, addr: u64, words: [u64; 2]) {
         let header = self.header_from_words(words);
         match self.maps.get_mut(&addr) {
             Some(record) if record.is_pending() && !record.could_follow(header) => record.abandon(),
-            _ => self.settle(addr, header),
+            _ => self.settle_with_header(addr, header),
         }
     }
 

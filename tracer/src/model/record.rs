@@ -222,7 +222,7 @@ impl MapRecord {
     /// what happened to the sampled key it carried (and when the operation ran).
     pub(super) fn resolve(&mut self, observed: MapHeader) -> Option<(KeyChange, u64)> {
         let (inserts, deletes) = (self.inserts, self.deletes);
-        self.settle_growth(observed);
+        self.resolve_growth(observed);
         self.log2_buckets = self.log2_buckets.max(observed.log2_buckets);
         let count = observed.count;
         let mut change = None;
@@ -280,7 +280,7 @@ impl MapRecord {
     }
 
     /// Counts the pending growth now that the header reads `observed`.
-    pub(super) fn settle_growth(&mut self, observed: MapHeader) {
+    pub(super) fn resolve_growth(&mut self, observed: MapHeader) {
         match self.growth.take() {
             Some(PendingGrowth::Buckets { log2_buckets })
                 if observed.log2_buckets > log2_buckets =>
@@ -299,7 +299,7 @@ impl MapRecord {
             self.grows += 1;
         } else {
             // Only a lost event leaves a growth pending here; what the map says now settles it.
-            self.settle_growth(header);
+            self.resolve_growth(header);
             self.growth = match event_kind {
                 kind::HASH_GROW if readable => Some(PendingGrowth::Buckets {
                     log2_buckets: header.log2_buckets,

@@ -69,7 +69,7 @@ fn insert_overwrite_and_delete_are_told_apart_by_the_next_count() {
         (kind::ASSIGN, 1), // pending until settled
     ]);
     assert_eq!(model.pending().collect::<Vec<_>>(), vec![M]);
-    model.settle(M, header(2));
+    model.settle_with_header(M, header(2));
     let map = only(&model);
     assert!(map.created);
     assert_eq!((map.inserts, map.overwrites, map.deletes), (3, 1, 1));
@@ -83,7 +83,7 @@ fn insert_overwrite_and_delete_are_told_apart_by_the_next_count() {
 #[test]
 fn clear_counts_once_and_expects_an_empty_map() {
     let mut model = replay(&[(kind::ASSIGN, 5), (kind::CLEAR, 6), (kind::ASSIGN, 0)]);
-    model.settle(M, header(1));
+    model.settle_with_header(M, header(1));
     let map = only(&model);
     assert!(!map.created);
     assert_eq!((map.clears, map.inserts, map.live, map.peak), (1, 2, 1, 6));
@@ -93,7 +93,7 @@ fn clear_counts_once_and_expects_an_empty_map() {
 #[test]
 fn a_count_no_operation_explains_is_flagged() {
     let mut model = replay(&[(kind::ASSIGN, 0), (kind::ASSIGN, 7)]);
-    model.settle(M, header(8));
+    model.settle_with_header(M, header(8));
     let map = only(&model);
     assert_eq!((map.inserts, map.unexplained, map.live), (1, 1, 8));
 }
@@ -126,7 +126,7 @@ fn emptying_a_map_may_change_its_seed() {
         (kind::CLEAR, 1, 2),
         (kind::ASSIGN, 0, 3), // and again after the clear
     ]);
-    model.settle(
+    model.settle_with_header(
         M,
         MapHeader {
             seed: 3,
@@ -161,7 +161,7 @@ fn after_the_window_events_only_settle_pending_operations() {
 #[test]
 fn a_foreign_header_does_not_settle_a_map() {
     let mut model = replay(&[(kind::ASSIGN, 3)]);
-    model.settle(
+    model.settle_with_header(
         M,
         MapHeader {
             seed: SEED + 1,
@@ -201,13 +201,13 @@ fn a_new_map_at_the_address_after_the_window_does_not_settle_the_old_one() {
 fn memory_that_no_pending_operation_explains_does_not_settle() {
     // Freed, and its first word reused by another object; the seed word survived.
     let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
-    model.settle_words(M, [0xc0_0000_0000, u64::from(SEED)]);
+    model.settle_with_read(M, [0xc0_0000_0000, u64::from(SEED)]);
     let map = only(&model);
     assert_eq!((map.live, map.peak, map.inserts), (0, 0, 0));
     assert_eq!((map.unsettled, map.unexplained), (1, 0));
     // A header the pending insert explains settles it.
     let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
-    model.settle_words(M, [1, u64::from(SEED)]);
+    model.settle_with_read(M, [1, u64::from(SEED)]);
     let map = only(&model);
     assert_eq!((map.live, map.inserts, map.unsettled), (1, 1, 0));
 }
@@ -264,7 +264,7 @@ fn a_clone_starts_with_its_entries_and_growth_changes_no_count() {
         (kind::ASSIGN, 40),
         (kind::GROW, 40),
     ]);
-    model.settle(M, header(41));
+    model.settle_with_header(M, header(41));
     let map = only(&model);
     assert!(map.created && map.cloned);
     assert_eq!((map.live, map.peak, map.inserts, map.grows), (41, 41, 1, 1));
@@ -307,7 +307,7 @@ fn a_classic_growth_doubles_when_the_next_header_has_more_buckets() {
     let mut model = replay_classic(&events);
     // The map went quiet: the header read after the window settles the last growth.
     model.freeze(100);
-    model.settle_words(M, [14, classic_word(2)]);
+    model.settle_with_read(M, [14, classic_word(2)]);
     let map = only(&model);
     assert_eq!(
         (map.grows, map.reorganisations, map.log2_buckets),
@@ -377,7 +377,7 @@ fn swiss_growth_counts_at_once_and_a_prune_only_when_no_growth_follows() {
     ]);
     let mut model = replay(&events);
     // The last prune is settled by the header read after the window.
-    model.settle(M, header(16));
+    model.settle_with_header(M, header(16));
     let map = only(&model);
     assert_eq!((map.grows, map.reorganisations), (3, 2));
     assert_eq!((map.inserts, map.overwrites, map.deletes), (17, 1, 1));
@@ -398,7 +398,7 @@ fn a_growth_after_the_window_undoes_a_prune_inside_it() {
 #[test]
 fn settling_a_map_without_pending_operation_changes_nothing() {
     let mut model = replay(&[(kind::CREATE, 0)]);
-    model.settle(M, header(42));
+    model.settle_with_header(M, header(42));
     assert_eq!(only(&model).live, 0);
 }
 
@@ -410,7 +410,7 @@ fn a_creation_seen_before_its_seed_adopts_the_next_one() {
     model.observe(&create).unwrap();
     model.observe(&event(kind::ASSIGN, 0, SEED, 1)).unwrap();
     model.observe(&event(kind::ASSIGN, 1, SEED, 2)).unwrap();
-    model.settle(M, header(2));
+    model.settle_with_header(M, header(2));
     let map = only(&model);
     assert!(map.created);
     assert_eq!((map.inserts, map.unexplained), (2, 0));
@@ -433,7 +433,7 @@ fn sampled_keys_give_entry_lifetimes() {
     ] {
         model.observe(&event).unwrap();
     }
-    model.settle(M, header(0));
+    model.settle_with_header(M, header(0));
     let histograms = model.histograms(10_000_000);
     let lifetimes = &histograms.entry_lifetime_us;
     assert_eq!(lifetimes.len(), 2);
@@ -507,7 +507,7 @@ fn writer_stacks_are_interned_and_credited_when_their_operation_resolves() {
     model
         .observe_create(&written(kind::ASSIGN, 11, 6, 0x2000))
         .unwrap();
-    model.settle(M, header(11));
+    model.settle_with_header(M, header(11));
     let map = only(&model);
     assert!(!map.created && map.stack.is_none());
     assert_eq!((map.inserts, map.overwrites, map.deletes), (2, 2, 1));

@@ -73,7 +73,7 @@ fn sample_with(resolved: Resolved) -> Report {
     // The first insert gives the map its first group.
     model.observe(&event(kind::GROW, 0, 1)).unwrap();
     model.observe(&event(kind::ASSIGN, 1, 2)).unwrap();
-    model.settle_words(MAP, [2, 7]);
+    model.settle_with_read(MAP, [2, 7]);
     report_of(&model, &resolved)
 }
 
@@ -256,7 +256,7 @@ fn written_before_the_trace() -> Report {
         model.observe(&at(count)).unwrap();
     }
     model.freeze(3_000_000_000);
-    model.settle_words(MAP, [54, 7]);
+    model.settle_with_read(MAP, [54, 7]);
     let mut resolved = resolved();
     let frame = |function: &str, line| SourceFrame {
         function: function.into(),
@@ -331,7 +331,7 @@ fn a_leak_reports_its_rate_projection_and_confidence() {
             .unwrap();
     }
     model.freeze(3_000_000_000);
-    model.settle_words(MAP, [100, 7]);
+    model.settle_with_read(MAP, [100, 7]);
     let resolved = resolved();
     let report = report_of(&model, &resolved);
     let json: serde_json::Value = serde_json::to_value(&report).unwrap();

@@ -3,9 +3,9 @@
 //! disabled uprobe still traps), and the known maps' headers polled every `--poll` while no
 //! probe is attached.
 //!
-//! Each window is armed like the start of a trace ([`Note::Window`]): no event counts until
+//! Each window is armed like the start of a trace ([`SessionInput::Window`]): no event counts until
 //! every probe is attached, and each map's first event after arming is its baseline. The
-//! window ends at its time ([`Note::WindowEnd`]: later events only settle what is pending);
+//! window ends at its time ([`SessionInput::WindowEnd`]: later events only settle what is pending);
 //! its probes are then detached on a thread of their own, since the kernel takes about 0.1 s
 //! per probe, so the event loop keeps draining and the window's length stays what it says.
 //! Polls begin at the window's end, once the events from before it are drained (later
@@ -96,7 +96,7 @@ impl Feed<'_> {
         // The first window is the trace's own start: its probes were attached (and its
         // attach time taken) before the trace began.
         let armed_ns = self.pipeline.setup().start_ns;
-        self.note(Note::Window {
+        self.note(SessionInput::Window {
             armed_ns,
             attach_ms: 0.0,
         });
@@ -173,7 +173,7 @@ impl Feed<'_> {
             Phase::Open { .. } => {
                 // Not drained first: the window ends now, however many events are still to
                 // be read (those from before its end count, the others only settle).
-                self.note(Note::WindowEnd {
+                self.note(SessionInput::WindowEnd {
                     end_ns: monotonic_ns(),
                 });
                 windows.ended = Instant::now();
@@ -196,7 +196,7 @@ impl Feed<'_> {
                     attached => attached?,
                 }
                 let armed_ns = monotonic_ns();
-                self.note(Note::Window {
+                self.note(SessionInput::Window {
                     armed_ns,
                     attach_ms: millis(started.elapsed()),
                 });
@@ -248,11 +248,11 @@ impl Feed<'_> {
     /// what is still pending is settled from memory.
     fn detached(&mut self, events: &mut AsyncFd<RingBuf<MapData>>, thread: JoinHandle<Duration>) {
         let took = thread.join().unwrap_or_default();
-        self.note(Note::Detached {
+        self.note(SessionInput::Detached {
             detach_ms: millis(took),
         });
         self.drain(events.get_mut());
-        self.settle_from_memory();
+        self.settle_quiet_maps();
     }
 
     /// The trace's last poll, once its probes are detached and its events drained: every
@@ -295,7 +295,7 @@ impl Feed<'_> {
             ));
             between(self);
         }
-        self.note(Note::Poll {
+        self.note(SessionInput::Poll {
             at_ns,
             headers,
             took_ms: millis(started.elapsed()),
