@@ -215,7 +215,7 @@ pub fn check_writable(path: &Path) -> Result<(), ExportError> {
 }
 
 /// `function (file:line)` with the file's directories dropped: how outputs name a site.
-pub fn short_site(site: &crate::report::Location) -> String {
+pub fn short_site(site: &crate::report::SourceFrame) -> String {
     let file = site.file.rsplit('/').next().unwrap_or(&site.file);
     format!("{} ({file}:{})", site.function, site.line)
 }

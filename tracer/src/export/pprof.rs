@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 use super::{Export, ExportError, Snapshot};
-use crate::report::{Location, MapReport, Report};
+use crate::report::{MapReport, Report, SourceFrame};
 
 /// The types generated from pprof's `proto/profile.proto` by build.rs.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -64,7 +64,7 @@ struct Tables {
     functions: Vec<proto::Function>,
     function_ids: HashMap<(String, String), u64>,
     locations: Vec<proto::Location>,
-    location_ids: HashMap<Location, u64>,
+    location_ids: HashMap<SourceFrame, u64>,
 }
 
 impl Tables {
@@ -84,7 +84,7 @@ impl Tables {
         id
     }
 
-    fn location(&mut self, frame: &Location) -> u64 {
+    fn location(&mut self, frame: &SourceFrame) -> u64 {
         if let Some(&id) = self.location_ids.get(frame) {
             return id;
         }
@@ -126,8 +126,8 @@ impl Tables {
 /// The frames pprof shows for a map, innermost first: its creation stack from the creation
 /// site outwards, else its main writer's stack from the write site outwards; `None` when it
 /// has neither. Borrowed from the report: a profile of many maps copies no stack per map.
-fn program_stack(map: &MapReport) -> Option<(&[Location], &'static str)> {
-    fn from_site<'a>(stack: &'a [Location], site: &Location) -> &'a [Location] {
+fn program_stack(map: &MapReport) -> Option<(&[SourceFrame], &'static str)> {
+    fn from_site<'a>(stack: &'a [SourceFrame], site: &SourceFrame) -> &'a [SourceFrame] {
         let start = stack.iter().position(|frame| frame == site).unwrap_or(0);
         &stack[start..]
     }
@@ -144,12 +144,12 @@ fn program_stack(map: &MapReport) -> Option<(&[Location], &'static str)> {
 /// The profile of the maps in `report` not known released, stamped `time_nanos`.
 pub fn profile(report: &Report, time_nanos: i64) -> proto::Profile {
     let mut tables = Tables::new();
-    let unknown = [Location {
+    let unknown = [SourceFrame {
         function: UNKNOWN_STACK.to_string(),
         file: String::new(),
         line: 0,
     }];
-    type Key<'a> = (&'a [Location], &'a str, &'static str, String);
+    type Key<'a> = (&'a [SourceFrame], &'a str, &'static str, String);
     let mut totals: HashMap<Key, [i64; 3]> = HashMap::new();
     let mut order: Vec<Key> = Vec::new();
     for map in report.maps.iter().filter(|map| !map.released) {
@@ -263,8 +263,8 @@ mod tests {
     use super::*;
     use crate::report::WriterReport;
 
-    fn frame(function: &str, line: u32) -> Location {
-        Location {
+    fn frame(function: &str, line: u32) -> SourceFrame {
+        SourceFrame {
             function: function.to_string(),
             file: "app/main.go".to_string(),
             line,

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{Export, ExportError, Snapshot};
-use crate::report::{Location, Report, SiteKind};
+use crate::report::{Report, SiteKind, SourceFrame};
 
 /// Sites with their own series; the others are folded into `function="other"`.
 pub const TOP_SITES: usize = 20;
@@ -178,7 +178,7 @@ struct SiteTotals {
 }
 
 /// The labels of a site: where it is, what it groups by, and the type of its biggest map.
-fn site_labels(site: Option<&Location>, by: SiteKind, map_type: &str) -> Labels {
+fn site_labels(site: Option<&SourceFrame>, by: SiteKind, map_type: &str) -> Labels {
     let (function, file, line) = match site {
         Some(site) => (
             site.function.clone(),
@@ -201,8 +201,8 @@ fn site_labels(site: Option<&Location>, by: SiteKind, map_type: &str) -> Labels 
 }
 
 /// The type of the biggest live map of each site, by (site, kind).
-fn site_types(report: &Report) -> HashMap<(Option<&Location>, SiteKind), (u64, String)> {
-    let mut types: HashMap<(Option<&Location>, SiteKind), (u64, String)> = HashMap::new();
+fn site_types(report: &Report) -> HashMap<(Option<&SourceFrame>, SiteKind), (u64, String)> {
+    let mut types: HashMap<(Option<&SourceFrame>, SiteKind), (u64, String)> = HashMap::new();
     for map in report.maps.iter().filter(|map| !map.released) {
         let key = match (&map.site, map.main_writer_site()) {
             (Some(site), _) => (Some(site), SiteKind::Creation),

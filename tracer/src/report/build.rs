@@ -11,8 +11,9 @@ use crate::sampled::Mode;
 use crate::verdict::{self, Thresholds, Window};
 
 use super::contract::{
-    EntrySampling, EventStats, HistogramReports, Location, MapReport, Percentiles, Report,
-    Resolved, SiteKind, SiteReport, Suspect, TargetInfo, TypeFacts, WriterReport, UNKNOWN_HOLDER,
+    EntrySampling, EventStats, HistogramReports, MapReport, Percentiles, Report, Resolved,
+    SiteKind, SiteReport, SourceFrame, Suspect, TargetInfo, TypeFacts, WriterReport,
+    UNKNOWN_HOLDER,
 };
 
 /// Everything besides the model that the report is built from.
@@ -40,14 +41,14 @@ pub(crate) const RUNTIME_PREFIXES: [&str; 4] =
     ["runtime.", "internal/runtime/", "reflect.", "maps."];
 
 impl ReportContext<'_> {
-    fn stack(&self, model: &Model, id: Option<StackId>) -> Vec<Location> {
+    fn stack(&self, model: &Model, id: Option<StackId>) -> Vec<SourceFrame> {
         let Some(addresses) = id.and_then(|id| model.stacks().get(id as usize)) else {
             return Vec::new();
         };
         addresses
             .iter()
             .flat_map(|address| self.resolved.frames.get(address).into_iter().flatten())
-            .map(Location::from)
+            .map(SourceFrame::clone)
             .collect()
     }
 
@@ -157,7 +158,7 @@ impl ReportContext<'_> {
 }
 
 /// The first frame outside the runtime's map machinery.
-fn site(stack: &[Location]) -> Option<Location> {
+fn site(stack: &[SourceFrame]) -> Option<SourceFrame> {
     stack
         .iter()
         .find(|frame| {
@@ -263,8 +264,8 @@ fn sites(
     records: &[&MapRecord],
     maps: &[MapReport],
 ) -> Vec<SiteReport> {
-    let mut by_site: HashMap<(Option<Location>, SiteKind), SiteReport> = HashMap::new();
-    let mut counted_stacks: HashMap<Option<Location>, Vec<StackId>> = HashMap::new();
+    let mut by_site: HashMap<(Option<SourceFrame>, SiteKind), SiteReport> = HashMap::new();
+    let mut counted_stacks: HashMap<Option<SourceFrame>, Vec<StackId>> = HashMap::new();
     for (record, map) in records.iter().zip(maps) {
         let (site, by) = match (&map.site, map.main_writer_site()) {
             (None, Some(writer)) => (Some(writer.clone()), SiteKind::Writer),

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::SourceFrame;
+/// Source positions are the inspector's own frames, one type from the pclntab to the JSON.
+pub use crate::inspect::SourceFrame;
 use crate::memory::inventory::{Capacity, Summary};
 use crate::memory::release::ReleaseDetection;
 use crate::model::Seen;
@@ -89,27 +90,6 @@ pub struct EventStats {
     pub before_arming: u64,
 }
 
-/// A source position, as Go's own tools print it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Location {
-    /// Fully qualified function, e.g. `main.(*Cache).Put`.
-    pub function: String,
-    /// Source file path as compiled.
-    pub file: String,
-    /// Line number.
-    pub line: u32,
-}
-
-impl From<&SourceFrame> for Location {
-    fn from(frame: &SourceFrame) -> Location {
-        Location {
-            function: frame.function.clone(),
-            file: frame.file.clone(),
-            line: frame.line,
-        }
-    }
-}
-
 /// One map.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct MapReport {
@@ -120,9 +100,9 @@ pub struct MapReport {
     #[serde(rename = "type")]
     pub map_type: Option<String>,
     /// Where it was created: the first frame of its creation stack outside the runtime.
-    pub site: Option<Location>,
+    pub site: Option<SourceFrame>,
     /// The creation stack, innermost first, inlined calls expanded.
-    pub stack: Vec<Location>,
+    pub stack: Vec<SourceFrame>,
     /// Where the program writes to it, from the sampled writes that carried a stack (the
     /// first writes of maps made before the trace, then one write in 1024): at most 8.
     pub writers: Vec<WriterReport>,
@@ -194,9 +174,9 @@ pub struct MapReport {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct WriterReport {
     /// The first frame of the stack outside the runtime: the program's own write.
-    pub site: Option<Location>,
+    pub site: Option<SourceFrame>,
     /// The whole stack, innermost first, inlined calls expanded.
-    pub stack: Vec<Location>,
+    pub stack: Vec<SourceFrame>,
     /// Sampled assigns with this stack that added a key.
     pub inserts: u64,
     /// Sampled deletes with this stack that removed a key.
@@ -207,7 +187,7 @@ impl MapReport {
     /// The site of the writer whose sampled operations changed the map most, the earliest on
     /// a tie (see [`crate::writers::Writers::main`]), among writers whose stack reaches the
     /// program's own code: where to look for a map whose creation was not seen.
-    pub fn main_writer_site(&self) -> Option<&Location> {
+    pub fn main_writer_site(&self) -> Option<&SourceFrame> {
         self.writers
             .iter()
             .rev()
@@ -228,11 +208,11 @@ pub struct Suspect {
     #[serde(rename = "type")]
     pub map_type: Option<String>,
     /// Where it was created.
-    pub site: Option<Location>,
+    pub site: Option<SourceFrame>,
     /// What holds it (see [`MapReport::held_by`]).
     pub held_by: String,
     /// When its creation was not seen: where the program writes to it most.
-    pub written_at: Option<Location>,
+    pub written_at: Option<SourceFrame>,
     /// Entries at the end.
     pub live: u64,
     /// Most entries at once.
@@ -267,7 +247,7 @@ pub enum SiteKind {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SiteReport {
     /// The creating line; `null` gathers maps whose creation was not seen.
-    pub site: Option<Location>,
+    pub site: Option<SourceFrame>,
     /// Whether `site` created the maps, or is the main writer of maps made before the trace.
     pub by: SiteKind,
     /// Maps seen created there (released ones included).

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::memory::release::ReleaseDetection;
 use crate::verdict::Verdict;
 
-use super::contract::{Location, MapReport, Report, SiteKind, TargetInfo, UNKNOWN_HOLDER};
+use super::contract::{MapReport, Report, SiteKind, SourceFrame, TargetInfo, UNKNOWN_HOLDER};
 
 impl TargetInfo {
     /// ` in podman container NAME (ID), pid N inside` for the text report's first line, or
@@ -27,7 +27,7 @@ impl TargetInfo {
     }
 }
 
-impl Location {
+impl SourceFrame {
     /// `function (file:line)` with the file's directories dropped, for one text line.
     fn short(&self) -> String {
         let file = self.file.rsplit('/').next().unwrap_or(&self.file);
@@ -106,7 +106,7 @@ impl Report {
                 suspect
                     .site
                     .as_ref()
-                    .map_or("created before the trace".to_string(), Location::short),
+                    .map_or("created before the trace".to_string(), SourceFrame::short),
             );
             let _ = writeln!(
                 text,
@@ -147,7 +147,7 @@ impl Report {
                     suspect
                         .written_at
                         .as_ref()
-                        .map_or("(no write stack seen)".to_string(), Location::short),
+                        .map_or("(no write stack seen)".to_string(), SourceFrame::short),
                 );
             }
         }
@@ -210,7 +210,7 @@ impl Report {
             let name = site
                 .site
                 .as_ref()
-                .map_or("(creation not seen)".to_string(), Location::short);
+                .map_or("(creation not seen)".to_string(), SourceFrame::short);
             let name = match site.by {
                 SiteKind::Creation => name,
                 SiteKind::Writer => format!("{name} (written)"),
