@@ -83,13 +83,12 @@ pub enum MapImplementation {
 }
 
 impl MapImplementation {
-    /// Tells the implementations apart by a function only the classic one has: guessing from
-    /// the version would be wrong for `noswissmap` builds.
+    /// The implementation `binary` was built with ([`GoBinary::has_swiss_maps`]).
     pub fn of(binary: &GoBinary) -> MapImplementation {
-        if binary.function("runtime.hashGrow").is_some() {
-            MapImplementation::Classic
-        } else {
+        if binary.has_swiss_maps() {
             MapImplementation::Swiss
+        } else {
+            MapImplementation::Classic
         }
     }
 

@@ -181,14 +181,12 @@ impl GoBinary {
         FileMemory(self)
     }
 
-    /// Whether this binary's maps are swiss tables (Go 1.24+ unless built with
-    /// `GOEXPERIMENT=noswissmap`, which only 1.24 and 1.25 accept).
-    fn has_swiss_maps(&self) -> bool {
-        let version = self.go_version();
-        if version.minor < 24 {
-            return false;
-        }
-        version.minor >= 26 || !self.raw_go_version().contains("noswissmap")
+    /// Whether this binary's maps are swiss tables: read from the code it holds (only the
+    /// classic implementation has `runtime.hashGrow`), never guessed from the version, which
+    /// `GOEXPERIMENT=noswissmap` (1.24, 1.25) contradicts. The one place this is decided
+    /// ([`crate::plan::MapImplementation::of`] asks it too).
+    pub fn has_swiss_maps(&self) -> bool {
+        self.function("runtime.hashGrow").is_none()
     }
 }
 
