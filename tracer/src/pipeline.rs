@@ -20,7 +20,7 @@ use crate::memory::inventory::{Sighting, Summary};
 use crate::memory::release::{Dropped, ReleaseDetection};
 use crate::model::{Limits, Model};
 use crate::plan::MapImplementation;
-use crate::report::{Report, ReportContext, Resolved, TargetInfo, TypeFacts};
+use crate::report::{MapTypeInfo, Report, ReportContext, Resolved, TargetInfo};
 use crate::sampled::{self, Polled, Schedule, Tally};
 use crate::sibling::create_temporary_sibling;
 use crate::verdict::{Thresholds, Window};
@@ -66,7 +66,7 @@ pub enum SessionInput {
         /// The map-type pointer.
         map_type: u64,
         /// What it says.
-        facts: TypeFacts,
+        facts: MapTypeInfo,
     },
     /// The observation window ended (monotonic ns).
     Freeze {

@@ -21,9 +21,9 @@ use crate::pipeline::{Pipeline, Recorder, RecordingError, SessionInput, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
 use crate::privileges::{self, DropError, PrivilegeError};
 use crate::probes::{Outputs, ProbeError, Probes, Programs};
-use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
+use crate::report::{MapTypeInfo, Report, Resolved, TargetInfo};
 use crate::target::{Target, TargetError};
-use crate::verdict::{Storage, Thresholds};
+use crate::verdict::Thresholds;
 
 mod sampled;
 
@@ -556,15 +556,8 @@ impl Inspected {
     }
 
     /// Name and storage sizes of a map type, read from the target's memory.
-    fn type_facts(&self, map_type: u64) -> Option<TypeFacts> {
-        let info = inspect::map_type_info(&self.target, &self.binary, self.bias, map_type).ok()?;
-        Some(TypeFacts {
-            name: info.name,
-            storage: Storage {
-                bucket_bytes: info.bucket_bytes,
-                slots_per_bucket: info.slots_per_bucket,
-            },
-        })
+    fn type_facts(&self, map_type: u64) -> Option<MapTypeInfo> {
+        inspect::map_type_info(&self.target, &self.binary, self.bias, map_type).ok()
     }
 }
 

@@ -12,10 +12,10 @@ use crate::memory::inventory;
 use crate::pipeline::{Pipeline, SessionInput, Setup};
 use crate::plan::MapImplementation;
 use crate::privileges;
-use crate::report::{Report, Resolved, TargetInfo, TypeFacts};
+use crate::report::{Report, Resolved, TargetInfo};
 use crate::session::SessionError;
 use crate::target::Target;
-use crate::verdict::{Storage, Thresholds};
+use crate::verdict::Thresholds;
 
 /// Takes the inventory of process `pid` and reports it, judged with `thresholds`. The
 /// target is never stopped; nothing is attached to it.
@@ -67,17 +67,8 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
         sightings: taken.sightings,
     });
     for &map_type in pipeline.model().types_seen().to_vec().iter() {
-        if let Ok(info) = inspect::map_type_info(&target, &binary, bias, map_type) {
-            pipeline.note(SessionInput::Type {
-                map_type,
-                facts: TypeFacts {
-                    name: info.name,
-                    storage: Storage {
-                        bucket_bytes: info.bucket_bytes,
-                        slots_per_bucket: info.slots_per_bucket,
-                    },
-                },
-            });
+        if let Ok(facts) = inspect::map_type_info(&target, &binary, bias, map_type) {
+            pipeline.note(SessionInput::Type { map_type, facts });
         }
     }
     if let Ok(peak_bytes) = target.peak_resident_bytes() {

@@ -194,14 +194,8 @@ pub fn capacity_bytes(
         .filter(|&bytes| bytes <= MAX_ALLOC_BYTES)
 }
 
-/// Sizes of one map type's storage, read from its type descriptor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Storage {
-    /// Bytes of one bucket (classic) or group (swiss), slots and control bytes included.
-    pub bucket_bytes: u64,
-    /// Entries one bucket or group holds (8 in every release).
-    pub slots_per_bucket: u64,
-}
+/// Storage sizes are what the binary's type descriptor says ([`crate::inspect::Storage`]).
+pub use crate::inspect::Storage;
 
 /// Size of a map header (`hmap` or `maps.Map`), which every map holds.
 const HEADER_BYTES: u64 = 48;

@@ -36,7 +36,7 @@ pub use error::{InspectError, TypeNameError};
 pub use lines::SourceFrame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use types::fuzz_map_type_info;
-pub use types::{map_type_info, MapTypeInfo, ReadMemory};
+pub use types::{map_type_info, MapTypeInfo, ReadMemory, Storage};
 pub use version::GoVersion;
 
 use elf::{ElfView, Segments};

@@ -35,15 +35,22 @@ pub trait ReadMemory {
 }
 
 /// Facts about a map type that the report needs: its name as Go writes it
-/// (`map[string]*bytes.Buffer`), and the size of one bucket (classic) or one group (swiss)
-/// with its slots per bucket/group, for memory estimates.
+/// (`map[string]*bytes.Buffer`), and the size of its storage, for memory estimates. The
+/// one type for them from the descriptor to the recording and the report.
 ///
-/// Serializable because reports carry it.
+/// Serializable because recordings and reports carry it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MapTypeInfo {
     /// The type as `%T` prints it; parts that cannot be named read `?`.
     pub name: String,
-    /// Bytes of one bucket (classic maps) or one group (swiss maps), control words included.
+    /// Bucket or group sizes.
+    pub storage: Storage,
+}
+
+/// Sizes of one map type's storage, read from its type descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Storage {
+    /// Bytes of one bucket (classic) or group (swiss), slots and control bytes included.
     pub bucket_bytes: u64,
     /// Entries one bucket or group holds (8 in every release so far).
     pub slots_per_bucket: u64,
@@ -263,8 +270,10 @@ fn describe_map_type(
     };
     Ok(MapTypeInfo {
         name: namer.map_name(maptype, 0),
-        bucket_bytes,
-        slots_per_bucket: SLOTS,
+        storage: Storage {
+            bucket_bytes,
+            slots_per_bucket: SLOTS,
+        },
     })
 }
 

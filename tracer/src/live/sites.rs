@@ -143,7 +143,7 @@ mod tests {
     use crate::live::LiveView;
     use crate::pipeline::{Pipeline, SessionInput, Setup};
     use crate::plan::MapImplementation;
-    use crate::report::{TargetInfo, TypeFacts};
+    use crate::report::{MapTypeInfo, TargetInfo};
     use crate::verdict::{Storage, Thresholds};
 
     const MAP: u64 = 0x00c0_000a_0000;
@@ -212,7 +212,7 @@ mod tests {
         pipeline.add_live_frames(frames);
         pipeline.note(SessionInput::Type {
             map_type: MAP_TYPE,
-            facts: TypeFacts {
+            facts: MapTypeInfo {
                 name: "map[string]int".into(),
                 storage: Storage {
                     bucket_bytes: 136,

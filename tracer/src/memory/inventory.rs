@@ -598,7 +598,7 @@ mod tests {
     #[test]
     fn the_report_lists_idle_maps_with_what_they_would_give_back() {
         use crate::pipeline::{Pipeline, SessionInput, Setup};
-        use crate::report::{Resolved, TargetInfo, TypeFacts};
+        use crate::report::{MapTypeInfo, Resolved, TargetInfo};
         use crate::verdict::Storage;
 
         let mut pipeline = Pipeline::new(
@@ -627,7 +627,7 @@ mod tests {
         });
         pipeline.note(SessionInput::Type {
             map_type: 0x4a_0000,
-            facts: TypeFacts {
+            facts: MapTypeInfo {
                 name: "map[int64][]uint8".into(),
                 storage: Storage {
                     bucket_bytes: 264,

@@ -11,9 +11,8 @@ use crate::sampled::Mode;
 use crate::verdict::{self, Thresholds, Window};
 
 use super::contract::{
-    EntrySampling, EventStats, HistogramReports, MapReport, Percentiles, Report, Resolved,
-    SiteKind, SiteReport, SourceFrame, Suspect, TargetInfo, TypeFacts, WriterReport,
-    UNKNOWN_HOLDER,
+    EntrySampling, EventStats, HistogramReports, MapReport, MapTypeInfo, Percentiles, Report,
+    Resolved, SiteKind, SiteReport, SourceFrame, Suspect, TargetInfo, WriterReport, UNKNOWN_HOLDER,
 };
 
 /// Everything besides the model that the report is built from.
@@ -62,7 +61,7 @@ impl ReportContext<'_> {
         }
     }
 
-    fn type_facts(&self, record: &MapRecord) -> Option<&TypeFacts> {
+    fn type_facts(&self, record: &MapRecord) -> Option<&MapTypeInfo> {
         self.resolved.types.get(&record.map_type)
     }
 

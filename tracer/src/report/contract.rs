@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Source positions are the inspector's own frames, one type from the pclntab to the JSON.
-pub use crate::inspect::SourceFrame;
+pub use crate::inspect::{MapTypeInfo, SourceFrame};
 use crate::memory::inventory::{Capacity, Summary};
 use crate::memory::release::ReleaseDetection;
 use crate::model::Seen;
 use crate::sampled::{Mode, SamplingReport};
 use crate::trend::Confidence;
-use crate::verdict::{Storage, Verdict};
+use crate::verdict::Verdict;
 
 /// The whole report of one trace.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -308,15 +308,6 @@ pub struct EntrySampling {
     pub untracked: u64,
 }
 
-/// A map type as read from the target: name and storage sizes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TypeFacts {
-    /// As Go writes it, e.g. `map[string]*bytes.Buffer`.
-    pub name: String,
-    /// Bucket or group sizes, for memory estimates.
-    pub storage: Storage,
-}
-
 /// What was learned outside the model, resolved once per distinct value: source frames per
 /// stack address and facts per map type. Recorded with the events, so a replay needs
 /// neither the binary nor the process.
@@ -325,7 +316,7 @@ pub struct Resolved {
     /// Frames for each stack address (innermost inlined call first).
     pub frames: BTreeMap<u64, Vec<SourceFrame>>,
     /// Facts for each map-type pointer.
-    pub types: BTreeMap<u64, TypeFacts>,
+    pub types: BTreeMap<u64, MapTypeInfo>,
     /// The variable path holding each map address still alive at the end (absent in
     /// recordings made before it existed).
     #[serde(default)]

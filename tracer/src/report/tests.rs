@@ -41,7 +41,7 @@ fn resolved() -> Resolved {
     );
     resolved.types.insert(
         MAP_TYPE,
-        TypeFacts {
+        MapTypeInfo {
             name: "map[string]int".into(),
             storage: Storage {
                 bucket_bytes: 136,

@@ -268,13 +268,13 @@ fn map_type_names_match_what_go_prints() {
             let info = map_type_info(&memory, &binary, bias, *maptype)
                 .unwrap_or_else(|error| panic!("{context} {expected}: {error}"));
             assert_eq!(&info.name, expected, "{context}");
-            assert_eq!(info.slots_per_bucket, 8, "{context}");
+            assert_eq!(info.storage.slots_per_bucket, 8, "{context}");
             // The runtime's own bucket or group type has the same size.
             let group = memory.read(maptype + 64, 8).unwrap();
             let group = u64::from_le_bytes(group.try_into().unwrap());
             let size = memory.read(group, 8).unwrap();
             let size = u64::from_le_bytes(size.try_into().unwrap());
-            assert_eq!(info.bucket_bytes, size, "{context} {expected}");
+            assert_eq!(info.storage.bucket_bytes, size, "{context} {expected}");
             // Worked out by hand: tophash + 8 keys + 8 elems + overflow pointer (classic),
             // control word + 8 key/elem slots (swiss).
             let by_hand = match (expected.as_str(), swiss) {
@@ -285,7 +285,7 @@ fn map_type_names_match_what_go_prints() {
                 _ => None,
             };
             if let Some(by_hand) = by_hand {
-                assert_eq!(info.bucket_bytes, by_hand, "{context} {expected}");
+                assert_eq!(info.storage.bucket_bytes, by_hand, "{context} {expected}");
             }
             checked += 1;
         }
