@@ -45,7 +45,7 @@ impl GoBinary {
         seed_functions: &[u64],
         seed_offset: u64,
     ) -> Result<Vec<SeedCall>, InspectError> {
-        if self.arch != Arch::Amd64 {
+        if self.tables.arch != Arch::Amd64 {
             return Ok(Vec::new());
         }
         let (code, start) = self.code(constructor)?;

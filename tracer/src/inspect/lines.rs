@@ -164,11 +164,15 @@ impl GoBinary {
     /// not to the next line. Decoding costs a binary search and a pass over the function's
     /// tables: callers cache per stack.
     pub fn frames_at(&self, vaddr: u64) -> Vec<SourceFrame> {
-        let Some(tables) = &self.lines else {
+        let Some(tables) = &self.tables.lines else {
             return Vec::new();
         };
         let located = &tables.located;
-        let Some(data) = self.segments.read(&self.bytes, located.vaddr, located.len) else {
+        let Some(data) = self
+            .tables
+            .segments
+            .read(&self.bytes, located.vaddr, located.len)
+        else {
             return Vec::new();
         };
         let decoder = Decoder {
@@ -183,7 +187,7 @@ impl GoBinary {
     /// inverse of [`GoBinary::file_offset`]), so callers can compute a PIE load bias from the
     /// mapping in `/proc/PID/maps` that holds the code.
     pub fn vaddr_of_file_offset(&self, offset: u64) -> Option<u64> {
-        self.segments.mapped_code_vaddr(offset)
+        self.tables.segments.mapped_code_vaddr(offset)
     }
 }
 
@@ -412,6 +416,7 @@ impl Decoder<'_> {
         let at = tree.checked_add(index.checked_mul(layout.size)?)?;
         let entry = self
             .binary
+            .tables
             .segments
             .read(&self.binary.bytes, at, layout.size)?;
         let name_off = read_u32(entry, layout.name_at)?;

@@ -50,15 +50,8 @@ use types::TypesRange;
 /// to the file (which may be replaced while the process runs).
 pub struct GoBinary {
     bytes: Vec<u8>,
-    arch: Arch,
-    version: GoVersion,
-    raw_version: String,
-    segments: Segments,
-    functions: FunctionTable,
-    /// The pclntab's place and layout, for source lines (see [`GoBinary::frames_at`]).
-    lines: Option<LineTables>,
-    /// Where static type descriptors are, for type names (see [`map_type_info`]).
-    types: Option<TypesRange>,
+    /// What was read from `bytes`, kept as read.
+    tables: Tables,
 }
 
 /// A function symbol: what a probe is attached to.
@@ -109,39 +102,30 @@ impl GoBinary {
     /// feed corrupted bytes.
     pub fn parse(bytes: Vec<u8>) -> Result<GoBinary, InspectError> {
         let tables = Tables::read(&bytes)?;
-        Ok(GoBinary {
-            bytes,
-            arch: tables.arch,
-            version: tables.version,
-            raw_version: tables.raw_version,
-            segments: tables.segments,
-            functions: tables.functions,
-            lines: tables.lines,
-            types: tables.types,
-        })
+        Ok(GoBinary { bytes, tables })
     }
 
     /// Where static type descriptors start, as linked (`runtime.types`): a map type's
     /// DWARF `DW_AT_go_runtime_type` offset counts from here, which turns a package
     /// variable's type into the descriptor pointer the runtime passes to map functions.
     pub fn types_start(&self) -> Option<u64> {
-        self.types.map(TypesRange::start)
+        self.tables.types.map(TypesRange::start)
     }
 
     /// The Go release that built the binary: selects struct offsets and symbol names.
     pub fn go_version(&self) -> &GoVersion {
-        &self.version
+        &self.tables.version
     }
 
     /// The version string exactly as the build info holds it (e.g. `go1.24.11 X:noswissmap`),
     /// for reports: it also names pre-releases and enabled experiments.
     pub fn raw_go_version(&self) -> &str {
-        &self.raw_version
+        &self.tables.raw_version
     }
 
     /// The instruction set: selects registers and prologue shapes.
     pub fn arch(&self) -> Arch {
-        self.arch
+        self.tables.arch
     }
 
     /// The function with exactly this symbol name, e.g. `runtime.mapassign_fast64`. `None` is
@@ -151,13 +135,13 @@ impl GoBinary {
     /// and its ABI wrapper share one (`.symtab` calls one of them `name.abi0`), and then the
     /// lower address is returned. No map function has such a twin.
     pub fn function(&self, name: &str) -> Option<&Function> {
-        self.functions.get(name)
+        self.tables.functions.get(name)
     }
 
     /// Every function, in address order (for stripped binaries only Go functions: the
     /// pclntab lists no C code).
     pub fn functions(&self) -> impl Iterator<Item = &Function> {
-        self.functions.iter()
+        self.tables.functions.iter()
     }
 
     /// File offset (what a uprobe attaches to) of the first instruction after the function's
@@ -167,7 +151,7 @@ impl GoBinary {
     /// `morestack` restarts the function from the top.
     pub fn entry_probe_offset(&self, f: &Function) -> Result<u64, InspectError> {
         let (code, start) = self.code(f)?;
-        let skip = match self.arch {
+        let skip = match self.tables.arch {
             Arch::Amd64 => amd64::stack_check_end(code),
             Arch::Arm64 => arm64::stack_check_end(code),
         };
@@ -180,7 +164,7 @@ impl GoBinary {
     /// returns normally.
     pub fn return_offsets(&self, f: &Function) -> Result<Vec<u64>, InspectError> {
         let (code, start) = self.code(f)?;
-        let offsets = match self.arch {
+        let offsets = match self.tables.arch {
             Arch::Amd64 => {
                 amd64::return_offsets(code).map_err(|bad| InspectError::Undecodable {
                     name: f.name.clone(),
@@ -195,7 +179,8 @@ impl GoBinary {
     /// The file offset of a code address: `vaddr - p_vaddr + p_offset` of the executable
     /// `PT_LOAD` segment containing it. Uprobes take file offsets, not addresses.
     pub fn file_offset(&self, vaddr: u64) -> Result<u64, InspectError> {
-        self.segments
+        self.tables
+            .segments
             .code_offset(vaddr, 1)
             .ok_or(InspectError::AddressNotInCode { vaddr })
     }
@@ -208,6 +193,7 @@ impl GoBinary {
             size: f.size,
         };
         let start = self
+            .tables
             .segments
             .code_offset(f.vaddr, f.size)
             .ok_or_else(out_of_range)?;
@@ -220,10 +206,10 @@ impl fmt::Debug for GoBinary {
     /// Summarises instead of dumping megabytes of file bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GoBinary")
-            .field("arch", &self.arch)
-            .field("go_version", &self.raw_version)
+            .field("arch", &self.tables.arch)
+            .field("go_version", &self.tables.raw_version)
             .field("bytes", &self.bytes.len())
-            .field("functions", &self.functions.iter().count())
+            .field("functions", &self.tables.functions.iter().count())
             .finish_non_exhaustive()
     }
 }
@@ -235,7 +221,9 @@ struct Tables {
     raw_version: String,
     segments: Segments,
     functions: FunctionTable,
+    /// The pclntab's place and layout, for source lines (see [`GoBinary::frames_at`]).
     lines: Option<LineTables>,
+    /// Where static type descriptors are, for type names (see [`map_type_info`]).
     types: Option<TypesRange>,
 }
 

@@ -177,7 +177,7 @@ impl GoBinary {
     ///
     /// Type names are stored as offsets from it, so without it no static type can be named.
     pub fn types_base(&self) -> Option<u64> {
-        self.types.map(|types| types.start)
+        self.tables.types.map(|types| types.start)
     }
 
     /// A reader over the binary's own file-backed memory (linked addresses), for tests and as
@@ -204,6 +204,7 @@ impl ReadMemory for FileMemory<'_> {
     fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         let binary = self.0;
         let bytes = binary
+            .tables
             .segments
             .read(&binary.bytes, addr, u64::try_from(len).ok()?)?;
         Some(bytes.to_vec())
@@ -221,7 +222,13 @@ pub fn map_type_info(
     bias: u64,
     maptype: u64,
 ) -> Result<MapTypeInfo, TypeNameError> {
-    describe_map_type(memory, binary.types, binary.has_swiss_maps(), bias, maptype)
+    describe_map_type(
+        memory,
+        binary.tables.types,
+        binary.has_swiss_maps(),
+        bias,
+        maptype,
+    )
 }
 
 /// [`map_type_info`] with the two facts it takes from the binary given directly, so the

@@ -348,7 +348,7 @@ fn corrupted_tables_never_panic() {
         .step_by(3)
         .map(|f| f.vaddr + 5)
         .collect();
-    let tables = pristine.lines.clone().expect("line tables");
+    let tables = pristine.tables.lines.clone().expect("line tables");
     let table_start =
         usize::try_from(pristine.file_offset(tables.located.vaddr).unwrap_or(0)).unwrap_or(0);
     let mut random = XorShift(0x517c_c1b7_2722_0a95);
@@ -363,7 +363,7 @@ fn corrupted_tables_never_panic() {
             };
             binary.bytes[at] = random.bytes(1)[0];
         }
-        if let Some(lines) = binary.lines.as_mut() {
+        if let Some(lines) = binary.tables.lines.as_mut() {
             let header = &mut lines.located.header;
             match round % 8 {
                 1 => header.nfunc = u64::MAX,

@@ -351,7 +351,7 @@ fn types_base_of_stripped_builds_comes_from_the_moduledata() {
         let expected = symbol("runtime.types").expect("runtime.types");
         assert_eq!(plain.types_base(), Some(expected), "go{version}");
         assert_eq!(
-            plain.types.unwrap().end,
+            plain.tables.types.unwrap().end,
             symbol("runtime.etypes"),
             "go{version}"
         );
@@ -361,7 +361,10 @@ fn types_base_of_stripped_builds_comes_from_the_moduledata() {
             Some(expected),
             "go{version} stripped"
         );
-        assert_eq!(stripped.types, plain.types, "go{version} stripped");
+        assert_eq!(
+            stripped.tables.types, plain.tables.types,
+            "go{version} stripped"
+        );
     }
 }
 
