@@ -259,10 +259,17 @@ while True:
 /// The first function of each page of `go tool pprof -http`'s web UI at `pages`: the rows
 /// of its top tables come sorted by flat value, largest first.
 fn pprof_web_leaders(profile: &Path, pages: &[&str]) -> Vec<String> {
+    // The tool itself, not `go tool pprof`: `go` runs it as a child that would outlive
+    // the `go` process this test stops.
+    let tool_dir = Command::new(tracer::gofixture::go_tool(GO))
+        .args(["env", "GOTOOLDIR"])
+        .output()
+        .expect("run go env GOTOOLDIR");
+    let pprof = Path::new(String::from_utf8_lossy(&tool_dir.stdout).trim()).join("pprof");
     let port = free_port();
     let server = Reaped(
-        Command::new(tracer::gofixture::go_tool(GO))
-            .args(["tool", "pprof", "-no_browser"])
+        Command::new(&pprof)
+            .arg("-no_browser")
             .arg(format!("-http=127.0.0.1:{port}"))
             .arg(profile)
             .stdout(Stdio::null())
