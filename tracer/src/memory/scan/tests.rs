@@ -344,7 +344,16 @@ fn finds_the_maps_no_variable_reaches_in_a_live_process() {
                 .unwrap_or_else(|| panic!("{context}: {truth:?} not found: {stats:?}"));
             assert_eq!(map.words[0], truth.len, "{context}: {truth:?}");
             let holder = holders.get(&truth.addr).map_or("heap", String::as_str);
-            assert_eq!(holder, truth.holder, "{context}: {truth:?}");
+            if truth.holder == "heap" {
+                // Stack words are matched conservatively (no liveness maps): a stale word in
+                // a live frame may name a stack for a map only the heap holds.
+                assert!(
+                    holder == "heap" || holder.starts_with("goroutine "),
+                    "{context}: {truth:?} named {holder}"
+                );
+            } else {
+                assert_eq!(holder, truth.holder, "{context}: {truth:?}");
+            }
         }
         // No false maps: every header found still reads as what was validated (the
         // program is waiting), and passes the field checks again.
