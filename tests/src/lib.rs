@@ -293,6 +293,8 @@ pub struct GroundTruthRun {
     pub report: serde_json::Value,
     /// How the fixture exited once its stdin closed.
     pub fixture_exit: ExitStatus,
+    /// What gomaptrace wrote on stderr after attaching.
+    pub stderr: Vec<String>,
 }
 
 /// Starts the fixture `binary`, attaches gomaptrace writing its report to `json` (with
@@ -317,6 +319,7 @@ pub fn trace_ground_truth(binary: &Path, json: &Path, extra_args: &[&str]) -> Gr
         truths,
         fixture_exit: fixture.finish(),
         report: read_report(json),
+        stderr,
     }
 }
 

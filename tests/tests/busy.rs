@@ -12,6 +12,7 @@ fn exact_when_attached_mid_stream(version: &str, env: &[(&str, &str)], test: &st
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &report_path(test), &[]);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);

@@ -44,6 +44,7 @@ fn growth_matches_the_runtime(version: &str, env: &[(&str, &str)], runtime: Runt
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &report_path(test), &[]);
     assert!(fixture_exit.success());
 

@@ -86,6 +86,7 @@ fn dropped_maps_are_released(
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &args);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);

@@ -24,6 +24,7 @@ fn holders_are_named(version: &str, flavor: Flavor, test: &str) {
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &["--record", recording.to_str().unwrap()]);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);

@@ -83,6 +83,7 @@ fn trends_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &SAMPLED);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);
@@ -120,6 +121,7 @@ fn release_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &args);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);
@@ -175,6 +177,7 @@ fn busy_in_sampled_mode(version: &str, env: &[(&str, &str)], test: &str) {
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &report_path(test), &SAMPLED);
     assert!(fixture_exit.success());
     assert_labelled(&report);
@@ -276,6 +279,7 @@ fn maps_and_capacity_in_sampled_mode(version: &str, env: &[(&str, &str)], test: 
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &report_path(test), &SAMPLED);
     assert_eq!(fixture_exit.code(), Some(3));
     assert_labelled(&report);
@@ -287,6 +291,7 @@ fn maps_and_capacity_in_sampled_mode(version: &str, env: &[(&str, &str)], test: 
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &SAMPLED);
     assert!(fixture_exit.success());
     assert_labelled(&report);

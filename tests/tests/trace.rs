@@ -15,6 +15,7 @@ fn counts_match_ground_truth(version: &str, flavor: Flavor, env: &[(&str, &str)]
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &report_path(test), &[]);
     assert_eq!(fixture_exit.code(), Some(3));
 

@@ -28,6 +28,7 @@ fn trends_are_judged(version: &str, env: &[(&str, &str)], test: &str) {
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &[]);
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);

@@ -3,30 +3,23 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
-use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
+use integration_tests::{build, map_at, report_path, trace_ground_truth, Flavor, GroundTruthRun};
 
 /// Traces the maps fixture once with `extra` arguments; returns gomaptrace's stderr and
 /// checks every map's count against the fixture's.
 fn trace_maps(test: &str, extra: &[&str]) -> Vec<String> {
     let binary = build("maps", "1.24.11", Flavor::Plain, &[]);
-    let json = report_path(test);
-    let mut fixture = Fixture::start(&binary);
-    let pid = fixture.pid().to_string();
-    let mut args = vec!["--pid", &pid, "--json", json.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let tracer = Tracer::attach(&args);
-    let truths = Truth::parse(&fixture.run_operations());
-    let (status, stderr) = tracer.interrupt();
-    assert!(
-        status.success(),
-        "gomaptrace failed ({status}): {stderr:#?}"
-    );
+    let GroundTruthRun {
+        truths,
+        report,
+        fixture_exit,
+        stderr,
+    } = trace_ground_truth(&binary, &report_path(test), extra);
     assert_eq!(
-        fixture.finish().code(),
+        fixture_exit.code(),
         Some(3),
         "the maps fixture's own status"
     );
-    let report = read_report(&json);
     assert!(!truths.is_empty());
     for truth in &truths {
         let name = truth.text("name");

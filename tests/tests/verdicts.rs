@@ -20,6 +20,7 @@ fn verdicts_match_life_stories(version: &str, env: &[(&str, &str)], test: &str) 
         truths,
         report,
         fixture_exit,
+        ..
     } = trace_ground_truth(&binary, &json, &["--record", recording.to_str().unwrap()]);
     assert!(fixture_exit.success());
 
