@@ -407,7 +407,7 @@ async fn follow_attached(
     feed.take_inventory(true);
     if inspected.target.is_alive() {
         // Counted as of the end of the window, not as of the last tick.
-        feed.release_dropped(events.get_mut());
+        feed.release_dropped(events.get_mut(), Check::Last);
     }
     let end_ns = monotonic_ns();
     feed.note(SessionInput::Freeze { end_ns });
@@ -632,7 +632,7 @@ impl Feed<'_> {
                     self.resolve_new_stacks();
                     on_tick(self.pipeline);
                 }
-                _ = release_tick.tick() => self.release_dropped(events.get_mut()),
+                _ = release_tick.tick() => self.release_dropped(events.get_mut(), Check::Timer),
             }
         }
     }
@@ -705,14 +705,20 @@ impl Feed<'_> {
     /// holding the findings for [`DROP_DELAY`] of draining (or until the probes are gone)
     /// lets every such event reach the model first, even one queued behind a ring-buffer
     /// record another CPU had not committed yet.
-    fn release_dropped(&mut self, events: &mut RingBuf<MapData>) {
+    ///
+    /// A check on the timer stops after [`release::BUDGET`] of this thread's CPU time (not
+    /// wall time: a tracer descheduled on a loaded machine has not spent its budget); the
+    /// last check, at the end, reads every idle map, so that the report counts what is live
+    /// at its end.
+    fn release_dropped(&mut self, events: &mut RingBuf<MapData>, check: Check) {
         self.drain(events);
         let now_ns = monotonic_ns();
         let candidates = self.detector.pick(self.pipeline.model(), now_ns);
         let mut dropped = Vec::new();
-        let started = Instant::now();
+        let started = thread_cpu_time();
         for chunk in candidates.chunks(release::CHUNK) {
-            if started.elapsed() > release::BUDGET {
+            if check == Check::Timer && thread_cpu_time().saturating_sub(started) > release::BUDGET
+            {
                 break;
             }
             dropped.extend(self.detector.inspect(&self.inspected.target, chunk, now_ns));
@@ -778,6 +784,26 @@ pub fn monotonic_ns() -> u64 {
     // bpf_ktime_get_ns() reads, so event times and this start time compare directly.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// CPU time this thread has used: what a budget on the tracer's own cost counts.
+fn thread_cpu_time() -> Duration {
+    let mut used = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer; every thread has a CPU-time clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut used) };
+    Duration::new(used.tv_sec as u64, used.tv_nsec as u32)
+}
+
+/// Which check of idle maps runs, which decides how much of it may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// One on the release timer, within [`release::BUDGET`].
+    Timer,
+    /// The last one, at the end of the trace: every idle map.
+    Last,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
     })?;
     let implementation = MapImplementation::of(&binary);
     let bias = target.load_bias(|offset| binary.vaddr_of_file_offset(offset))?;
-    let start_ns = monotonic_ns();
+    let start_ns = crate::session::monotonic_ns();
     let taken = inventory::take(
         &target.exe_link(),
         pid,
@@ -84,14 +84,4 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
         },
     });
     Ok(pipeline.finish()?)
-}
-
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -12,7 +12,10 @@
 //! 2. The arena's `heapArena.spans[(p / 8 KiB) % 8192]` is the `mspan` of the page.
 //! 3. The span covers `[startAddr, startAddr + npages × 8 KiB)` and holds objects of
 //!    `elemsize` bytes. A span whose state is `mSpanDead` holds nothing; one in any state but
-//!    `mSpanInUse` (a goroutine stack is `mSpanManual`) is not a heap object.
+//!    `mSpanInUse` (a goroutine stack is `mSpanManual`) is not a heap object. Freeing a span
+//!    leaves its pages' entries pointing at its `mspan`, which the runtime reuses for other
+//!    pages (`mheap.freeSpanLocked`): an entry whose span does not cover the page is stale,
+//!    and the page holds nothing.
 //! 4. A swept span (`sweepgen` equal to `mheap_.sweepgen`, or 3 more: swept and cached)
 //!    has object `i` allocated when `i < freeindex` (handed out since the sweep) or its bit in
 //!    `allocBits` is set (it survived the last collection) — `mspan.isFree` in mbitmap.go.
@@ -426,9 +429,15 @@ fn decide(
     addr: u64,
     marks_in_gcmark_bits: bool,
 ) -> Option<Decision> {
-    let bytes = span.npages.checked_mul(PAGE_BYTES)?;
-    if addr < span.start || addr - span.start >= bytes || span.npages > PAGES_PER_ARENA * 64 {
+    if span.start == 0 || span.npages == 0 || span.npages > PAGES_PER_ARENA * 64 {
         return None;
+    }
+    let bytes = span.npages.checked_mul(PAGE_BYTES)?;
+    if addr < span.start || addr - span.start >= bytes {
+        // The runtime leaves a freed span's pages pointing at its `mspan`, and hands that
+        // struct out again for other pages: a span that does not cover the page was freed,
+        // and so was everything that lived there.
+        return Some(Decision::Known(ObjectState::Free));
     }
     match span.state {
         SPAN_DEAD => return Some(Decision::Known(ObjectState::Free)),

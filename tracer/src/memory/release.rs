@@ -34,8 +34,8 @@ pub const IDLE_NS: u64 = 1_000_000_000;
 /// next pick goes on after the last map inspected, so every idle map is reached in turn.
 pub const BATCH: usize = 65_536;
 
-/// The caller stops inspecting once a tick has spent this long, which bounds the cost of
-/// release detection to about a tenth of a core at one tick a second.
+/// The caller stops inspecting once a tick has spent this much CPU time, which bounds the
+/// cost of release detection to about a tenth of a core at one tick a second.
 pub const BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The caller drains events between chunks of this many checks, so that a long check never

@@ -147,7 +147,7 @@ impl Feed<'_> {
                     self.resolve_new_stacks();
                     on_tick(self.pipeline);
                 }
-                _ = release_tick.tick() => self.release_dropped(events.get_mut()),
+                _ = release_tick.tick() => self.release_dropped(events.get_mut(), Check::Timer),
                 _ = poll_tick.tick(), if polling => self.poll(events.get_mut()),
                 _ = tokio::time::sleep_until(wake) => {
                     if !self.advance(events, windows)? {

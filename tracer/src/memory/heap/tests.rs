@@ -169,7 +169,7 @@ fn spans_being_swept_cached_unswept_or_not_heap_are_unknown() {
     // A goroutine stack (mSpanManual).
     let Fake { mut heap, memory } = fake(SWEEPGEN, 2);
     assert_eq!(heap.object_state(&memory, object(6)), ObjectState::Unknown);
-    // Outside the span, outside any arena, or in an arena never mapped.
+    // A page no span ever covered, outside any arena, or in an arena never mapped.
     let Fake { mut heap, memory } = fake(SWEEPGEN, SPAN_IN_USE);
     assert_eq!(
         heap.object_state(&memory, START + PAGE_BYTES),
@@ -187,6 +187,37 @@ fn spans_being_swept_cached_unswept_or_not_heap_are_unknown() {
 fn a_dead_span_holds_nothing() {
     let Fake { mut heap, memory } = fake(SWEEPGEN, SPAN_DEAD);
     assert_eq!(heap.object_state(&memory, object(0)), ObjectState::Free);
+}
+
+#[test]
+fn a_page_whose_span_was_freed_and_its_mspan_reused_holds_nothing() {
+    // The next page's entry still names the span (now covering only `START`'s page) that
+    // held it before it was freed.
+    let page = ((START + PAGE_BYTES) / PAGE_BYTES) % PAGES_PER_ARENA;
+    let spans = layout(go(24), Arch::Amd64).unwrap().arena_spans;
+    for state in [SPAN_IN_USE, SPAN_DEAD, 2] {
+        let Fake {
+            mut heap,
+            mut memory,
+        } = fake(SWEEPGEN, state);
+        memory.put(ARENA + spans + page * 8, &SPAN.to_le_bytes());
+        assert_eq!(
+            heap.object_state(&memory, START + PAGE_BYTES + 48),
+            ObjectState::Free
+        );
+    }
+    // A span struct that was never initialized says nothing.
+    let Fake {
+        mut heap,
+        mut memory,
+    } = fake(SWEEPGEN, SPAN_IN_USE);
+    memory.put(ARENA + spans + page * 8, &SPAN.to_le_bytes());
+    let npages = layout(go(24), Arch::Amd64).unwrap().span.npages;
+    memory.put(SPAN + npages, &0u64.to_le_bytes());
+    assert_eq!(
+        heap.object_state(&memory, START + PAGE_BYTES + 48),
+        ObjectState::Unknown
+    );
 }
 
 #[test]
