@@ -211,7 +211,62 @@ impl ReadMemory for Target {
     fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         self.read_bytes(addr, len).ok()
     }
+
+    /// Up to [`IOV_MAX`] reads per `process_vm_readv`. The kernel copies whole iovecs in
+    /// order and stops at the first it cannot read, so the bytes copied say which succeeded;
+    /// the one that stopped the call is unreadable, and the call goes on after it.
+    fn read_each(&self, reads: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+        let mut answers: Vec<Option<Vec<u8>>> = Vec::with_capacity(reads.len());
+        while answers.len() < reads.len() {
+            let batch = &reads[answers.len()..reads.len().min(answers.len() + IOV_MAX)];
+            let mut buffers: Vec<Vec<u8>> = batch.iter().map(|&(_, len)| vec![0; len]).collect();
+            let local: Vec<libc::iovec> = buffers
+                .iter_mut()
+                .map(|buffer| libc::iovec {
+                    iov_base: buffer.as_mut_ptr().cast(),
+                    iov_len: buffer.len(),
+                })
+                .collect();
+            let remote: Vec<libc::iovec> = batch
+                .iter()
+                .map(|&(addr, len)| libc::iovec {
+                    iov_base: addr as *mut libc::c_void,
+                    iov_len: len,
+                })
+                .collect();
+            // SAFETY: each local iovec describes a buffer of `buffers`, alive and of that
+            // length for the whole call; the counts are those of the two vectors.
+            let copied = unsafe {
+                libc::process_vm_readv(
+                    self.pid as i32,
+                    local.as_ptr(),
+                    local.len() as libc::c_ulong,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            if copied < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+                answers.resize(reads.len(), None);
+                break;
+            }
+            let mut left = usize::try_from(copied).unwrap_or(0);
+            for buffer in buffers {
+                if buffer.len() > left {
+                    // This read stopped the call: the next call starts after it.
+                    answers.push(None);
+                    break;
+                }
+                left -= buffer.len();
+                answers.push(Some(buffer));
+            }
+        }
+        answers
+    }
 }
+
+/// Most iovecs one `process_vm_readv` takes (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 /// Which file a mapping maps: `/proc/PID/maps` prints the device as `major:minor` and the
 /// inode, which identify the binary even when its path no longer does.
@@ -292,6 +347,30 @@ mod tests {
         assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
         assert!(target.read_words(8).is_err());
         assert!(target.has_executable_mapping());
+    }
+
+    #[test]
+    fn batched_reads_answer_each_read_and_go_on_after_an_unreadable_one() {
+        let target = Target::open(std::process::id()).unwrap();
+        let words: Vec<[u64; 2]> = (0..3000u64).map(|at| [at, !at]).collect();
+        let unreadable = 0x10;
+        let mut reads: Vec<(u64, usize)> = words
+            .iter()
+            .map(|pair| (pair.as_ptr() as u64, 16))
+            .collect();
+        // One in the first batch of 1024, one at the start of the second, one last.
+        for at in [5, 1024, 3002] {
+            reads.insert(at, (unreadable, 16));
+        }
+        let answers = target.read_each(&reads);
+        assert_eq!(answers.len(), reads.len());
+        let one_by_one: Vec<Option<Vec<u8>>> = reads
+            .iter()
+            .map(|&(addr, len)| target.read(addr, len))
+            .collect();
+        assert_eq!(answers, one_by_one);
+        assert_eq!(answers.iter().filter(|answer| answer.is_none()).count(), 3);
+        assert!(target.read_each(&[]).is_empty());
     }
 
     #[test]

@@ -32,6 +32,16 @@ use super::{GoBinary, GoVersion, TypeNameError};
 pub trait ReadMemory {
     /// `len` bytes at `addr`, or `None` when any of them cannot be read.
     fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>>;
+
+    /// Each `(addr, len)` of `reads`, answered as [`ReadMemory::read`] answers it. A live
+    /// process answers many in one system call: checking thousands of small map headers a
+    /// second costs a call per header otherwise.
+    fn read_each(&self, reads: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+        reads
+            .iter()
+            .map(|&(addr, len)| self.read(addr, len))
+            .collect()
+    }
 }
 
 /// Facts about a map type that the report needs: its name as Go writes it

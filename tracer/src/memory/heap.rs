@@ -31,7 +31,7 @@
 //! The target is never paused, so a read can tear. Every `Free` answer is read twice: the
 //! span's fields and `mheap_.sweepgen` must be the same before and after the bit was read, or
 //! the answer is [`ObjectState::Unknown`]. A torn read is never `Free`. Addresses are
-//! answered in batches that read each span and bitmap byte once.
+//! answered in batches that read each span and its bitmap once.
 //!
 //! Struct layouts come from [`layout`], a table per Go release and architecture, checked
 //! against every installed toolchain's runtime DWARF in the unit tests.
@@ -52,6 +52,9 @@ pub const ARENA_L2_ENTRIES: u64 = 1 << 22;
 const SPAN_DEAD: u8 = 0;
 /// `mSpanInUse`: a span of heap objects.
 const SPAN_IN_USE: u8 = 1;
+/// More objects than any span holds (a one-page span of 8-byte objects holds 1,024): a span
+/// read as having more was torn or is not a span, and its bitmap is not read.
+const MAX_SPAN_OBJECTS: u64 = 1 << 16;
 
 /// What the heap says about the object at an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,17 +214,20 @@ struct Reads {
     entries: HashMap<u64, Option<u64>>,
     /// Span address → its fields.
     spans: HashMap<u64, Option<Span>>,
-    /// Bitmap byte address → its value.
-    bytes: HashMap<u64, Option<u8>>,
+    /// Bitmap address → the whole bitmap: one read per span, whatever number of its
+    /// objects a batch asks about.
+    bitmaps: HashMap<u64, Option<Vec<u8>>>,
 }
 
 /// What the span says before its bitmap is read.
 enum Decision {
     Known(ObjectState),
-    /// The object is allocated iff bit `index` of the bitmap at `bits` is set.
+    /// The object is allocated iff bit `index` of the bitmap at `bits`, which has a bit for
+    /// each of the span's `objects`, is set.
     Bit {
         bits: u64,
         index: u64,
+        objects: u64,
     },
 }
 
@@ -303,7 +309,7 @@ impl Heap {
     }
 
     /// [`Heap::object_state`] of each of `addrs`, reading each span, spans entry and bitmap
-    /// byte once for all of them. Every `Free` answer is confirmed at the end: its span's
+    /// once for all of them. Every `Free` answer is confirmed at the end: its span's
     /// fields and `mheap_.sweepgen` must read as they did before its bit was read.
     pub fn object_states(&mut self, memory: &dyn ReadMemory, addrs: &[u64]) -> Vec<ObjectState> {
         let sweepgen_at = self.mheap.checked_add(self.layout.mheap_sweepgen);
@@ -363,13 +369,16 @@ impl Heap {
         let span = span?;
         let state = match decide(&span, sweepgen, addr, self.marks_in_gcmark_bits)? {
             Decision::Known(state) => state,
-            Decision::Bit { bits, index } => {
-                let at = nonzero(bits)?.checked_add(index / 8)?;
-                let byte = *reads
-                    .bytes
-                    .entry(at)
-                    .or_insert_with(|| read_exact(memory, at, 1).map(|byte| byte[0]));
-                if byte? & (1 << (index % 8)) != 0 {
+            Decision::Bit {
+                bits,
+                index,
+                objects,
+            } => {
+                let bitmap = reads.bitmaps.entry(nonzero(bits)?).or_insert_with(|| {
+                    read_exact(memory, bits, objects.div_ceil(8).try_into().ok()?)
+                });
+                let byte = bitmap.as_ref()?.get(usize::try_from(index / 8).ok()?)?;
+                if byte & (1 << (index % 8)) != 0 {
                     span.allocated(index)
                 } else {
                     ObjectState::Free
@@ -448,6 +457,10 @@ fn decide(
         return None;
     }
     let index = (addr - span.start) / span.elemsize;
+    let objects = bytes / span.elemsize;
+    if objects > MAX_SPAN_OBJECTS {
+        return None;
+    }
     if span.sweepgen == heap_sweepgen || span.sweepgen == heap_sweepgen.wrapping_add(3) {
         if index < span.freeindex {
             return Some(Decision::Known(span.allocated(index)));
@@ -455,12 +468,14 @@ fn decide(
         return Some(Decision::Bit {
             bits: span.alloc_bits,
             index,
+            objects,
         });
     }
     if marks_in_gcmark_bits && span.sweepgen == heap_sweepgen.wrapping_sub(2) {
         return Some(Decision::Bit {
             bits: span.gcmark_bits,
             index,
+            objects,
         });
     }
     None

@@ -141,9 +141,14 @@ impl Detector {
         if let Some(last) = candidates.last() {
             self.cursor = last.addr;
         }
-        let words: Vec<Option<[u64; 2]>> = candidates
+        let reads: Vec<(u64, usize)> = candidates
             .iter()
-            .map(|candidate| read_words(memory, candidate.addr))
+            .map(|candidate| (candidate.addr, 16))
+            .collect();
+        let words: Vec<Option<[u64; 2]>> = memory
+            .read_each(&reads)
+            .into_iter()
+            .map(|bytes| header_words(&bytes?))
             .collect();
         let states = match self.heap.as_mut() {
             Some(heap) => {
@@ -188,8 +193,11 @@ pub struct Candidate {
     pub last_seen_ns: u64,
 }
 
-fn read_words(memory: &dyn ReadMemory, addr: u64) -> Option<[u64; 2]> {
-    let bytes = memory.read(addr, 16).filter(|bytes| bytes.len() == 16)?;
+/// A map header's first two words (count, seed word), from the 16 bytes read at its address.
+fn header_words(bytes: &[u8]) -> Option<[u64; 2]> {
+    if bytes.len() != 16 {
+        return None;
+    }
     let word = |at: usize| {
         let mut raw = [0u8; 8];
         raw.copy_from_slice(&bytes[at..at + 8]);

@@ -94,8 +94,13 @@ fn fake(span_sweepgen: u32, state: u8) -> Fake {
     memory.put(SPAN + span.sweepgen, &span_sweepgen.to_le_bytes());
     memory.put(SPAN + span.state, &[state]);
     memory.put(SPAN + span.elemsize, &48u64.to_le_bytes());
-    memory.put(ALLOC_BITS, &[1 << 5]);
-    memory.put(MARK_BITS, &[1 << 6]);
+    // A bit for each of the page's 170 objects.
+    let mut alloc_bits = [0u8; 22];
+    alloc_bits[0] = 1 << 5;
+    memory.put(ALLOC_BITS, &alloc_bits);
+    let mut mark_bits = [0u8; 22];
+    mark_bits[0] = 1 << 6;
+    memory.put(MARK_BITS, &mark_bits);
     Fake { heap, memory }
 }
 
@@ -127,7 +132,7 @@ fn a_swept_span_answers_from_freeindex_and_alloc_bits() {
 }
 
 #[test]
-fn a_batch_reads_each_span_and_bitmap_byte_once() {
+fn a_batch_reads_each_span_and_bitmap_once() {
     let Fake { mut heap, memory } = fake(SWEEPGEN, SPAN_IN_USE);
     let addrs: Vec<u64> = (0..8).map(object).collect();
     let states = heap.object_states(&memory, &addrs);
@@ -139,7 +144,7 @@ fn a_batch_reads_each_span_and_bitmap_byte_once() {
     assert_eq!(states[4], ObjectState::Free);
     let before = memory.reads.get();
     heap.object_states(&memory, &addrs);
-    // sweepgen, spans entry, span, one bitmap byte; then sweepgen and span to confirm Free
+    // sweepgen, spans entry, span, its bitmap; then sweepgen and span to confirm Free
     // (the arena is already known).
     assert_eq!(memory.reads.get() - before, 6);
 }
