@@ -148,3 +148,15 @@ fn the_table_of_live_maps_shrinks_after_a_peak() {
         model.maps.capacity()
     );
 }
+
+/// The README states the bound per map the model holds from these sizes: a record of at
+/// most 456 bytes on its own, and a 16-byte slot (key and pointer) in the table of maps.
+#[test]
+fn a_map_held_costs_its_record_and_a_pointer_sized_slot() {
+    assert!(
+        std::mem::size_of::<MapRecord>() <= 456,
+        "{}",
+        std::mem::size_of::<MapRecord>()
+    );
+    assert_eq!(std::mem::size_of::<(u64, Box<MapRecord>)>(), 16);
+}

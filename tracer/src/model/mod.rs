@@ -105,7 +105,9 @@ pub enum ModelError {
 pub struct Model {
     implementation: MapImplementation,
     limits: Limits,
-    maps: HashMap<u64, MapRecord>,
+    /// Boxed, so that the table holds a pointer a slot: it doubles in small steps while the
+    /// records themselves come and go one by one.
+    maps: HashMap<u64, Box<MapRecord>>,
     released: Vec<MapRecord>,
     released_unlisted: u64,
     stacks: Vec<Vec<u64>>,
@@ -166,7 +168,7 @@ impl Model {
                 .capacity
                 .and_then(|capacity| capacity.log2_buckets)
                 .unwrap_or(0);
-            self.maps.insert(sighting.addr, record);
+            self.maps.insert(sighting.addr, Box::new(record));
             self.note_type(sighting.addr, sighting.map_type);
         }
     }
@@ -216,7 +218,7 @@ impl Model {
             if self
                 .maps
                 .get(&header_read.addr)
-                .is_some_and(MapRecord::is_pending)
+                .is_some_and(|record| record.is_pending())
             {
                 self.settle_with_read(header_read.addr, words);
             }
@@ -243,7 +245,7 @@ impl Model {
                 });
             if !own && !reseeded {
                 if let Some(gone) = self.maps.remove(&header_read.addr) {
-                    self.release(gone, at_ns);
+                    self.release(*gone, at_ns);
                 }
                 continue;
             }
@@ -395,7 +397,7 @@ impl Model {
         let record = self
             .maps
             .entry(event.map)
-            .or_insert_with(|| MapRecord::new(event.map, false, header, now));
+            .or_insert_with(|| Box::new(MapRecord::new(event.map, false, header, now)));
         record.last_seen_ns = now;
         if !readable {
             record.abandon();
@@ -422,7 +424,7 @@ impl Model {
     fn wake(&mut self, addr: u64, header: MapHeader, now: u64) {
         let mut fresh = MapRecord::new(addr, false, header, now);
         fresh.seen = Seen::Inventory;
-        if let Some(idle) = self.maps.insert(addr, fresh) {
+        if let Some(idle) = self.maps.insert(addr, Box::new(fresh)) {
             self.note_type(addr, idle.map_type);
         }
     }
@@ -505,8 +507,8 @@ impl Model {
             self.stack_totals.entry(stack).or_default().created += 1;
         }
         let now = fresh.first_seen_ns;
-        if let Some(gone) = self.maps.insert(fresh.addr, fresh) {
-            self.release(gone, now);
+        if let Some(gone) = self.maps.insert(fresh.addr, Box::new(fresh)) {
+            self.release(*gone, now);
         }
     }
 
@@ -577,12 +579,12 @@ impl Model {
 
     /// Gives up on every operation still pending: the target is gone, its counts with it.
     pub fn abandon_pending(&mut self) {
-        self.maps.values_mut().for_each(MapRecord::abandon);
+        self.maps.values_mut().for_each(|record| record.abandon());
     }
 
     /// The process exited at `now`: every map it held is released with it.
     pub fn release_all(&mut self, now: u64) {
-        let mut gone: Vec<MapRecord> = self.maps.drain().map(|(_, record)| record).collect();
+        let mut gone: Vec<MapRecord> = self.maps.drain().map(|(_, record)| *record).collect();
         gone.sort_by_key(|record| (record.first_seen_ns, record.addr));
         for record in gone {
             self.release(record, now);
@@ -592,7 +594,7 @@ impl Model {
     /// Maps not known to be released, in no particular order: the ones whose memory is
     /// checked for a drop.
     pub fn live_maps(&self) -> impl Iterator<Item = &MapRecord> + '_ {
-        self.maps.values()
+        self.maps.values().map(Box::as_ref)
     }
 
     /// The target's memory says the map at `dropped.addr` may be gone. It is released (at
@@ -620,7 +622,7 @@ impl Model {
             self.follow_key(dropped.addr, change);
         }
         if let Some(gone) = self.maps.remove(&dropped.addr) {
-            self.release(gone, dropped.at_ns);
+            self.release(*gone, dropped.at_ns);
             self.shrink_maps();
         }
     }
@@ -641,7 +643,11 @@ impl Model {
 
     /// Every map listed individually, freed ones included, in order of first sighting.
     pub fn maps(&self) -> Vec<&MapRecord> {
-        let mut all: Vec<&MapRecord> = self.released.iter().chain(self.maps.values()).collect();
+        let mut all: Vec<&MapRecord> = self
+            .released
+            .iter()
+            .chain(self.maps.values().map(Box::as_ref))
+            .collect();
         all.sort_by_key(|record| (record.first_seen_ns, record.addr));
         all
     }
