@@ -27,8 +27,9 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     ]))?;
     crate::ebpf_clippy::run_clippy(root)?;
     let tracer = build_tracer(root, false)?;
+    // Every test binary runs even after one fails, so that one run names every failure.
     run(cargo(root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .env("GOMAPTRACE_BIN", &tracer))?;
     // One guest, one fixture: the kernel-and-architecture matrix is `cargo xtask vm-test`.
     crate::vm::run_quick(root, &tracer)
