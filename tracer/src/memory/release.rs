@@ -29,9 +29,10 @@ use crate::plan::MapImplementation;
 /// not dropped, and its header is not read while an operation may be changing it.
 pub const IDLE_NS: u64 = 1_000_000_000;
 
-/// At most this many maps are picked per tick (a few reads of the target's memory each, about
-/// 4 µs a map measured on this VM); the caller may stop earlier (see [`BUDGET`]), and the
-/// next pick goes on after the last map inspected, so every idle map is reached in turn.
+/// At most this many maps are picked per tick (their headers read 1,024 to a system call,
+/// each span and bitmap once: 1.7 µs of CPU a map in a debug build on this VM, 1,203 maps
+/// checked in 2.0 ms); the caller may stop earlier (see [`BUDGET`]), and the next pick goes
+/// on after the last map inspected, so every idle map is reached in turn.
 pub const BATCH: usize = 65_536;
 
 /// The caller stops inspecting once a tick has spent this much CPU time, which bounds the
