@@ -54,6 +54,17 @@ impl Launch {
             .stderr(Stdio::piped());
         if own_group {
             command.process_group(0);
+            // A shell starts a foreground job with Ctrl-C at its default, even when the shell
+            // itself was started with it ignored (a background job of a script, as CI may
+            // run this test); an ignored SIGINT would pass on to the program and keep it
+            // alive.
+            // SAFETY: signal() is async-signal-safe; nothing else runs in the child here.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().expect("start gomaptrace");
         let mut stdin = child.stdin.take().expect("piped");
