@@ -121,6 +121,12 @@ pub enum SessionInput {
         /// When (monotonic ns).
         end_ns: u64,
     },
+    /// The probes start being detached (at the trace's end, or a window's): later events
+    /// settle nothing (see [`crate::model::Model::detaching`]).
+    Detaching {
+        /// When the first probe starts going (monotonic ns).
+        at_ns: u64,
+    },
     /// `--mode sampled`: the last window's probes are gone.
     Detached {
         /// How long detaching them took, in ms.
@@ -316,6 +322,12 @@ impl Pipeline {
         self.model.observe_record(bytes);
     }
 
+    /// `at_ns`, or the window's end if the trace's window ended before it: what the
+    /// inventory found or a last check released after the end is dated at the end.
+    fn no_later_than_the_window(&self, at_ns: u64) -> u64 {
+        self.window_end_ns.map_or(at_ns, |end| at_ns.min(end))
+    }
+
     /// One other input.
     pub fn note(&mut self, note: SessionInput) {
         if let Some(recorder) = &mut self.recorder {
@@ -347,9 +359,14 @@ impl Pipeline {
                 at_ns,
                 summary,
                 sightings,
-            } => self.model.inventory(at_ns, summary, &sightings),
+            } => self
+                .model
+                .inventory(self.no_later_than_the_window(at_ns), summary, &sightings),
             SessionInput::ReleaseDetection { method } => self.release_detection = Some(method),
-            SessionInput::Dropped(dropped) => self.model.dropped(&dropped),
+            SessionInput::Dropped(dropped) => self.model.dropped(&Dropped {
+                at_ns: self.no_later_than_the_window(dropped.at_ns),
+                ..dropped
+            }),
             SessionInput::Window {
                 armed_ns,
                 attach_ms,
@@ -361,6 +378,7 @@ impl Pipeline {
                 self.tally.close(end_ns);
                 self.model.freeze(end_ns);
             }
+            SessionInput::Detaching { at_ns } => self.model.detaching(at_ns),
             SessionInput::Detached { detach_ms } => self.tally.detached(detach_ms),
             SessionInput::Poll {
                 at_ns,
@@ -678,6 +696,25 @@ mod tests {
             ));
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_map_the_last_check_finds_dropped_after_the_window_is_released_at_its_end() {
+        let mut pipeline = Pipeline::new(setup(), None);
+        pipeline.record(&event_bytes(kind::ASSIGN, 0, 1_500));
+        pipeline.record(&event_bytes(kind::ASSIGN, 1, 2_000));
+        pipeline.note(SessionInput::Freeze { end_ns: 5_000 });
+        pipeline.note(SessionInput::Dropped(Dropped {
+            addr: 0x00c0_000a_0000,
+            seed: 0x1234,
+            last_seen_ns: 2_000,
+            words: Some([2, 0x1234_0000_0000]),
+            freed: true,
+            reused: false,
+            at_ns: 9_000,
+        }));
+        let released = &pipeline.model().maps()[0];
+        assert_eq!(released.released_ns, Some(5_000));
     }
 
     #[test]

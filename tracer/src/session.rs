@@ -31,6 +31,10 @@ mod sampled;
 /// enough that the buffer never comes close to full at the fastest event rate of a map loop.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Records fed per turn of the event loop while tracing: a stop, a tick or the target's
+/// exit waits for at most this many (a few ms of work), however full the ring buffer is.
+const DRAIN_BATCH: usize = 4096;
+
 /// After the window ends, how long the probes stay attached so that the next operation on
 /// each busy map classifies its last one. Quiet maps are settled from memory afterwards.
 const SETTLE_GRACE: Duration = Duration::from_millis(200);
@@ -404,14 +408,20 @@ async fn follow_attached(
                 .await?
         }
     };
-    feed.take_inventory(true);
-    if inspected.target.is_alive() {
-        // Counted as of the end of the window, not as of the last tick.
-        feed.release_dropped(events.get_mut(), Check::Last);
-    }
+    // The window ends when the loop stops: waiting for the inventory and the last check of
+    // dropped maps takes time, and what the program does meanwhile is not in the window.
     let end_ns = monotonic_ns();
     feed.note(SessionInput::Freeze { end_ns });
+    feed.take_inventory(true);
+    if inspected.target.is_alive() {
+        // Counted as of the end of the window (the pipeline dates it no later), not as of
+        // the last tick.
+        feed.release_dropped(events.get_mut(), Check::Last);
+    }
     feed.drain_until_settled(&mut events).await;
+    feed.note(SessionInput::Detaching {
+        at_ns: monotonic_ns(),
+    });
     probes.detach();
     feed.drain(events.get_mut());
     feed.apply_drops();
@@ -617,22 +627,28 @@ impl Feed<'_> {
         release_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         release_tick.tick().await;
         loop {
+            // In this order, and the ring buffer a batch at a time: however full it is, a
+            // stop is noticed within one batch, so the window ends when it was asked to.
             tokio::select! {
+                biased;
                 _ = &mut stop => return Ok(StopReason::Signal),
                 _ = &mut deadline => return Ok(StopReason::Duration),
                 _ = exited.readable() => return Ok(StopReason::TargetExited),
-                ready = events.readable_mut() => {
-                    let mut guard = ready?;
-                    self.drain(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
-                _ = drain_tick.tick() => self.drain(events.get_mut()),
                 _ = view_tick.tick() => {
                     self.read_resident();
                     self.resolve_new_stacks();
                     on_tick(self.pipeline);
                 }
                 _ = release_tick.tick() => self.release_dropped(events.get_mut(), Check::Timer),
+                _ = drain_tick.tick() => {
+                    self.drain_batch(events.get_mut());
+                }
+                ready = events.readable_mut() => {
+                    let mut guard = ready?;
+                    if self.drain_batch(guard.get_inner_mut()) {
+                        guard.clear_ready();
+                    }
+                }
             }
         }
     }
@@ -671,6 +687,27 @@ impl Feed<'_> {
         while let Some(record) = events.next() {
             self.pipeline.record(&record);
         }
+        self.after_drain();
+    }
+
+    /// Feeds at most [`DRAIN_BATCH`] waiting records, as [`Feed::drain`] does; says whether
+    /// the ring buffer is empty.
+    fn drain_batch(&mut self, events: &mut RingBuf<MapData>) -> bool {
+        let mut emptied = false;
+        for _ in 0..DRAIN_BATCH {
+            let Some(record) = events.next() else {
+                emptied = true;
+                break;
+            };
+            self.pipeline.record(&record);
+        }
+        self.after_drain();
+        emptied
+    }
+
+    /// What follows feeding records: the inventory once it is ready, the drops found by the
+    /// last check once their delay passed, and the types that appeared.
+    fn after_drain(&mut self) {
         self.take_inventory(false);
         if self.drops_at.elapsed() >= DROP_DELAY {
             self.apply_drops();

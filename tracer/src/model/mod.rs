@@ -121,6 +121,7 @@ pub struct Model {
     before_arming: u64,
     armed_ns: u64,
     window_end_ns: Option<u64>,
+    detaching_ns: Option<u64>,
     inventory: Option<Summary>,
 }
 
@@ -144,6 +145,7 @@ impl Model {
             before_arming: 0,
             armed_ns: 0,
             window_end_ns: None,
+            detaching_ns: None,
             inventory: None,
         }
     }
@@ -193,6 +195,7 @@ impl Model {
     pub fn rearm(&mut self, at_ns: u64) {
         self.armed_ns = at_ns;
         self.window_end_ns = None;
+        self.detaching_ns = None;
         for record in self.maps.values_mut() {
             record.baseline_due = true;
         }
@@ -320,6 +323,9 @@ impl Model {
         self.received += 1;
         if event.ktime_ns < self.armed_ns {
             self.before_arming += 1;
+            return Ok(());
+        }
+        if self.detaching_ns.is_some_and(|at| event.ktime_ns >= at) {
             return Ok(());
         }
         let after_window = self.window_end_ns.is_some_and(|end| event.ktime_ns > end);
@@ -535,6 +541,14 @@ impl Model {
     /// each discovery window, and the trace's end comes later).
     pub fn freeze(&mut self, end_ns: u64) {
         self.window_end_ns = Some(self.window_end_ns.map_or(end_ns, |ended| ended.min(end_ns)));
+    }
+
+    /// The probes start going away at `at_ns`, one after another: from then on an event may
+    /// come from a probe whose siblings are already gone (an assign seen after unseen
+    /// deletes), so its count proves nothing and it settles nothing. What is still pending
+    /// is left to a read of the map's header, which settles only a possible outcome.
+    pub fn detaching(&mut self, at_ns: u64) {
+        self.detaching_ns = Some(at_ns);
     }
 
     /// Addresses of the maps whose last operation waits for a final count.

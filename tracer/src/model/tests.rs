@@ -159,6 +159,35 @@ fn after_the_window_events_only_settle_pending_operations() {
 }
 
 #[test]
+fn once_the_probes_start_going_events_settle_nothing() {
+    // Insert pending at the window's end; while the probes go one by one, the insert probe
+    // is gone and two unseen inserts happen before the still-attached delete probe fires.
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
+    model.freeze(5);
+    model.detaching(6);
+    model.observe(&event(kind::DELETE, 4, SEED, 7)).unwrap();
+    let map = only(&model);
+    assert_eq!((map.inserts, map.unexplained), (1, 0));
+    assert!(map.is_pending());
+    // The header read once the probes are gone settles what it can explain, nothing else.
+    model.settle_with_read(M, [4, u64::from(SEED)]);
+    let map = only(&model);
+    assert_eq!((map.inserts, map.unexplained, map.unsettled), (1, 0, 1));
+    // Before the detach started, the same event settles as any event after the window.
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
+    model.freeze(5);
+    model.observe(&event(kind::DELETE, 2, SEED, 6)).unwrap();
+    model.detaching(7);
+    let map = only(&model);
+    assert_eq!((map.inserts, map.live, map.unexplained), (2, 2, 0));
+    // A new window (sampled mode) counts again.
+    model.rearm(8);
+    model.observe(&event(kind::DELETE, 2, SEED, 9)).unwrap();
+    model.observe(&event(kind::ASSIGN, 1, SEED, 10)).unwrap();
+    assert_eq!(only(&model).deletes, 1);
+}
+
+#[test]
 fn a_foreign_header_does_not_settle_a_map() {
     let mut model = replay(&[(kind::ASSIGN, 3)]);
     model.settle_with_header(

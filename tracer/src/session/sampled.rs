@@ -178,6 +178,9 @@ impl Feed<'_> {
                 });
                 windows.ended = Instant::now();
                 let links = windows.probes.take_links()?;
+                self.note(SessionInput::Detaching {
+                    at_ns: monotonic_ns(),
+                });
                 let thread = std::thread::spawn(move || {
                     let started = Instant::now();
                     links.detach();
