@@ -15,7 +15,7 @@
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::{
     build, map_at, read_report, report_path, tracer_bin, Fixture, Flavor, Tracer, Truth,
@@ -69,9 +69,18 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
         json.to_str().unwrap(),
         "--record",
         recording.to_str().unwrap(),
+        "--interval",
+        "250ms",
     ]);
-    // The busy map is churned while the probes go on and for a while after.
+    // The busy map is churned while the probes go on and for a while after; the fixture
+    // writes to `woken` only once the inventory (a background thread) has found it, as the
+    // interval report says.
+    let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
+    while !json.exists() || read_report(&json)["inventory"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no inventory");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let truths = Truth::parse(&fixture.run_operations());
     let alone = inventory_alone(pid, test);
     let (status, stderr) = tracer.interrupt();

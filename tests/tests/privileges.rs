@@ -3,7 +3,7 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
 
@@ -142,8 +142,19 @@ fn sampled_mode_keeps_what_its_windows_need_to_attach_again_and_nothing_else() {
         "1s",
         "--poll",
         "500ms",
+        "--interval",
+        "250ms",
     ]);
-    std::thread::sleep(Duration::from_millis(2500));
+    // The capabilities are looked at once a window has opened again after the drop, as the
+    // interval report says.
+    let started = Instant::now();
+    while !json.exists() || read_report(&json)["sampling"]["windows"].as_u64() < Some(2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no second window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (name, status) in threads(tracer.pid()) {
         let effective = status_field(&status, "CapEff:", 16);
         assert_ne!(
