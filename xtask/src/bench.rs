@@ -28,7 +28,8 @@
 //! the README) and `overhead.svg`.
 //!
 //! Then the service phase (`service.rs`) measures a whole Go HTTP service under load, untraced
-//! and with each gomaptrace mode; `--only calls` or `--only service` runs one phase alone.
+//! and with each gomaptrace mode; `--only calls` or `--only service` runs one phase alone,
+//! `--only soak` the soak (`cargo xtask soak`).
 
 mod plot;
 pub(crate) mod procfs;
@@ -104,6 +105,9 @@ pub enum Only {
     Calls,
     /// A whole Go service's throughput under load.
     Service,
+    /// Hours in bounded memory: `cargo xtask soak` at its defaults (30 minutes at 20,000
+    /// maps/s). Never part of a full bench run, which it would triple.
+    Soak,
 }
 
 /// Builds everything, runs the rounds, prints the table and writes `target/bench/`.
@@ -117,6 +121,9 @@ pub fn run_bench(root: &Path, options: &BenchOptions) -> anyhow::Result<()> {
     }
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
+    if options.only == Some(Only::Soak) {
+        return crate::soak::run_soak(root, &crate::soak::SoakOptions::DEFAULT);
+    }
     if options.only == Some(Only::Service) {
         return service::run_phase(root, &out_dir, tracer_binary(root, options)?, options);
     }

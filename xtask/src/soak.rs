@@ -24,11 +24,19 @@ const SOAK_GO: &str = "1.24.11";
 #[derive(Debug, clap::Args)]
 pub struct SoakOptions {
     /// How long to trace, in minutes.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = SoakOptions::DEFAULT.minutes)]
     pub minutes: u64,
     /// Maps the fixture creates per second.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = SoakOptions::DEFAULT.rate)]
     pub rate: u64,
+}
+
+impl SoakOptions {
+    /// The soak: at least 30 minutes of a service making 20,000 maps a second.
+    pub const DEFAULT: SoakOptions = SoakOptions {
+        minutes: 30,
+        rate: 20_000,
+    };
 }
 
 /// One reading of the tracer.
