@@ -441,6 +441,31 @@ mod tests {
     }
 
     #[test]
+    fn a_map_made_before_its_seed_takes_the_first_seed_only_from_a_map() {
+        let created = |model: &mut Model| {
+            let mut creation = event(kind::CREATE, 0, 0, 1);
+            creation.flags = tracer_common::FLAG_SEED_PENDING;
+            model.observe(&creation).unwrap();
+            model.freeze(2);
+        };
+        // Freed before any event showed its seed; its memory now holds a swiss group, whose
+        // control bytes read as a count far above any capacity.
+        let mut freed = model();
+        created(&mut freed);
+        let mut garbage = polled(0x8080_8080_8080_8080, SEED, 8);
+        garbage.capacity = None;
+        freed.poll(3, &[garbage]);
+        assert_eq!(freed.live_maps().count(), 0);
+        assert_eq!(freed.maps()[0].live, 0);
+        // Still a map: its first seed is taken.
+        let mut kept = model();
+        created(&mut kept);
+        kept.poll(3, &[polled(3, SEED, 8)]);
+        let maps = kept.maps();
+        assert_eq!((maps[0].live, maps[0].seed()), (3, SEED as u32));
+    }
+
+    #[test]
     fn the_trace_end_does_not_reopen_a_window_that_ended() {
         let mut model = model();
         model.observe(&event(kind::ASSIGN, 5, SEED, 1)).unwrap();

@@ -229,9 +229,17 @@ impl Model {
             let Some(record) = self.maps.get_mut(&header_read.addr) else {
                 continue;
             };
-            let own = record.seed_pending || header.seed == record.seed;
-            let reseeded = reads_as_map(self.implementation, words)
+            // A map whose creation was seen before its seed was written takes the first seed
+            // it is read with, but only from memory that reads as a map: freed, its header's
+            // memory may hold anything by now (a swiss group's control bytes read as a count
+            // of 0x8080…).
+            let plausible = reads_as_map(self.implementation, words)
                 && header.seed != 0
+                && header_read
+                    .capacity
+                    .is_some_and(|capacity| header.count <= capacity.slots);
+            let own = (record.seed_pending && plausible) || header.seed == record.seed;
+            let reseeded = plausible
                 && header_read.capacity.is_some_and(|capacity| {
                     // What the model last knew the map's storage to be: a poll's reading, or
                     // the `B` events showed (a swiss map's first group otherwise).
@@ -242,8 +250,7 @@ impl Model {
                         },
                         |before| before.slots,
                     );
-                    header.count <= capacity.slots
-                        && capacity.slots >= before
+                    capacity.slots >= before
                         && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
                 });
             if !own && !reseeded {
