@@ -449,14 +449,28 @@ mod tests {
             model.freeze(2);
         };
         // Freed before any event showed its seed; its memory now holds a swiss group, whose
-        // control bytes read as a count far above any capacity.
+        // control bytes read as a count far above any capacity. Read with storage that
+        // cannot be read, it says nothing; with storage, it is no map: released.
         let mut freed = model();
         created(&mut freed);
-        let mut garbage = polled(0x8080_8080_8080_8080, SEED, 8);
+        let mut garbage = polled(0x8080_8080_8080_2e80, SEED, 8);
         garbage.capacity = None;
         freed.poll(3, &[garbage]);
+        assert_eq!(freed.live_maps().count(), 1);
+        assert_eq!(freed.maps()[0].live, 0);
+        freed.poll(4, &[polled(0x8080_8080_8080_2e80, SEED, 8)]);
         assert_eq!(freed.live_maps().count(), 0);
         assert_eq!(freed.maps()[0].live, 0);
+        // The same for a map whose seed is known, when the garbage kept its seed word.
+        let mut known = model();
+        known.observe(&event(kind::ASSIGN, 2, SEED, 1)).unwrap();
+        known.freeze(2);
+        let mut garbage = polled(0x8080_8080_8080_2e80, SEED, 8);
+        garbage.capacity = None;
+        known.poll(3, &[garbage]);
+        known.poll(4, &[polled(0x8080_8080_8080_2e80, SEED, 8)]);
+        assert_eq!(known.maps()[0].peak, 2);
+        assert!(known.maps()[0].is_released());
         // Still a map: its first seed is taken.
         let mut kept = model();
         created(&mut kept);

@@ -229,30 +229,40 @@ impl Model {
             let Some(record) = self.maps.get_mut(&header_read.addr) else {
                 continue;
             };
+            // Freed, a map's header memory may hold anything by now (a swiss group's control
+            // bytes read as a count of 0x8080…), its seed word included. A reading counts
+            // only if it reads as a map: a seed, and no more entries than the storage it
+            // points to holds. Storage that could not be read says nothing either way.
+            let reads_as_a_map = reads_as_map(self.implementation, words) && header.seed != 0;
+            let held = header_read
+                .capacity
+                .map(|capacity| header.count <= capacity.slots);
+            match (reads_as_a_map, held) {
+                (true, Some(true)) => {}
+                (true, None) => continue,
+                (false, _) | (_, Some(false)) => {
+                    if let Some(gone) = self.maps.remove(&header_read.addr) {
+                        self.release(*gone, at_ns);
+                    }
+                    continue;
+                }
+            }
             // A map whose creation was seen before its seed was written takes the first seed
-            // it is read with, but only from memory that reads as a map: freed, its header's
-            // memory may hold anything by now (a swiss group's control bytes read as a count
-            // of 0x8080…).
-            let plausible = reads_as_map(self.implementation, words)
-                && header.seed != 0
-                && header_read
-                    .capacity
-                    .is_some_and(|capacity| header.count <= capacity.slots);
-            let own = (record.seed_pending && plausible) || header.seed == record.seed;
-            let reseeded = plausible
-                && header_read.capacity.is_some_and(|capacity| {
-                    // What the model last knew the map's storage to be: a poll's reading, or
-                    // the `B` events showed (a swiss map's first group otherwise).
-                    let before = record.capacity.map_or_else(
-                        || {
-                            8u64.checked_shl(u32::from(record.log2_buckets))
-                                .unwrap_or(u64::MAX)
-                        },
-                        |before| before.slots,
-                    );
-                    capacity.slots >= before
-                        && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
-                });
+            // it is read with.
+            let own = record.seed_pending || header.seed == record.seed;
+            let reseeded = header_read.capacity.is_some_and(|capacity| {
+                // What the model last knew the map's storage to be: a poll's reading, or the
+                // `B` events showed (a swiss map's first group otherwise).
+                let before = record.capacity.map_or_else(
+                    || {
+                        8u64.checked_shl(u32::from(record.log2_buckets))
+                            .unwrap_or(u64::MAX)
+                    },
+                    |before| before.slots,
+                );
+                capacity.slots >= before
+                    && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
+            });
             if !own && !reseeded {
                 if let Some(gone) = self.maps.remove(&header_read.addr) {
                     self.release(*gone, at_ns);
