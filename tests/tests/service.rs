@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use integration_tests::{
     build, map_at, read_report, report_path, wait_with_timeout, Flavor, Lines, Tracer, Truth,
@@ -18,53 +19,92 @@ use integration_tests::{
 const CACHE: &str = "200";
 const CLIENT_SESSIONS: &str = "800";
 
+/// The service fixture running, and its load generator.
+struct Service {
+    child: Child,
+    stdout: Lines,
+    address: String,
+    client: PathBuf,
+}
+
+impl Service {
+    /// Builds the service and the load generator with Go `version` and starts the service.
+    fn start(version: &str) -> Service {
+        let server = build("service", version, Flavor::Plain, &[]);
+        let client = build("loadgen", version, Flavor::Plain, &[]);
+        let mut child = Command::new(&server)
+            .args(["-sessions", CACHE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the service");
+        let stdout = Lines::spawn(child.stdout.take().expect("piped"), "service stdout");
+        let started = stdout.until(|line| line == "ready");
+        let address = started
+            .iter()
+            .find_map(|line| line.strip_prefix("listening "))
+            .unwrap_or_else(|| panic!("the service said no address: {started:?}"))
+            .to_string();
+        Service {
+            child,
+            stdout,
+            address,
+            client,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Runs the load generator for `duration` (e.g. `2s`); it must say it ran.
+    fn load(&self, duration: &str) {
+        let load = Command::new(&self.client)
+            .args(["-url", &format!("http://{}", self.address), "-c", "4"])
+            .args([
+                "-d",
+                duration,
+                "-warmup",
+                "0s",
+                "-sessions",
+                CLIENT_SESSIONS,
+            ])
+            .output()
+            .expect("run the load generator");
+        let said = String::from_utf8_lossy(&load.stdout);
+        assert!(
+            load.status.success(),
+            "load generator failed: {said} {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        assert!(said.starts_with("result {"), "{said}");
+    }
+
+    /// Once the client is done and the service quiet: asks for its ground truth, then
+    /// stops `tracer`, then lets the service exit. Returns the service's lines and the report.
+    fn finish(mut self, tracer: Tracer, json: &Path) -> (Vec<String>, serde_json::Value) {
+        let mut stdin = self.child.stdin.take().expect("piped");
+        stdin.write_all(b"truth\n").expect("service stdin");
+        stdin.flush().expect("service stdin");
+        let lines = self.stdout.until(|line| line == "done");
+        let (status, stderr) = tracer.interrupt();
+        assert!(
+            status.success(),
+            "gomaptrace failed ({status}): {stderr:#?}"
+        );
+        drop(stdin);
+        assert!(wait_with_timeout(&mut self.child, "service").success());
+        (lines, read_report(json))
+    }
+}
+
 fn service_counts_are_exact(version: &str, test: &str) {
-    let server = build("service", version, Flavor::Plain, &[]);
-    let client = build("loadgen", version, Flavor::Plain, &[]);
-    let mut service = Command::new(&server)
-        .args(["-sessions", CACHE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the service");
-    let stdout = Lines::spawn(service.stdout.take().expect("piped"), "service stdout");
-    let started = stdout.until(|line| line == "ready");
-    let address = started
-        .iter()
-        .find_map(|line| line.strip_prefix("listening "))
-        .unwrap_or_else(|| panic!("the service said no address: {started:?}"))
-        .to_string();
-
+    let service = Service::start(version);
     let json = report_path(test);
-    let pid = service.id().to_string();
+    let pid = service.pid();
     let tracer = Tracer::attach(&["--pid", &pid, "--json", json.to_str().expect("utf-8")]);
-    let load = Command::new(&client)
-        .args(["-url", &format!("http://{address}"), "-c", "4", "-d", "2s"])
-        .args(["-warmup", "0s", "-sessions", CLIENT_SESSIONS])
-        .output()
-        .expect("run the load generator");
-    let said = String::from_utf8_lossy(&load.stdout);
-    assert!(
-        load.status.success(),
-        "load generator failed: {said} {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
-    assert!(said.starts_with("result {"), "{said}");
-
-    // The client is done, so the service is quiet: its ground truth, then stop the trace.
-    let mut stdin = service.stdin.take().expect("piped");
-    stdin.write_all(b"truth\n").expect("service stdin");
-    stdin.flush().expect("service stdin");
-    let lines = stdout.until(|line| line == "done");
-    let (status, stderr) = tracer.interrupt();
-    assert!(
-        status.success(),
-        "gomaptrace failed ({status}): {stderr:#?}"
-    );
-    drop(stdin);
-    assert!(wait_with_timeout(&mut service, "service").success());
-
-    let report = read_report(&json);
+    service.load("2s");
+    let (lines, report) = service.finish(tracer, &json);
     assert_eq!(report["events"]["lost"], 0);
     let requests: u64 = field(&lines, "requests ", "n").parse().expect("a number");
     assert!(
@@ -118,6 +158,60 @@ fn service_counts_are_exact(version: &str, test: &str) {
             "maps made at {function}; sites: {created:?}"
         );
     }
+}
+
+/// `--mode sampled` on the service under load, with windows and polls far more often than
+/// its defaults: the per-request maps are made in windows and freed between them, their
+/// memory reused at once, and every poll must tell such memory from a map. The two maps the
+/// service keeps end with their exact `len` (the last poll comes once the probes are off).
+fn sampled_service_reads_only_maps(version: &str, test: &str) {
+    let service = Service::start(version);
+    let json = report_path(test);
+    let pid = service.pid();
+    let tracer = Tracer::attach(&[
+        "--pid",
+        &pid,
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--max-maps",
+        "1000000",
+        "--mode",
+        "sampled",
+        "--window",
+        "200ms",
+        "--period",
+        "500ms",
+        "--poll",
+        "100ms",
+    ]);
+    service.load("6s");
+    let (lines, report) = service.finish(tracer, &json);
+
+    // A window opens every 500 ms at the earliest: each waits for the last one's probes to
+    // be gone, which takes about a second here.
+    assert!(
+        report["sampling"]["windows"].as_u64() >= Some(3),
+        "{}",
+        report["sampling"]
+    );
+    for map in report["maps"].as_array().unwrap() {
+        let live = map["live"].as_u64().unwrap();
+        assert!(live <= map["peak"].as_u64().unwrap(), "{map}");
+        if let Some(slots) = map["capacity"]["slots"].as_u64() {
+            assert!(live <= slots, "{map}");
+        }
+        // No map of this service comes near a million entries.
+        assert!(live < 1 << 20, "{map}");
+    }
+    for truth in Truth::parse(&lines) {
+        let map = map_at(&report, truth.text("addr"));
+        assert_eq!(map["live"], truth.number("len"), "{map}");
+    }
+}
+
+#[test]
+fn sampled_service_go1_24() {
+    sampled_service_reads_only_maps("1.24.11", "sampled_service_go1_24");
 }
 
 /// The value of `key=` on the line starting with `prefix`.
