@@ -329,6 +329,16 @@ pub fn read_report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&bytes).expect("the report is valid JSON")
 }
 
+/// The report's suspects flagged `verdict` (e.g. `never-released`).
+pub fn suspects<'a>(report: &'a serde_json::Value, verdict: &str) -> Vec<&'a serde_json::Value> {
+    report["verdicts"]
+        .as_array()
+        .expect("verdicts array")
+        .iter()
+        .filter(|suspect| suspect["verdict"] == verdict)
+        .collect()
+}
+
 /// The report's entry for the map at `addr` that is still alive (not known released).
 pub fn map_at<'a>(report: &'a serde_json::Value, addr: &str) -> &'a serde_json::Value {
     report["maps"]

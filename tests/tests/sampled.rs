@@ -12,8 +12,8 @@
 use std::process::Command;
 
 use integration_tests::{
-    build, map_at, read_report, report_path, trace_ground_truth, tracer_bin, Fixture, Flavor,
-    GroundTruthRun, Tracer,
+    build, map_at, read_report, report_path, suspects, trace_ground_truth, tracer_bin, Fixture,
+    Flavor, GroundTruthRun, Tracer,
 };
 use serde_json::Value;
 
@@ -226,12 +226,7 @@ fn soak_leak_found_with_defaults(version: &str, test: &str) {
     assert_eq!(sampling["period_s"], 10.0);
     assert_eq!(sampling["poll_s"], 1.0);
     assert!(sampling["windows"].as_u64() >= Some(2), "{sampling}");
-    let leaks: Vec<&Value> = report["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|suspect| suspect["verdict"] == "never-released")
-        .collect();
+    let leaks: Vec<&Value> = suspects(&report, "never-released");
     assert_eq!(leaks.len(), 1, "{leaks:#?}");
     assert!(leaks[0]["growth_per_s"].as_f64() > Some(0.0), "{leaks:#?}");
     assert!(leaks[0]["live"].as_u64() > Some(0), "{leaks:#?}");

@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{build, read_report, report_path, Fixture, Flavor, Tracer};
+use integration_tests::{build, read_report, report_path, suspects, Fixture, Flavor, Tracer};
 use serde_json::Value;
 
 /// Maps a second the fixture is asked to make.
@@ -94,12 +94,7 @@ fn a_quick_soak_holds_recent_maps_only_and_every_interval_is_whole() {
     assert_eq!(report["release_detection"], "heap");
 
     // The cache was made before the trace: it is named by the line that writes to it.
-    let leaks: Vec<&Value> = report["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|suspect| suspect["verdict"] == "never-released")
-        .collect();
+    let leaks: Vec<&Value> = suspects(&report, "never-released");
     assert_eq!(leaks.len(), 1, "{leaks:#?}");
     assert_eq!(
         leaks[0]["written_at"]["function"], "main.main",
