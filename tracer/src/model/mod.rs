@@ -234,19 +234,13 @@ impl Model {
             // only if it reads as a map: a seed, and no more entries than the storage it
             // points to holds. Storage that could not be read says nothing either way.
             let reads_as_a_map = reads_as_map(self.implementation, words) && header.seed != 0;
-            let held = header_read
-                .capacity
-                .map(|capacity| header.count <= capacity.slots);
-            match (reads_as_a_map, held) {
-                (true, Some(true)) => {}
-                (true, None) => continue,
-                (false, _) | (_, Some(false)) => {
-                    if let Some(gone) = self.maps.remove(&header_read.addr) {
-                        self.release(*gone, at_ns);
-                    }
-                    continue;
-                }
+            if reads_as_a_map && header_read.capacity.is_none() {
+                continue;
             }
+            let is_a_map = reads_as_a_map
+                && header_read
+                    .capacity
+                    .is_some_and(|capacity| header.count <= capacity.slots);
             // A map whose creation was seen before its seed was written takes the first seed
             // it is read with.
             let own = record.seed_pending || header.seed == record.seed;
@@ -263,7 +257,7 @@ impl Model {
                 capacity.slots >= before
                     && capacity.slots <= before.saturating_mul(MAX_GROWTH_BETWEEN_POLLS)
             });
-            if !own && !reseeded {
+            if !is_a_map || (!own && !reseeded) {
                 if let Some(gone) = self.maps.remove(&header_read.addr) {
                     self.release(*gone, at_ns);
                 }
