@@ -329,6 +329,29 @@ pub fn read_report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&bytes).expect("the report is valid JSON")
 }
 
+/// Waits until the interval report gomaptrace rewrites at `path` (`--json` with a short
+/// `--interval`) says what `ready` looks for; returns that report.
+pub fn wait_for_report(
+    path: &Path,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        if path.exists() {
+            let report = read_report(path);
+            if ready(&report) {
+                return report;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no report says: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The report's suspects flagged `verdict` (e.g. `never-released`).
 pub fn suspects<'a>(report: &'a serde_json::Value, verdict: &str) -> Vec<&'a serde_json::Value> {
     report["verdicts"]

@@ -15,10 +15,11 @@
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration_tests::{
-    build, map_at, read_report, report_path, tracer_bin, Fixture, Flavor, Tracer, Truth,
+    build, map_at, read_report, report_path, tracer_bin, wait_for_report, Fixture, Flavor, Tracer,
+    Truth,
 };
 
 /// Runs `gomaptrace inventory` on `pid` and returns its JSON report.
@@ -75,12 +76,10 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
     // The busy map is churned while the probes go on and for a while after; the fixture
     // writes to `woken` only once the inventory (a background thread) has found it, as the
     // interval report says.
-    let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
-    while !json.exists() || read_report(&json)["inventory"].is_null() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no inventory");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_report(&json, "the inventory is in", |report| {
+        !report["inventory"].is_null()
+    });
     let truths = Truth::parse(&fixture.run_operations());
     let alone = inventory_alone(pid, test);
     let (status, stderr) = tracer.interrupt();

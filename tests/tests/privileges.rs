@@ -3,9 +3,11 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use integration_tests::{build, map_at, read_report, report_path, Fixture, Flavor, Tracer, Truth};
+use integration_tests::{
+    build, map_at, read_report, report_path, wait_for_report, Fixture, Flavor, Tracer, Truth,
+};
 
 const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -147,14 +149,9 @@ fn sampled_mode_keeps_what_its_windows_need_to_attach_again_and_nothing_else() {
     ]);
     // The capabilities are looked at once a window has opened again after the drop, as the
     // interval report says.
-    let started = Instant::now();
-    while !json.exists() || read_report(&json)["sampling"]["windows"].as_u64() < Some(2) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no second window"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_report(&json, "a second window opened", |report| {
+        report["sampling"]["windows"].as_u64() >= Some(2)
+    });
     for (name, status) in threads(tracer.pid()) {
         let effective = status_field(&status, "CapEff:", 16);
         assert_ne!(
