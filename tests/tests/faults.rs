@@ -15,7 +15,7 @@ use integration_tests::{
 };
 use tracer::inspect::GoBinary;
 use tracer::plan::{plan, ProbeKind};
-use tracer::probes::{ProbeError, Probes, Programs};
+use tracer::probes::{Linking, ProbeError, Probes, Programs};
 
 /// Bytes of the executable code mapped in process `pid` that differ from its binary's file.
 /// A uprobe writes a breakpoint into the process's copy of the page it probes, so this is
@@ -257,6 +257,15 @@ fn a_ring_buffer_too_small_counts_and_shows_the_loss() {
 
 #[test]
 fn an_attach_failing_halfway_detaches_everything_attached_so_far() {
+    for linking in [Linking::PerSite, Linking::Grouped] {
+        attach_fails_halfway(linking);
+    }
+}
+
+/// Attaches every probe and detaches them, then attaches a plan whose last site is past the
+/// end of the file: per site, every probe before it is on when the kernel refuses it;
+/// grouped, the link is refused whole and the attach falls back to per-site probes.
+fn attach_fails_halfway(linking: Linking) {
     let binary = build("maps", "1.24.11", Flavor::Plain, &[]);
     let fixture = Fixture::start(&binary);
     let pid = fixture.pid();
@@ -269,14 +278,22 @@ fn an_attach_failing_halfway_detaches_everything_attached_so_far() {
         key_salt: 0,
     };
 
-    let (probes, outputs) = Probes::attach(&good, &exe, pid, programs).expect("attach");
+    let (probes, outputs) = Probes::attach(&good, &exe, pid, programs, linking).expect("attach");
+    assert_eq!(probes.attached(), good.sites.len());
+    if linking == Linking::Grouped {
+        assert!(
+            probes.linked().starts_with("grouped"),
+            "this kernel (6.6+) takes grouped links: {}",
+            probes.linked()
+        );
+    }
     assert!(
         patched_code_bytes(pid) > 0,
-        "the check sees attached probes"
+        "the check sees attached probes ({linking:?})"
     );
     probes.detach();
     drop(outputs);
-    assert_eq!(patched_code_bytes(pid), 0);
+    assert_eq!(patched_code_bytes(pid), 0, "{linking:?}");
 
     // The last program attached gets a site past the end of the file, which the kernel
     // refuses: every other probe is on by then.
@@ -294,15 +311,15 @@ fn an_attach_failing_halfway_detaches_everything_attached_so_far() {
         .unwrap();
     bad.sites[failing].file_offset = beyond;
     assert!(bad.sites.len() > 8, "most probes go on before the failure");
-    match Probes::attach(&bad, &exe, pid, programs) {
+    match Probes::attach(&bad, &exe, pid, programs, linking) {
         Err(ProbeError::Attach { offset, .. }) => assert_eq!(offset, beyond),
-        Err(other) => panic!("failed for another reason: {other}"),
-        Ok(_) => panic!("a site past the end of the file was attached"),
+        Err(other) => panic!("failed for another reason ({linking:?}): {other}"),
+        Ok(_) => panic!("a site past the end of the file was attached ({linking:?})"),
     }
     assert_eq!(
         patched_code_bytes(pid),
         0,
-        "probes attached before the failure are gone as soon as attach returns"
+        "probes attached before the failure are gone as soon as attach returns ({linking:?})"
     );
     assert!(fixture.kill().signal_is(libc::SIGKILL));
 }

@@ -52,6 +52,9 @@ pub struct Setup {
     /// `--mode sampled`: when the windows and polls happen; absent in exact mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Schedule>,
+    /// `--mode sampled`: how the windows' probes are linked (grouped, or per site and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_links: Option<String>,
 }
 
 /// What the session tells the pipeline besides the probes' events: the trace's start and
@@ -448,15 +451,7 @@ impl Pipeline {
         };
         let mut report = Report::new(&self.model, &context);
         report.release_detection = self.release_detection;
-        if let Some(schedule) = &self.setup.sampling {
-            sampled::label(
-                &mut report,
-                schedule,
-                &self.tally,
-                window.start_ns,
-                window.end_ns,
-            );
-        }
+        sampled::label(&mut report, &self.setup, &self.tally, window);
         report
     }
 }
@@ -486,15 +481,7 @@ impl Snapshot {
             resolved: &self.resolved,
         };
         let mut report = Report::new(&self.model, &context);
-        if let Some(schedule) = &self.setup.sampling {
-            sampled::label(
-                &mut report,
-                schedule,
-                &self.tally,
-                self.window.start_ns,
-                self.window.end_ns,
-            );
-        }
+        sampled::label(&mut report, &self.setup, &self.tally, self.window);
         report.release_detection = self.release_detection;
         report
     }
@@ -586,11 +573,12 @@ pub fn replay(path: &Path) -> Result<Report, RecordingError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tracer_common::{kind, CreateEvent, MapEvent, STACK_DEPTH};
 
-    fn setup() -> Setup {
+    /// A trace's setup as a test of its outputs needs one: exact mode, classic maps.
+    pub(crate) fn setup() -> Setup {
         Setup {
             target: TargetInfo {
                 pid: 7,
@@ -606,6 +594,7 @@ mod tests {
             thresholds: Thresholds::default(),
             sample_one_in: 64,
             sampling: None,
+            probe_links: None,
         }
     }
 

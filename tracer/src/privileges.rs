@@ -44,11 +44,12 @@ pub const KEPT_AFTER_ATTACH: [u32; 4] = [
     CAP_DAC_READ_SEARCH,
 ];
 
-/// What `--mode sampled` keeps besides [`KEPT_AFTER_ATTACH`]: it attaches its probes again
-/// at every discovery window, and the kernel refuses the uprobe perf event (`EACCES`)
-/// without `CAP_SYS_ADMIN` as well as `CAP_PERFMON` (measured on 6.18, in
-/// `tests/tests/privileges.rs`). Module loading, raw I/O, network administration, uid
-/// changes and the rest still go.
+/// What `--mode sampled` keeps besides [`KEPT_AFTER_ATTACH`] when its windows fall back to
+/// per-site uprobes (a kernel without uprobe-multi links): it attaches them again at every
+/// discovery window, and the kernel refuses the uprobe perf event (`EACCES`) without
+/// `CAP_SYS_ADMIN` as well as `CAP_PERFMON` (measured on 6.18). Grouped links need only
+/// `CAP_BPF` (`tests/tests/privileges.rs`). Module loading, raw I/O, network
+/// administration, uid changes and the rest still go.
 pub const KEPT_TO_REATTACH: [u32; 2] = [CAP_PERFMON, CAP_SYS_ADMIN];
 
 /// Why privileges could not be dropped: the kernel refused a call.

@@ -76,30 +76,70 @@ pub enum ProbeError {
     /// The running kernel lacks a BPF feature the programs use.
     #[error(transparent)]
     Kernel(#[from] crate::kernel::KernelTooOld),
+    /// Grouped links that worked at the trace's start were refused later.
+    #[error(transparent)]
+    Grouped(#[from] GroupedError),
+}
+
+mod grouped;
+
+pub use grouped::GroupedError;
+use grouped::{GroupedLinks, GroupedPrograms};
+
+/// How probes are tied to their sites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linking {
+    /// One uprobe per site: attached once, detached at the trace's end.
+    PerSite,
+    /// One uprobe-multi link per program where the kernel has them (6.6+), one uprobe per
+    /// site otherwise: for probes that come and go (`--mode sampled`), since the kernel
+    /// removes a grouped link in one wait instead of one per site.
+    Grouped,
 }
 
 /// Attached probes; dropping this value detaches them all.
 pub struct Probes {
     ebpf: Ebpf,
     attached: usize,
-    /// Every live uprobe by program, so that they can be detached without unloading
-    /// anything (see [`Probes::take_links`]).
-    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Every live uprobe, so that they can be detached without unloading anything (see
+    /// [`Probes::take_links`]).
+    links: Links,
+    /// The programs loaded for grouped links, when they were asked for and the kernel took
+    /// them.
+    grouped: Option<GroupedPrograms>,
+    /// How the probes are linked, in words, for the report.
+    linked: String,
+}
+
+/// Live uprobes, by how they were made.
+enum Links {
+    PerSite(Vec<(&'static str, UProbeLinkId)>),
+    Grouped(GroupedLinks),
 }
 
 /// Uprobes taken off their programs: dropping this value detaches them, which takes the
-/// kernel about 0.1 s per probe, so it is dropped on a thread of its own.
-pub struct Detaching(Vec<UProbeLink>);
+/// kernel a grace period per link (per site, with per-site links), so it is dropped on a
+/// thread of its own.
+pub enum Detaching {
+    /// One uprobe per site.
+    PerSite(Vec<UProbeLink>),
+    /// One uprobe-multi link per program.
+    Grouped(GroupedLinks),
+}
 
 impl Detaching {
-    /// Detaches every uprobe, each on a thread of its own (one per probe site): the kernel
-    /// waits out a grace period for each, and in parallel those waits overlap.
+    /// Detaches every uprobe, each link on a thread of its own: the kernel waits out a grace
+    /// period for each, and in parallel those waits overlap as far as the kernel lets them
+    /// (per-site uprobes are removed one at a time under a global lock).
     pub fn detach(self) {
-        std::thread::scope(|scope| {
-            for link in self.0 {
-                scope.spawn(move || drop(link));
-            }
-        });
+        match self {
+            Detaching::PerSite(links) => std::thread::scope(|scope| {
+                for link in links {
+                    scope.spawn(move || drop(link));
+                }
+            }),
+            Detaching::Grouped(links) => links.detach(),
+        }
     }
 }
 
@@ -146,12 +186,14 @@ pub enum Programs {
 }
 
 impl Probes {
-    /// Loads the programs and attaches one uprobe per plan site in `exe`, for `pid` only.
+    /// Loads the programs and attaches them at every plan site in `exe`, for `pid` only,
+    /// linked as `linking` says (grouped links only for the tracing programs).
     pub fn attach(
         plan: &ProbePlan,
         exe: &Path,
         pid: u32,
         programs: Programs,
+        linking: Linking,
     ) -> Result<(Probes, Outputs), ProbeError> {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
         if BPF_OBJECT.is_empty() {
@@ -180,6 +222,14 @@ impl Probes {
             )
             .load(BPF_OBJECT)
             .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        // Before any map is taken out of `ebpf`: the grouped programs are relocated
+        // against all of them.
+        let grouped = match (linking, programs) {
+            (Linking::Grouped, Programs::Tracing { .. }) => {
+                Some(GroupedPrograms::load(BPF_OBJECT, &ebpf))
+            }
+            _ => None,
+        };
         let outputs = Outputs {
             events: take_map(&mut ebpf, maps::EVENTS)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
@@ -189,7 +239,27 @@ impl Probes {
                 None
             },
         };
-        let mut attached = 0;
+        let mut probes = Probes {
+            ebpf,
+            attached: 0,
+            links: Links::PerSite(Vec::new()),
+            grouped: None,
+            linked: PER_SITE.to_string(),
+        };
+        match grouped {
+            Some(Ok(grouped)) => match grouped.attach(plan, exe, pid.get()) {
+                Ok(links) => {
+                    probes.attached = plan.sites.len();
+                    probes.links = Links::Grouped(links);
+                    probes.grouped = Some(grouped);
+                    probes.linked = GROUPED.to_string();
+                    return Ok((probes, outputs));
+                }
+                Err(refused) => probes.linked = format!("{PER_SITE} ({refused})"),
+            },
+            Some(Err(refused)) => probes.linked = format!("{PER_SITE} ({refused})"),
+            None => {}
+        }
         let groups: Vec<(&'static str, Vec<ProbeKind>)> = match programs {
             Programs::Tracing { .. } => ProbeKind::ALL
                 .iter()
@@ -199,24 +269,18 @@ impl Probes {
         };
         let mut links = Vec::new();
         for (program, kinds) in groups {
-            let uprobe = uprobe(&mut ebpf, program)?;
+            let uprobe = uprobe(&mut probes.ebpf, program)?;
             uprobe.load().map_err(|source| ProbeError::Program {
                 program,
                 source: Box::new(source),
             })?;
             for site in plan.sites.iter().filter(|site| kinds.contains(&site.kind)) {
                 links.push((program, attach_site(uprobe, program, site, exe, pid)?));
-                attached += 1;
             }
         }
-        Ok((
-            Probes {
-                ebpf,
-                attached,
-                links,
-            },
-            outputs,
-        ))
+        probes.attached = links.len();
+        probes.links = Links::PerSite(links);
+        Ok((probes, outputs))
     }
 
     /// How many uprobes are live.
@@ -224,43 +288,74 @@ impl Probes {
         self.attached
     }
 
+    /// Whether the probes are grouped links: attaching them again needs only the `bpf`
+    /// call, not the perf events per-site uprobes are made of.
+    pub fn grouped(&self) -> bool {
+        self.grouped.is_some()
+    }
+
+    /// How the probes are linked, for the report: grouped, or per site and why not grouped
+    /// when that was asked for.
+    pub fn linked(&self) -> &str {
+        &self.linked
+    }
+
     /// Takes every live uprobe off its program, programs and maps staying loaded; the
     /// uprobes stay in place (and trap) until the returned value is dropped.
     pub fn take_links(&mut self) -> Result<Detaching, ProbeError> {
-        let mut taken = Vec::with_capacity(self.links.len());
-        for (program, id) in std::mem::take(&mut self.links) {
+        self.attached = 0;
+        let taken = match std::mem::replace(&mut self.links, Links::PerSite(Vec::new())) {
+            Links::Grouped(links) => return Ok(Detaching::Grouped(links)),
+            Links::PerSite(links) => links,
+        };
+        let mut detaching = Vec::with_capacity(taken.len());
+        for (program, id) in taken {
             let link = uprobe(&mut self.ebpf, program)?
                 .take_link(id)
                 .map_err(|source| ProbeError::Program {
                     program,
                     source: Box::new(source),
                 })?;
-            taken.push(link);
+            detaching.push(link);
         }
-        self.attached = 0;
-        Ok(Detaching(taken))
+        Ok(Detaching::PerSite(detaching))
     }
 
     /// Attaches the tracing programs, still loaded, at every plan site again (after
-    /// [`Probes::take_links`]): the discovery windows of `--mode sampled`.
+    /// [`Probes::take_links`]), linked as they were the first time: the discovery windows
+    /// of `--mode sampled`.
     pub fn reattach(&mut self, plan: &ProbePlan, exe: &Path, pid: u32) -> Result<(), ProbeError> {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
+        if let Some(grouped) = &self.grouped {
+            self.links = Links::Grouped(grouped.attach(plan, exe, pid.get())?);
+            self.attached = plan.sites.len();
+            return Ok(());
+        }
+        let mut links = Vec::with_capacity(plan.sites.len());
         for site in &plan.sites {
             let program = site.kind.program();
             let uprobe = uprobe(&mut self.ebpf, program)?;
-            let id = attach_site(uprobe, program, site, exe, pid)?;
-            self.links.push((program, id));
-            self.attached += 1;
+            links.push((program, attach_site(uprobe, program, site, exe, pid)?));
         }
+        self.attached = links.len();
+        self.links = Links::PerSite(links);
         Ok(())
     }
 
     /// Detaches every probe now. After this returns no new event is produced, so draining
     /// the ring buffer once more sees everything.
     pub fn detach(self) {
+        if let Links::Grouped(links) = self.links {
+            links.detach();
+        }
         drop(self.ebpf);
     }
 }
+
+/// [`Probes::linked`] for per-site uprobes.
+const PER_SITE: &str = "per site";
+/// [`Probes::linked`] for grouped links.
+const GROUPED: &str = "grouped: one uprobe-multi link per program";
 
 /// Attaches `uprobe` (a loaded `program`) at one plan site, for `pid` only.
 fn attach_site(

@@ -31,15 +31,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::inspect::ReadMemory;
 use crate::memory::inventory::{self, Capacity};
+use crate::pipeline::Setup;
 use crate::plan::MapImplementation;
 use crate::report::Report;
-
-/// Default length of a discovery window.
-pub const DEFAULT_WINDOW: Duration = Duration::from_millis(200);
-/// Default time from one window's start to the next.
-pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
-/// Default time between two polls of the known maps' headers.
-pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+use crate::verdict::Window;
 
 /// Headers read per batch; the event loop drains the ring buffer between batches.
 pub const BATCH: usize = 512;
@@ -246,6 +241,10 @@ pub struct SamplingReport {
     pub attach_ms_max: f64,
     /// Slowest detach of every probe after a window, in ms (off the event loop).
     pub detach_ms_max: f64,
+    /// How the windows' probes are linked: `grouped: …` (one uprobe-multi link per
+    /// program, removed in one wait), or `per site` with why grouped links were not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_links: Option<String>,
     /// Slowest poll, in ms (on the event loop, draining between batches).
     pub poll_ms_max: f64,
     /// Most maps one poll read.
@@ -263,9 +262,13 @@ pub const EXACT: &str = "live and peak entries at each poll, capacity, releases,
 pub const ESTIMATED: &str = "sites[].maps_created_estimated: creations seen in windows, \
                              scaled by the time traced over the time observed";
 
-/// Marks `report` (built at `end_ns` for a trace that started at `start_ns`) as made in
-/// sampled mode: the mode, how it sampled, and the scaled creation counts of every site.
-pub fn label(report: &mut Report, schedule: &Schedule, tally: &Tally, start_ns: u64, end_ns: u64) {
+/// Marks `report` (built for `window` of a trace set up as `setup` says) as made in sampled
+/// mode, when it was: the mode, how it sampled, and the scaled creation counts of every site.
+pub fn label(report: &mut Report, setup: &Setup, tally: &Tally, window: Window) {
+    let Some(schedule) = &setup.sampling else {
+        return;
+    };
+    let Window { start_ns, end_ns } = window;
     let traced_ns = end_ns.saturating_sub(start_ns);
     let observed_ns = tally.observed_until(end_ns).min(traced_ns);
     let scale = if observed_ns == 0 {
@@ -287,6 +290,7 @@ pub fn label(report: &mut Report, schedule: &Schedule, tally: &Tally, start_ns: 
         scale: (scale * 1e3).round() / 1e3,
         attach_ms_max: tally.attach_ms_max,
         detach_ms_max: tally.detach_ms_max,
+        probe_links: setup.probe_links.clone(),
         poll_ms_max: tally.poll_ms_max,
         polled_maps_max: tally.polled_maps_max,
         exact: EXACT,
@@ -538,9 +542,22 @@ mod tests {
         tally.open(0, 0.0);
         tally.close(200_000_000);
         tally.polled(1_000_000_000, 1, 0.5);
-        label(&mut report, &schedule, &tally, 0, 10_000_000_000);
+        let setup = crate::pipeline::Setup {
+            sampling: Some(schedule),
+            probe_links: Some("grouped: one uprobe-multi link per program".into()),
+            ..crate::pipeline::tests::setup()
+        };
+        let window = Window {
+            start_ns: 0,
+            end_ns: 10_000_000_000,
+        };
+        label(&mut report, &setup, &tally, window);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["mode"], "sampled");
+        assert_eq!(
+            json["sampling"]["probe_links"],
+            "grouped: one uprobe-multi link per program"
+        );
         assert_eq!(json["sampling"]["scale"], 50.0);
         assert_eq!(json["sites"][0]["maps_created_estimated"], 150.0);
         assert_eq!(json["sites"][0]["maps_created"], 3);

@@ -20,7 +20,7 @@ use crate::model::Model;
 use crate::pipeline::{Pipeline, Recorder, RecordingError, SessionInput, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
 use crate::privileges::{self, DropError, PrivilegeError};
-use crate::probes::{Outputs, ProbeError, Probes, Programs};
+use crate::probes::{Linking, Outputs, ProbeError, Probes, Programs};
 use crate::report::{MapTypeInfo, Report, Resolved, TargetInfo};
 use crate::target::{Target, TargetError};
 use crate::verdict::Thresholds;
@@ -181,8 +181,14 @@ pub async fn trace(
     let exe = target.exe().display().to_string();
     let (prepared, programs) = prepare(&target.exe_link(), &exe, options)?;
     let bias = target.load_bias(|offset| prepared.binary.vaddr_of_file_offset(offset))?;
-    let (probes, outputs) = match Probes::attach(&prepared.plan, &target.exe_link(), pid, programs)
-    {
+    let attached = Probes::attach(
+        &prepared.plan,
+        &target.exe_link(),
+        pid,
+        programs,
+        prepared.linking,
+    );
+    let (probes, outputs) = match attached {
         Err(_) if !target.is_alive() => return Err(SessionError::ExitedEarly(pid)),
         attached => attached?,
     };
@@ -215,7 +221,13 @@ pub async fn trace_launched(
     privileges::check()?;
     let path = child.program().path().to_path_buf();
     let (prepared, programs) = prepare(&path, child.program().shown(), options)?;
-    let (probes, outputs) = Probes::attach(&prepared.plan, &path, child.pid(), programs)?;
+    let (probes, outputs) = Probes::attach(
+        &prepared.plan,
+        &path,
+        child.pid(),
+        programs,
+        prepared.linking,
+    )?;
     // Armed before the program runs its first instruction: its init() maps count.
     let armed_ns = monotonic_ns();
     let (target, bias) = child.release(|offset| prepared.binary.vaddr_of_file_offset(offset))?;
@@ -238,6 +250,8 @@ struct Prepared {
     plan: ProbePlan,
     go_version: String,
     recorder: Option<Recorder>,
+    /// How the probes are tied to their sites.
+    linking: Linking,
 }
 
 /// Inspects the executable at `path` (named `shown` in errors), checks it can be traced,
@@ -275,11 +289,17 @@ fn prepare(
             diagnostics: options.verbose,
         }
     };
+    // Sampled windows attach and detach every period: grouped links make that cheap.
+    let linking = match options.sampling.filter(|_| !options.floor) {
+        Some(_) => Linking::Grouped,
+        None => Linking::PerSite,
+    };
     let prepared = Prepared {
         binary,
         plan,
         go_version,
         recorder,
+        linking,
     };
     Ok((prepared, programs))
 }
@@ -316,6 +336,7 @@ async fn follow_attached(
                 plan,
                 go_version,
                 recorder,
+                linking: _,
             },
         mut probes,
         outputs,
@@ -326,8 +347,10 @@ async fn follow_attached(
     // privileges given up next.
     let container = crate::container::of_pid(pid);
     // From here on only target-controlled bytes are parsed, and only sampled mode's windows
-    // attach again.
-    privileges::drop_after_attach(options.sampling.is_some() && !options.floor)?;
+    // attach again: grouped links need nothing but the `bpf` call (`CAP_BPF`, kept), per-site
+    // uprobes perf events.
+    let sampled = options.sampling.is_some() && !options.floor;
+    privileges::drop_after_attach(sampled && !probes.grouped())?;
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -361,6 +384,10 @@ async fn follow_attached(
             options.sample_one_in
         },
         sampling: options.sampling.filter(|_| !options.floor),
+        probe_links: options
+            .sampling
+            .filter(|_| !options.floor)
+            .map(|_| probes.linked().to_string()),
     };
     let setup_sampled = setup.sampling.is_some();
     let mut pipeline = Pipeline::new(setup, recorder);

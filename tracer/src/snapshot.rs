@@ -53,6 +53,7 @@ pub fn inventory_report(pid: u32, thresholds: Thresholds) -> Result<Report, Sess
             thresholds,
             sample_one_in: 0,
             sampling: None,
+            probe_links: None,
         },
         None,
     );

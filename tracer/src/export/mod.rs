@@ -244,6 +244,7 @@ mod tests {
             thresholds: Thresholds::default(),
             sample_one_in: 64,
             sampling: None,
+            probe_links: None,
         };
         Pipeline::new(setup, None)
     }

@@ -181,6 +181,7 @@ mod tests {
             thresholds: Thresholds::default(),
             sample_one_in: 0,
             sampling: None,
+            probe_links: None,
         };
         let mut pipeline = Pipeline::new(setup, None);
         let mut stack = [0u64; STACK_DEPTH];

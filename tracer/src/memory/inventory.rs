@@ -617,6 +617,7 @@ mod tests {
                 thresholds: Thresholds::default(),
                 sample_one_in: 0,
                 sampling: None,
+                probe_links: None,
             },
             None,
         );
