@@ -335,7 +335,8 @@ fn run_guest(root: &Path, guest: &Guest, tracer: &Path) -> anyhow::Result<Vec<St
         .with_context(|| format!("cannot write {}", initramfs.display()))?;
 
     let log = dir.join(format!("{}.log", guest.label));
-    let timeout = Duration::from_secs(120 + 240 * guest.builds.len() as u64);
+    // Every build is traced twice: exact, then sampled.
+    let timeout = Duration::from_secs(120 + 2 * 240 * guest.builds.len() as u64);
     let names: Vec<String> = guest.builds.iter().map(Build::name).collect();
     eprintln!(
         "xtask: booting {} ({}, {}), console in {}",
@@ -350,9 +351,8 @@ fn run_guest(root: &Path, guest: &Guest, tracer: &Path) -> anyhow::Result<Vec<St
     let console = check::parse(&output);
     let release = console.kernel.clone().unwrap_or_default();
     let mut lines = Vec::new();
-    for build in guest.builds {
-        let name = build.name();
-        let case = console
+    let find = |name: &str| {
+        console
             .cases
             .iter()
             .find(|case| case.name == name)
@@ -362,23 +362,47 @@ fn run_guest(root: &Path, guest: &Guest, tracer: &Path) -> anyhow::Result<Vec<St
                     console.finished,
                     log.display()
                 )
-            })?;
-        let timing = format!(
+            })
+    };
+    let timing = |case: &check::Case| {
+        format!(
             "attached after {} s, case {} s, boot {wall} s wall",
             case.attach_seconds.unwrap_or_default(),
             case.seconds.unwrap_or_default()
-        );
+        )
+    };
+    for build in guest.builds {
+        let name = build.name();
+        let case = find(&name)?;
         let outcome = match guest.expect {
             Expect::Traced => check::check_traced(case, build.go).map(|passed| {
                 format!(
-                    "{} ({release}) {name} ({}): {} maps, every count equal ({timing})",
-                    guest.label, passed.go_version, passed.maps
+                    "{} ({release}) {name} ({}): {} maps, every count equal ({})",
+                    guest.label,
+                    passed.go_version,
+                    passed.maps,
+                    timing(case)
                 )
             }),
             Expect::Refused => check::check_refused(case)
                 .map(|refusal| format!("{} ({release}): refused: {refusal}", guest.label)),
         };
         lines.push(outcome.with_context(|| format!("see {}", log.display()))?);
+        if guest.expect == Expect::Traced {
+            let name = format!("{name}-sampled");
+            let case = find(&name)?;
+            let grouped = check::takes_grouped_links(&release);
+            let outcome = check::check_sampled(case, build.go, grouped).map(|passed| {
+                format!(
+                    "{} ({release}) {name}: {} maps seen in windows, each live == len, probes {} ({})",
+                    guest.label,
+                    passed.maps,
+                    if grouped { "grouped" } else { "per site" },
+                    timing(case)
+                )
+            });
+            lines.push(outcome.with_context(|| format!("see {}", log.display()))?);
+        }
     }
     if !console.finished {
         bail!("init did not finish; see {}", log.display());

@@ -103,6 +103,88 @@ pub struct Passed {
 
 /// Checks a case that traced a fixture with Go `version`.
 pub fn check_traced(case: &Case, version: &str) -> anyhow::Result<Passed> {
+    let Traced {
+        report,
+        go_version,
+        truths,
+    } = traced_report(case, version)?;
+    for truth in &truths {
+        check_map(&report, truth)?;
+    }
+    Ok(Passed {
+        maps: truths.len(),
+        go_version,
+    })
+}
+
+/// Checks a case that traced a fixture with Go `version` in sampled mode, on a kernel that
+/// takes grouped (uprobe-multi) links or not: labelled sampled, windows opened again after
+/// a detach, the windows' probes linked as the kernel allows, and every fixture map the
+/// windows saw counted `live == len` by the last poll (a map made and never touched again
+/// between two windows is never seen, by design).
+pub fn check_sampled(case: &Case, version: &str, grouped: bool) -> anyhow::Result<Passed> {
+    let Traced {
+        report,
+        go_version,
+        truths,
+    } = traced_report(case, version)?;
+    let sampling = &report["sampling"];
+    if report["mode"] != "sampled" || sampling["windows"].as_u64() < Some(2) {
+        bail!("not sampled, or fewer than two windows: {sampling}");
+    }
+    let links = sampling["probe_links"].as_str().unwrap_or_default();
+    let expected = if grouped { "grouped" } else { "per site" };
+    if !links.starts_with(expected) {
+        bail!("the windows' probes are linked {links:?}, not {expected} as this kernel allows");
+    }
+    let mut seen = 0;
+    for truth in &truths {
+        let (name, addr, len) = (
+            field(truth, "name")?,
+            field(truth, "addr")?,
+            number(truth, "len")?,
+        );
+        let Some(map) = live_map(&report, addr) else {
+            continue;
+        };
+        seen += 1;
+        if map["live"] != len || map["unexplained"] != 0 {
+            bail!("{name}: live should be {len} with nothing unexplained: {map}");
+        }
+    }
+    if seen == 0 {
+        bail!("no fixture map was seen in a window: {}", report["maps"]);
+    }
+    Ok(Passed {
+        maps: seen,
+        go_version,
+    })
+}
+
+/// Whether a kernel release (`6.1.0-57-amd64`) has uprobe-multi links (6.6 and later).
+pub fn takes_grouped_links(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+/// One fixture map's line: its `key=value` pairs.
+type Truth = Vec<(String, String)>;
+
+/// A traced case's report and what it is checked against.
+struct Traced {
+    report: Value,
+    /// The Go release the report names.
+    go_version: String,
+    /// The fixture's own tally of its maps.
+    truths: Vec<Truth>,
+}
+
+/// A traced case's report, once the run itself is known good (both exits, nothing lost, the
+/// right Go release), with the fixture's own tally of its maps.
+fn traced_report(case: &Case, version: &str) -> anyhow::Result<Traced> {
     let context = || format!("{}: gomaptrace said {:#?}", case.name, case.tracer);
     if !case.problems.is_empty() {
         bail!("{}; {}", case.problems.join("; "), context());
@@ -134,12 +216,10 @@ pub fn check_traced(case: &Case, version: &str) -> anyhow::Result<Passed> {
     if truths.is_empty() {
         bail!("the fixture reported no maps: {:#?}", case.fixture);
     }
-    for truth in &truths {
-        check_map(&report, truth)?;
-    }
-    Ok(Passed {
-        maps: truths.len(),
+    Ok(Traced {
+        report,
         go_version,
+        truths,
     })
 }
 
@@ -161,7 +241,7 @@ pub fn check_refused(case: &Case) -> anyhow::Result<String> {
 }
 
 /// The fixture's `map key=value…` lines, each as its pairs.
-fn truths(lines: &[String]) -> Vec<Vec<(String, String)>> {
+fn truths(lines: &[String]) -> Vec<Truth> {
     lines
         .iter()
         .filter_map(|line| line.strip_prefix("map "))
@@ -174,25 +254,35 @@ fn truths(lines: &[String]) -> Vec<Vec<(String, String)>> {
         .collect()
 }
 
-fn check_map(report: &Value, truth: &[(String, String)]) -> anyhow::Result<()> {
-    let field = |key: &str| -> anyhow::Result<&str> {
-        truth
-            .iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
-            .with_context(|| format!("fixture line without {key}: {truth:?}"))
-    };
-    let number = |key: &str| -> anyhow::Result<u64> {
-        field(key)?
-            .parse()
-            .with_context(|| format!("{key} is no number: {truth:?}"))
-    };
-    let (name, addr) = (field("name")?, field("addr")?);
-    let map = report["maps"]
-        .as_array()
-        .context("the report has no maps array")?
+/// The value of `key` on a fixture's map line.
+fn field<'t>(truth: &'t [(String, String)], key: &str) -> anyhow::Result<&'t str> {
+    truth
+        .iter()
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.as_str())
+        .with_context(|| format!("fixture line without {key}: {truth:?}"))
+}
+
+/// The number `key` on a fixture's map line.
+fn number(truth: &[(String, String)], key: &str) -> anyhow::Result<u64> {
+    field(truth, key)?
+        .parse()
+        .with_context(|| format!("{key} is no number: {truth:?}"))
+}
+
+/// The report's live map at `addr`.
+fn live_map<'r>(report: &'r Value, addr: &str) -> Option<&'r Value> {
+    report["maps"]
+        .as_array()?
         .iter()
         .find(|map| map["addr"] == addr && map["released"] == false)
+}
+
+fn check_map(report: &Value, truth: &[(String, String)]) -> anyhow::Result<()> {
+    let field = |key: &str| field(truth, key);
+    let number = |key: &str| number(truth, key);
+    let (name, addr) = (field("name")?, field("addr")?);
+    let map = live_map(report, addr)
         .with_context(|| format!("no live map at {addr} ({name}) in the report"))?;
     let mut expected: Vec<(&str, Value)> = vec![
         ("live", number("len")?.into()),
@@ -346,5 +436,15 @@ mod tests {
         );
         assert_eq!(case.report, "aGVsbG8=");
         assert!(check_traced(case, "1.23.9").is_err(), "hello is no gzip");
+    }
+
+    #[test]
+    fn grouped_links_come_with_6_6() {
+        assert!(!takes_grouped_links("6.1.0-57-amd64"));
+        assert!(!takes_grouped_links("5.10.0-35-amd64"));
+        assert!(takes_grouped_links("6.6.0"));
+        assert!(takes_grouped_links("6.12.57+deb12-arm64"));
+        assert!(takes_grouped_links("7.0.1"));
+        assert!(!takes_grouped_links(""));
     }
 }

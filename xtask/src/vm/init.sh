@@ -1,8 +1,9 @@
 #!/bin/busybox sh
 # The guest's /init (cargo xtask vm-test): mounts what gomaptrace needs, traces every fixture
 # under /fixtures the way tests/tests/trace.rs does (start it, wait for "ready", attach, let it
-# run its operations, Ctrl-C the tracer, close its stdin), prints what the host checks, then
-# powers off. Every line the host reads starts with "vm: ", "fixture: ", "tracer: " or
+# run its operations, Ctrl-C the tracer, close its stdin), then again in sampled mode (case
+# name + "-sampled", kept on for two more periods so that windows open again after a
+# detach), prints what the host checks, then powers off. Every line the host reads starts with "vm: ", "fixture: ", "tracer: " or
 # "b64: "; kernel messages in between are ignored. The report travels gzipped and in base64,
 # so that a line the console mangled fails to decode instead of passing as another number.
 /bin/busybox mkdir -p /bin /proc /sys /dev /tmp
@@ -27,8 +28,10 @@ wait_for() {
     done
 }
 
+# run_case FIXTURE MODE: MODE is exact or sampled.
 run_case() {
     name=$(basename "$1")
+    [ "$2" = sampled ] && name="$name-sampled"
     echo "vm: case $name"
     started=$(date +%s)
     rm -f /tmp/in /tmp/out /tmp/err /tmp/report.json
@@ -40,7 +43,12 @@ run_case() {
     if ! wait_for /tmp/out '^ready$' 120; then
         echo "vm: problem $name: the fixture never said ready"
     else
-        /gomaptrace --pid "$fixture" --json /tmp/report.json 2>/tmp/err >/dev/null &
+        if [ "$2" = sampled ]; then
+            /gomaptrace --pid "$fixture" --json /tmp/report.json --mode sampled \
+                --window 300ms --period 1s --poll 250ms 2>/tmp/err >/dev/null &
+        else
+            /gomaptrace --pid "$fixture" --json /tmp/report.json 2>/tmp/err >/dev/null &
+        fi
         tracer=$!
         if ! wait_for /tmp/err 'attached\|error' 300; then
             echo "vm: problem $name: gomaptrace neither attached nor failed"
@@ -49,6 +57,7 @@ run_case() {
             echo go >&3
             if wait_for /tmp/out '^done$' 300; then
                 ran=yes
+                [ "$2" = sampled ] && sleep 2
             else
                 echo "vm: problem $name: the fixture never said done"
             fi
@@ -72,7 +81,10 @@ run_case() {
 }
 
 for fixture in /fixtures/*; do
-    run_case "$fixture"
+    run_case "$fixture" exact
+done
+for fixture in /fixtures/*; do
+    run_case "$fixture" sampled
 done
 echo "vm: finished"
 poweroff -f
