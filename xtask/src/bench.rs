@@ -84,10 +84,10 @@ pub struct BenchOptions {
     /// --floor`) or any `gomaptrace --mode` (e.g. `exact`, `sampled`).
     #[arg(long, default_value = "untraced,floor,exact,sampled")]
     pub service_modes: String,
-    /// Service phase: seconds of counted load per run. Three periods of `--mode sampled`'s
-    /// default schedule (a 200 ms window every 10 s), so that its runs pay for their windows
+    /// Service phase: seconds of counted load per run. Two periods of `--mode sampled`'s
+    /// default schedule (a 200 ms window every 20 s), so that its runs pay for their windows
     /// in proportion, not for one window in a short run or none.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 40.0)]
     pub service_seconds: f64,
     /// Service phase: the load generator's concurrent keep-alive connections.
     #[arg(long, default_value_t = 8)]
