@@ -408,7 +408,11 @@ impl Model {
             self.wake(event.map, header, now);
         }
         let known = self.maps.get(&event.map);
-        if readable && known.is_some_and(|record| !record.owns(header)) {
+        if readable
+            && known.is_some_and(|record| {
+                !record.owns(header) && !record.reseeded_unseen(header, event.map_type)
+            })
+        {
             self.begin(MapRecord::new(event.map, false, header, now));
         }
         let record = self

@@ -208,6 +208,19 @@ impl MapRecord {
         self.seed_pending || header.seed == self.seed || reseeded
     }
 
+    /// Whether `header`, the first event of a new discovery window (`--mode sampled`) on a
+    /// map of `map_type`, is this map emptied and reseeded while no probe looked (the runtime
+    /// reseeds a map a delete or clear empties, and a busy map fills again at once): the
+    /// same type, and storage no smaller than before (Go never shrinks a map). A poll takes
+    /// a new seed the same way ([`super::Model::poll`]); memory handed to another map of the
+    /// same type between two looks is left to the heap check, as it is for polls.
+    pub(super) fn reseeded_unseen(&self, header: MapHeader, map_type: u64) -> bool {
+        self.baseline_due
+            && self.map_type != 0
+            && self.map_type == map_type
+            && header.log2_buckets >= self.log2_buckets
+    }
+
     /// Whether `header`, read from memory the map may no longer own, is its own last state:
     /// its exact seed, and a count its pending operation explains. Freed memory can be
     /// reused, zeroed or returned to the system at any time, so anything else is not used.
@@ -273,6 +286,8 @@ impl MapRecord {
     pub(super) fn rebase(&mut self, header: MapHeader, now: u64) {
         self.baseline_due = false;
         self.abandon();
+        self.seed = header.seed;
+        self.seed_pending = false;
         self.live = header.count;
         self.peak = self.peak.max(header.count);
         self.series.record(now, header.count);

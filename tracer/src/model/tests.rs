@@ -188,6 +188,48 @@ fn once_the_probes_start_going_events_settle_nothing() {
 }
 
 #[test]
+fn a_map_emptied_between_windows_goes_on_as_the_same_map() {
+    const TYPE: u64 = 0x4a_0000;
+    let typed = |kind, count, seed, at| MapEvent {
+        map_type: TYPE,
+        ..event(kind, count, seed, at)
+    };
+    let mut model = swiss();
+    for (at, count) in (0..5).enumerate() {
+        model
+            .observe(&typed(kind::ASSIGN, count, SEED, at as u64))
+            .unwrap();
+    }
+    model.freeze(10);
+    // Between windows the map is emptied (the runtime reseeds it) and filled again: the
+    // next window's first event reads a new seed on a map of the same type.
+    model.rearm(20);
+    model
+        .observe(&typed(kind::ASSIGN, 3, SEED + 1, 21))
+        .unwrap();
+    model
+        .observe(&typed(kind::ASSIGN, 4, SEED + 1, 22))
+        .unwrap();
+    let map = only(&model);
+    assert_eq!((map.first_seen_ns, map.live, map.unexplained), (0, 4, 0));
+    assert_eq!(map.seed, SEED + 1);
+    // A map of another type at the address is another map, window or not.
+    model.freeze(30);
+    model.rearm(40);
+    model
+        .observe(&MapEvent {
+            map_type: TYPE + 8,
+            ..event(kind::ASSIGN, 0, SEED + 2, 41)
+        })
+        .unwrap();
+    let maps = model.maps();
+    assert_eq!(maps.len(), 2, "{maps:#?}");
+    assert!(maps
+        .iter()
+        .any(|map| map.is_released() && map.first_seen_ns == 0));
+}
+
+#[test]
 fn a_foreign_header_does_not_settle_a_map() {
     let mut model = replay(&[(kind::ASSIGN, 3)]);
     model.settle_with_header(
