@@ -100,7 +100,6 @@ pub enum Linking {
 /// Attached probes; dropping this value detaches them all.
 pub struct Probes {
     ebpf: Ebpf,
-    attached: usize,
     /// Every live uprobe, so that they can be detached without unloading anything (see
     /// [`Probes::take_links`]).
     links: Links,
@@ -241,7 +240,6 @@ impl Probes {
         };
         let mut probes = Probes {
             ebpf,
-            attached: 0,
             links: Links::PerSite(Vec::new()),
             grouped: None,
             linked: PER_SITE.to_string(),
@@ -249,7 +247,6 @@ impl Probes {
         match grouped {
             Some(Ok(grouped)) => match grouped.attach(plan, exe, pid.get()) {
                 Ok(links) => {
-                    probes.attached = plan.sites.len();
                     probes.links = Links::Grouped(links);
                     probes.grouped = Some(grouped);
                     probes.linked = GROUPED.to_string();
@@ -278,14 +275,16 @@ impl Probes {
                 links.push((program, attach_site(uprobe, program, site, exe, pid)?));
             }
         }
-        probes.attached = links.len();
         probes.links = Links::PerSite(links);
         Ok((probes, outputs))
     }
 
     /// How many uprobes are live.
     pub fn attached(&self) -> usize {
-        self.attached
+        match &self.links {
+            Links::PerSite(links) => links.len(),
+            Links::Grouped(links) => links.sites(),
+        }
     }
 
     /// Whether the probes are grouped links: attaching them again needs only the `bpf`
@@ -303,7 +302,6 @@ impl Probes {
     /// Takes every live uprobe off its program, programs and maps staying loaded; the
     /// uprobes stay in place (and trap) until the returned value is dropped.
     pub fn take_links(&mut self) -> Result<Detaching, ProbeError> {
-        self.attached = 0;
         let taken = match std::mem::replace(&mut self.links, Links::PerSite(Vec::new())) {
             Links::Grouped(links) => return Ok(Detaching::Grouped(links)),
             Links::PerSite(links) => links,
@@ -328,7 +326,6 @@ impl Probes {
         let pid = NonZeroU32::new(pid).ok_or(ProbeError::PidZero)?;
         if let Some(grouped) = &self.grouped {
             self.links = Links::Grouped(grouped.attach(plan, exe, pid.get())?);
-            self.attached = plan.sites.len();
             return Ok(());
         }
         let mut links = Vec::with_capacity(plan.sites.len());
@@ -337,7 +334,6 @@ impl Probes {
             let uprobe = uprobe(&mut self.ebpf, program)?;
             links.push((program, attach_site(uprobe, program, site, exe, pid)?));
         }
-        self.attached = links.len();
         self.links = Links::PerSite(links);
         Ok(())
     }

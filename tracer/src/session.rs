@@ -135,6 +135,13 @@ pub struct Options {
     pub sampling: Option<crate::sampled::Schedule>,
 }
 
+impl Options {
+    /// The schedule the trace follows: `sampling`, unless `floor` overrides it.
+    fn sampled(&self) -> Option<crate::sampled::Schedule> {
+        self.sampling.filter(|_| !self.floor)
+    }
+}
+
 /// What the caller learns once the probes are live.
 #[derive(Clone, Debug)]
 pub struct Attached {
@@ -290,7 +297,7 @@ fn prepare(
         }
     };
     // Sampled windows attach and detach every period: grouped links make that cheap.
-    let linking = match options.sampling.filter(|_| !options.floor) {
+    let linking = match options.sampled() {
         Some(_) => Linking::Grouped,
         None => Linking::PerSite,
     };
@@ -349,8 +356,7 @@ async fn follow_attached(
     // From here on only target-controlled bytes are parsed, and only sampled mode's windows
     // attach again: grouped links need nothing but the `bpf` call (`CAP_BPF`, kept), per-site
     // uprobes perf events.
-    let sampled = options.sampling.is_some() && !options.floor;
-    privileges::drop_after_attach(sampled && !probes.grouped())?;
+    privileges::drop_after_attach(options.sampled().is_some() && !probes.grouped())?;
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -383,11 +389,8 @@ async fn follow_attached(
         } else {
             options.sample_one_in
         },
-        sampling: options.sampling.filter(|_| !options.floor),
-        probe_links: options
-            .sampling
-            .filter(|_| !options.floor)
-            .map(|_| probes.linked().to_string()),
+        sampling: options.sampled(),
+        probe_links: options.sampled().map(|_| probes.linked().to_string()),
     };
     let setup_sampled = setup.sampling.is_some();
     let mut pipeline = Pipeline::new(setup, recorder);
@@ -423,7 +426,7 @@ async fn follow_attached(
         drops_at: Instant::now(),
     };
     feed.read_resident();
-    let stop_reason = match options.sampling.filter(|_| !options.floor) {
+    let stop_reason = match options.sampled() {
         Some(schedule) => {
             let exe = inspected.target.exe_link();
             let mut windows = sampled::Windows::new(schedule, &mut probes, &plan, exe, pid);

@@ -62,13 +62,22 @@ pub struct GroupedPrograms {
 }
 
 /// Grouped links in place: dropping one removes its sites.
-pub struct GroupedLinks(Vec<OwnedFd>);
+pub struct GroupedLinks {
+    links: Vec<OwnedFd>,
+    /// Plan sites the links hold, all together.
+    sites: usize,
+}
 
 impl GroupedLinks {
+    /// How many sites the links hold.
+    pub fn sites(&self) -> usize {
+        self.sites
+    }
+
     /// Removes every link, each on a thread of its own, so that their grace periods overlap.
     pub fn detach(self) {
         std::thread::scope(|scope| {
-            for link in self.0 {
+            for link in self.links {
                 scope.spawn(move || drop(link));
             }
         });
@@ -152,7 +161,10 @@ impl GroupedPrograms {
                 })?;
             links.push(link);
         }
-        Ok(GroupedLinks(links))
+        Ok(GroupedLinks {
+            links,
+            sites: plan.sites.len(),
+        })
     }
 }
 
