@@ -53,11 +53,15 @@ fn patched_code_bytes(pid: u32) -> usize {
     differing
 }
 
-/// Waits until no probe is left in process `pid` (the kernel detaches a killed tracer's
-/// probes as it closes its file descriptors, which takes a moment per probe).
-fn wait_until_no_probe_is_left(pid: u32) {
+/// How long a child forked by another test may hold this process's descriptors: from its
+/// fork to its exec.
+const INHERITED_DESCRIPTORS_CLOSE: Duration = Duration::from_secs(2);
+
+/// Waits up to `within` until no probe is left in process `pid` (the kernel detaches a
+/// killed tracer's probes as it closes its file descriptors, which takes a moment per probe).
+fn wait_until_no_probe_is_left(pid: u32, within: Duration) {
     let start = Instant::now();
-    let deadline = start + STEP_TIMEOUT;
+    let deadline = start + within;
     loop {
         let patched = patched_code_bytes(pid);
         if patched == 0 {
@@ -189,7 +193,7 @@ fn gomaptrace_killed_leaves_the_target_unharmed_and_no_probe_behind() {
         std::os::unix::process::ExitStatusExt::signal(&killed),
         Some(9)
     );
-    wait_until_no_probe_is_left(pid);
+    wait_until_no_probe_is_left(pid, STEP_TIMEOUT);
     assert_eq!(tracefs_uprobes(), uprobes_before);
 
     let watched = observable(&fixture.run_operations());
@@ -293,7 +297,7 @@ fn attach_fails_halfway(linking: Linking) {
     );
     probes.detach();
     drop(outputs);
-    assert_eq!(patched_code_bytes(pid), 0, "{linking:?}");
+    wait_until_no_probe_is_left(pid, INHERITED_DESCRIPTORS_CLOSE);
 
     // The last program attached gets a site past the end of the file, which the kernel
     // refuses: every other probe is on by then.
@@ -316,11 +320,10 @@ fn attach_fails_halfway(linking: Linking) {
         Err(other) => panic!("failed for another reason ({linking:?}): {other}"),
         Ok(_) => panic!("a site past the end of the file was attached ({linking:?})"),
     }
-    assert_eq!(
-        patched_code_bytes(pid),
-        0,
-        "probes attached before the failure are gone as soon as attach returns ({linking:?})"
-    );
+    // Probes attached before the failure are gone once attach returns. Allowed a moment
+    // only because this test binary is multi-threaded: a child another test forks meanwhile
+    // holds copies of the probes' descriptors until it execs, and closes the last of them.
+    wait_until_no_probe_is_left(pid, INHERITED_DESCRIPTORS_CLOSE);
     assert!(fixture.kill().signal_is(libc::SIGKILL));
 }
 
