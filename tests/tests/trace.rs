@@ -21,6 +21,14 @@ fn counts_match_ground_truth(version: &str, flavor: Flavor, env: &[(&str, &str)]
 
     assert_eq!(report["events"]["lost"], 0);
     assert_eq!(report["events"]["malformed"], 0);
+    // The fixture's mix repeats overwrites and deletes of missing keys: the BPF side folds
+    // them, and every fold reaches its map (the overwrites below are compared exactly).
+    assert!(
+        report["events"]["folded"].as_u64() > Some(0),
+        "{}",
+        report["events"]
+    );
+    assert_eq!(report["events"]["folded_uncredited"], 0);
     let go_version = report["target"]["go_version"].as_str().unwrap_or_default();
     assert!(
         go_version.starts_with(&format!("go{version}")),

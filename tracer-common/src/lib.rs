@@ -167,8 +167,11 @@ pub struct MapEvent {
     pub kind: u8,
     /// [`FLAG_COUNT_UNREADABLE`], [`FLAG_KEY_SAMPLED`], [`FLAG_SEED_PENDING`].
     pub flags: u8,
-    /// Explicit padding so that both sides agree on every byte.
-    pub _pad: [u8; 2],
+    /// Writes to this map the BPF side folded since its previous record: calls of the kind of
+    /// that record, without a sampled key, each finding the very header it found. Each proves
+    /// the write before it changed nothing (an overwrite, or a delete of a missing key), so
+    /// no record is needed for it; see [`writers::WriterState`].
+    pub folded: u16,
 }
 
 /// How many return addresses a creation records: enough to get past the runtime's and a
@@ -227,7 +230,7 @@ impl MapEvent {
             key_hash: u32::from_ne_bytes(key_hash),
             kind: bytes[44],
             flags: bytes[45],
-            _pad: [0; 2],
+            folded: u16::from_ne_bytes([bytes[46], bytes[47]]),
         })
     }
 }
@@ -307,9 +310,15 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` count of events dropped because the ring buffer was full.
     pub const LOST: &str = "LOST";
-    /// LRU hash: map address → writes seen (`u32`), which decides the writes that carry a
-    /// stack (see [`super::writers`]).
+    /// LRU hash: map address → [`super::writers::WriterState`], which decides the writes
+    /// that carry a stack and the writes that are folded.
     pub const WRITERS: &str = "WRITERS";
+    /// Array of one `u32`: 1 while writes may be folded (exact mode, set once the probes are
+    /// attached and cleared when the trace's window ends), else 0.
+    pub const FOLDING: &str = "FOLDING";
+    /// Per-CPU `u64` count of every write folded, so that userspace can tell how many
+    /// folds no record or final read credited (their `WRITERS` entry was evicted).
+    pub const FOLDED: &str = "FOLDED";
 }
 
 /// Names of the BPF programs, one per probe kind.
@@ -352,6 +361,53 @@ pub mod writers {
     pub const FIRST_WRITES: u32 = 4;
     /// After the first writes, one write in this many (a power of two) carries a stack.
     pub const SAMPLE_EVERY: u32 = 1024;
+
+    /// Most writes one record can say were folded (see [`super::MapEvent::folded`]); the
+    /// write after that many is sent.
+    pub const MAX_FOLDED: u16 = u16::MAX;
+
+    /// What the BPF side keeps per map address (the value of the `WRITERS` LRU hash).
+    ///
+    /// Besides the write counter that picks the writes with a stack, it holds the header
+    /// the map's last record found and that record's kind: a write of the same kind finding
+    /// the same header proves that the last write changed nothing, and is folded into
+    /// `folded` instead of being sent. The next record of the map (any kind the BPF side
+    /// sends for a map: assign, delete, clear, create, clone) carries the count. Folds an
+    /// evicted entry held are missing from every map, and counted: see
+    /// [`super::maps::FOLDED`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct WriterState {
+        /// Writes seen: decides the writes that carry a stack.
+        pub writes: u32,
+        /// Writes folded since the map's last record.
+        pub folded: u16,
+        /// Kind of the map's last record when later writes may fold into it, else 0.
+        pub kind: u8,
+        /// Explicit padding.
+        pub _pad: u8,
+        /// The element count the last record found.
+        pub count: u64,
+        /// The header's second word the last record found.
+        pub header_word: u64,
+    }
+
+    impl WriterState {
+        /// The entry's size in the BPF map.
+        pub const SIZE: usize = core::mem::size_of::<WriterState>();
+
+        /// Rebuilds an entry from the bytes userspace read out of the BPF map.
+        pub fn from_bytes(bytes: &[u8; WriterState::SIZE]) -> WriterState {
+            WriterState {
+                writes: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                folded: u16::from_ne_bytes([bytes[4], bytes[5]]),
+                kind: bytes[6],
+                _pad: 0,
+                count: super::word(bytes, 8),
+                header_word: super::word(bytes, 16),
+            }
+        }
+    }
 
     /// Whether the write that finds the map's counter at `seen` carries a stack.
     #[inline(always)]
@@ -424,8 +480,23 @@ mod tests {
             key_hash: 0x1234,
             kind: kind::ASSIGN,
             flags: FLAG_COUNT_UNREADABLE | FLAG_KEY_SAMPLED,
-            _pad: [0; 2],
+            folded: 0x1234,
         }
+    }
+
+    #[test]
+    fn decodes_write_states() {
+        let state = writers::WriterState {
+            writes: 0x0102_0304,
+            folded: 0x0506,
+            kind: kind::DELETE,
+            _pad: 0,
+            count: 9,
+            header_word: 0xdead_beef,
+        };
+        // SAFETY: WriterState is repr(C) plain data without padding.
+        let bytes: [u8; writers::WriterState::SIZE] = unsafe { core::mem::transmute(state) };
+        assert_eq!(writers::WriterState::from_bytes(&bytes), state);
     }
 
     #[test]

@@ -2,12 +2,17 @@
 //! (classic maps) or of `(*Map).Clear` (swiss maps, which `reflect.Value.Clear` calls
 //! directly). The attach cookie says which arguments hold the map and its type.
 //!
-//! Every entry goes at once, so the count before the call is all userspace needs.
+//! Every entry goes at once, so the count before the call is all userspace needs. The record
+//! carries the writes folded since the map's last one, and ends the fold (see `writers`).
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
-use crate::{emit::EmitError, entry::observe_entry};
+use crate::{
+    emit::{emit, EmitError},
+    entry::read_entry,
+    writers,
+};
 
 #[uprobe]
 pub fn map_clear(ctx: ProbeContext) -> u32 {
@@ -16,5 +21,7 @@ pub fn map_clear(ctx: ProbeContext) -> u32 {
 }
 
 fn try_map_clear(ctx: &ProbeContext) -> Result<(), EmitError> {
-    observe_entry(ctx, kind::CLEAR)
+    let mut observation = read_entry(ctx, kind::CLEAR);
+    observation.folded = writers::take_folded(observation.map);
+    emit(observation)
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use tracer_common::kind;
 
 use crate::{
-    emit::{emit_create, EmitError, Observation},
+    emit::{emit_create, read_header, EmitError, Observation},
     go_abi, writers,
 };
 
@@ -21,12 +21,14 @@ pub fn map_clone_ret(ctx: ProbeContext) -> u32 {
 fn try_map_clone_ret(ctx: &ProbeContext) -> Result<(), EmitError> {
     let caller = go_abi::return_address(ctx);
     let map = go_abi::first_result(ctx);
-    writers::mark_created(map);
+    let folded = writers::mark_created(map);
     let observation = Observation {
         kind: kind::CLONE,
         map,
         map_type: 0,
         key_hash: None,
+        header: read_header(ctx, map),
+        folded,
     };
     emit_create(ctx, observation, caller, 0)
 }

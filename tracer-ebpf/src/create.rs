@@ -13,7 +13,7 @@ use tracer_common::{cookie, kind, FLAG_SEED_PENDING};
 
 use crate::{
     diagnostics,
-    emit::{emit_create, EmitError, Observation},
+    emit::{emit_create, read_header, EmitError, Observation},
     go_abi, writers,
 };
 
@@ -39,12 +39,14 @@ fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
     } else {
         (go_abi::first_result(ctx), go_abi::return_address(ctx), 0)
     };
-    writers::mark_created(map);
+    let folded = writers::mark_created(map);
     let observation = Observation {
         kind: kind::CREATE,
         map,
         map_type: 0,
         key_hash: None,
+        header: read_header(ctx, map),
+        folded,
     };
     emit_create(ctx, observation, caller, flags)
 }

@@ -38,14 +38,32 @@ pub struct Observation {
     pub map_type: u64,
     /// The salted key hash when the key is sampled.
     pub key_hash: Option<u32>,
+    /// The map's header (count and second word) when the probe fired; `None` when it could
+    /// not be read.
+    pub header: Option<[u64; 2]>,
+    /// Writes folded since the map's last record (see `tracer_common::MapEvent::folded`).
+    pub folded: u16,
 }
 
-/// Records one observation of the map: its header (count and seed) right now.
+/// Reads the map's header (count and second word), `None` when it cannot be read.
+#[inline(always)]
+pub fn read_header(ctx: &ProbeContext, map: u64) -> Option<[u64; 2]> {
+    // SAFETY: a faulting user read returns an error instead of faulting the kernel.
+    match unsafe { bpf_probe_read_user(map as *const [u64; 2]) } {
+        Ok(header) => Some(header),
+        Err(errno) => {
+            diagnostics::header_unreadable(ctx, map, errno.into());
+            None
+        }
+    }
+}
+
+/// Records one observation of the map: its header (count and seed) when the probe fired.
 ///
 /// A nil map (`map == 0`) is not an observation: deletes from a nil map are no-ops and
 /// assignments to one panic before touching anything.
 #[inline(always)]
-pub fn emit(ctx: &ProbeContext, observation: Observation) -> Result<(), EmitError> {
+pub fn emit(observation: Observation) -> Result<(), EmitError> {
     if observation.map == 0 {
         return Ok(());
     }
@@ -53,7 +71,7 @@ pub fn emit(ctx: &ProbeContext, observation: Observation) -> Result<(), EmitErro
         count_lost();
         return Err(EmitError::RingFull);
     };
-    entry.write(event(ctx, &observation, 0));
+    entry.write(event(&observation, 0));
     entry.submit(wakeup_policy());
     Ok(())
 }
@@ -81,7 +99,7 @@ pub fn emit_create(
     // field is written before submit, the stack by the helper (which zero-fills what it
     // does not write when the walk is short).
     unsafe {
-        core::ptr::addr_of_mut!((*record).event).write(event(ctx, &observation, flags));
+        core::ptr::addr_of_mut!((*record).event).write(event(&observation, flags));
         core::ptr::addr_of_mut!((*record).caller).write(caller);
         core::ptr::addr_of_mut!((*record)._pad).write(0);
         let written = bpf_get_stack(
@@ -100,18 +118,13 @@ pub fn emit_create(
     Ok(())
 }
 
-/// Reads the header and fills in the record.
+/// Fills in the record.
 #[inline(always)]
-fn event(ctx: &ProbeContext, observation: &Observation, flags: u8) -> MapEvent {
-    // SAFETY: a faulting user read returns an error instead of faulting the kernel.
-    let (header, unreadable) =
-        match unsafe { bpf_probe_read_user(observation.map as *const [u64; 2]) } {
-            Ok(header) => (header, 0),
-            Err(errno) => {
-                diagnostics::header_unreadable(ctx, observation.map, errno.into());
-                ([0, 0], FLAG_COUNT_UNREADABLE)
-            }
-        };
+fn event(observation: &Observation, flags: u8) -> MapEvent {
+    let (header, unreadable) = match observation.header {
+        Some(header) => (header, 0),
+        None => ([0, 0], FLAG_COUNT_UNREADABLE),
+    };
     let (key_hash, sampled) = match observation.key_hash {
         Some(hash) => (hash, FLAG_KEY_SAMPLED),
         None => (0, 0),
@@ -126,7 +139,7 @@ fn event(ctx: &ProbeContext, observation: &Observation, flags: u8) -> MapEvent {
         key_hash,
         kind: observation.kind,
         flags: flags | unreadable | sampled,
-        _pad: [0; 2],
+        folded: observation.folded,
     }
 }
 

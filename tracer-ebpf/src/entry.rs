@@ -5,7 +5,7 @@ use aya_ebpf::programs::ProbeContext;
 use tracer_common::cookie;
 
 use crate::{
-    emit::{emit, EmitError, Observation},
+    emit::{emit, read_header, EmitError, Observation},
     go_abi::{self, Arguments},
     key_hash::sampled_key_hash,
 };
@@ -13,7 +13,7 @@ use crate::{
 /// Records an entry into a map function of `kind`.
 #[inline(always)]
 pub fn observe_entry(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
-    emit(ctx, read_entry(ctx, kind))
+    emit(read_entry(ctx, kind))
 }
 
 /// What an entry into a map function of `kind` sees, before it becomes a record.
@@ -22,10 +22,17 @@ pub fn read_entry(ctx: &ProbeContext, kind: u8) -> Observation {
     let cookie = go_abi::cookie(ctx);
     let arguments = Arguments::read(ctx);
     let map_type = arguments.get(cookie::map_type(cookie));
+    let map = arguments.get(cookie::map(cookie));
     Observation {
         kind,
-        map: arguments.get(cookie::map(cookie)),
+        map,
         map_type,
         key_hash: sampled_key_hash(cookie::key(cookie), &arguments, map_type),
+        header: if map == 0 {
+            None
+        } else {
+            read_header(ctx, map)
+        },
+        folded: 0,
     }
 }

@@ -1,33 +1,112 @@
-//! Writer stacks: which code writes to a map, for maps whose creation was not seen.
+//! Per-map write state: which writes carry a stack, and which are folded instead of sent.
 //!
-//! A map made before the trace has no creation stack, so the only way to point at it in the
+//! Writer stacks say which code writes to a map, for maps whose creation was not seen: a map
+//! made before the trace has no creation stack, so the only way to point at it in the
 //! program's source is the code that writes to it. Taking a stack per write would cost every
-//! assign a `bpf_get_stack` and a 320-byte record, so one counter per map address (`WRITERS`,
+//! assign a `bpf_get_stack` and a 320-byte record, so one entry per map address (`WRITERS`,
 //! one lookup per write) picks the writes that carry one: the first few of each map, then a
 //! sparse sample (`tracer_common::writers`). Creation and clone probes start their map's
 //! counter past the first writes, so per-request maps never pay the dense part.
+//!
+//! The same entry folds writes that carry no news (`tracer_common::writers::WriterState`): a
+//! write of the kind of the map's last record that finds the header that record found is
+//! counted there, not sent. Each such write costs a lookup instead of a ring-buffer record
+//! and a clock read, which is most of a traced overwrite's cost.
 
-use aya_ebpf::{macros::map, maps::LruHashMap, programs::ProbeContext};
-use tracer_common::writers;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::ProbeContext,
+};
+use tracer_common::writers::{self, WriterState, MAX_FOLDED};
 
 use crate::{
-    emit::{emit, emit_create, EmitError},
+    emit::{emit, emit_create, EmitError, Observation},
     entry::read_entry,
     go_abi,
 };
 
-/// Map address → writes seen. LRU, so that it stays bounded whatever the target does: a map
-/// evicted and written again starts over with its first writes.
+/// Map address → its write state. LRU, so that it stays bounded whatever the target does: a
+/// map evicted and written again starts over with its first writes, and the folds the entry
+/// held are lost (counted in `FOLDED` all the same, so userspace sees the difference).
 #[map]
-static WRITERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(writers::MAPS, 0);
+static WRITERS: LruHashMap<u64, WriterState> = LruHashMap::with_max_entries(writers::MAPS, 0);
 
-/// Records an assign or delete entry of `kind`, with the writer's call stack when the map's
-/// counter samples this write.
+/// See `tracer_common::maps::FOLDING`.
+#[map]
+static FOLDING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// See `tracer_common::maps::FOLDED`.
+#[map]
+static FOLDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records an assign or delete entry of `kind`: folded when it repeats the map's last record,
+/// else sent, with the writer's call stack when the map's counter samples this write.
 #[inline(always)]
 pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
-    let observation = read_entry(ctx, kind);
-    if observation.map == 0 || !count_write(observation.map) {
-        return emit(ctx, observation);
+    let mut observation = read_entry(ctx, kind);
+    if observation.map == 0 {
+        return Ok(());
+    }
+    let Some(state) = WRITERS.get_ptr_mut(observation.map) else {
+        // A failed insert only means the next write tries again.
+        let _ = WRITERS.insert(observation.map, fresh_state(&observation, 1), 0);
+        return send(ctx, observation, writers::sampled(0));
+    };
+    // SAFETY: the pointer is to this map's entry; Go serialises writes to one map, so no
+    // other program updates it meanwhile (a racing program loses at most a sample or a fold).
+    let state = unsafe { &mut *state };
+    let seen = state.writes;
+    state.writes = seen.wrapping_add(1);
+    let with_stack = writers::sampled(seen);
+    if !with_stack && folds_into(state, &observation) {
+        state.folded += 1;
+        count_fold();
+        return Ok(());
+    }
+    observation.folded = state.folded;
+    *state = fresh_state(&observation, state.writes);
+    send(ctx, observation, with_stack)
+}
+
+/// Whether this write repeats the map's last record: same kind, same header, no sampled key
+/// (whose fate userspace must learn from the next header), and folding on.
+#[inline(always)]
+fn folds_into(state: &WriterState, observation: &Observation) -> bool {
+    let Some([count, header_word]) = observation.header else {
+        return false;
+    };
+    state.kind == observation.kind
+        && state.count == count
+        && state.header_word == header_word
+        && state.folded < MAX_FOLDED
+        && observation.key_hash.is_none()
+        && folding()
+}
+
+/// The state a record leaves: later writes fold into it unless it carried a sampled key or
+/// no header.
+#[inline(always)]
+fn fresh_state(observation: &Observation, writes: u32) -> WriterState {
+    let ([count, header_word], kind) = match (observation.header, observation.key_hash) {
+        (Some(header), None) => (header, observation.kind),
+        _ => ([0, 0], 0),
+    };
+    WriterState {
+        writes,
+        folded: 0,
+        kind,
+        _pad: 0,
+        count,
+        header_word,
+    }
+}
+
+/// Sends the write, with its stack when sampled.
+#[inline(always)]
+fn send(ctx: &ProbeContext, observation: Observation, with_stack: bool) -> Result<(), EmitError> {
+    if !with_stack {
+        return emit(observation);
     }
     // The probe sits before the callee pushes its frame (right after the stack check), so the
     // frame-pointer walk starts at the caller's caller: the direct caller is the return
@@ -36,29 +115,53 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     emit_create(ctx, observation, caller, 0)
 }
 
-/// Counts one write to `map`; true when it carries a stack.
 #[inline(always)]
-fn count_write(map: u64) -> bool {
-    match WRITERS.get_ptr_mut(map) {
-        Some(seen) => {
-            // SAFETY: the pointer is to this map's value; Go serialises writes to one map, and
-            // a lost increment would only move the sample by one write.
-            let previous = unsafe { *seen };
-            unsafe { *seen = previous.wrapping_add(1) };
-            writers::sampled(previous)
-        }
-        None => {
-            // A failed insert only means the next write tries again.
-            let _ = WRITERS.insert(map, 1, 0);
-            writers::sampled(0)
-        }
+fn folding() -> bool {
+    FOLDING.get(0).is_some_and(|on| *on != 0)
+}
+
+#[inline(always)]
+fn count_fold() {
+    if let Some(folded) = FOLDED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, so no other program writes it concurrently.
+        unsafe { *folded += 1 };
     }
 }
 
-/// A creation (or clone) of `map` was seen: its writes only need the sparse sample.
+/// A creation (or clone) of `map` was seen: its writes only need the sparse sample, and the
+/// folds of the map that was at this address before go with this record.
 #[inline(always)]
-pub fn mark_created(map: u64) {
-    if map != 0 {
-        let _ = WRITERS.insert(map, writers::FIRST_WRITES, 0);
+pub fn mark_created(map: u64) -> u16 {
+    if map == 0 {
+        return 0;
     }
+    let folded = take_folded(map);
+    let _ = WRITERS.insert(map, fresh_created(), 0);
+    folded
+}
+
+#[inline(always)]
+fn fresh_created() -> WriterState {
+    WriterState {
+        writes: writers::FIRST_WRITES,
+        ..WriterState::default()
+    }
+}
+
+/// Takes the map's folded writes for a record of another kind (a clear), which also ends the
+/// fold: the next write is sent.
+#[inline(always)]
+pub fn take_folded(map: u64) -> u16 {
+    if map == 0 {
+        return 0;
+    }
+    let Some(state) = WRITERS.get_ptr_mut(map) else {
+        return 0;
+    };
+    // SAFETY: as in `observe_write`.
+    let state = unsafe { &mut *state };
+    let folded = state.folded;
+    state.folded = 0;
+    state.kind = 0;
+    folded
 }

@@ -145,6 +145,14 @@ pub enum SessionInput {
         #[serde(default)]
         took_ms: f64,
     },
+    /// The probes are gone: the BPF side's count of folded writes, and the folds it still
+    /// held (see [`crate::model::HeldFolds`]).
+    Folds {
+        /// Every write folded.
+        total: u64,
+        /// Folds no record carried, map by map.
+        held: Vec<crate::model::HeldFolds>,
+    },
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -350,6 +358,7 @@ impl Pipeline {
                 self.model.freeze(end_ns);
             }
             SessionInput::HeaderRead { addr, words } => self.model.settle_with_read(addr, words),
+            SessionInput::Folds { total, held } => self.model.held_folds(total, &held),
             SessionInput::Resident { peak_bytes } => {
                 self.setup.target.peak_rss_bytes = Some(peak_bytes)
             }
@@ -608,7 +617,7 @@ pub(crate) mod tests {
             key_hash: 0,
             kind,
             flags: 0,
-            _pad: [0; 2],
+            folded: 0,
         };
         // SAFETY: MapEvent is repr(C) plain data, as the ring buffer carries it.
         let bytes: [u8; MapEvent::SIZE] = unsafe { std::mem::transmute(event) };

@@ -6,13 +6,13 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{
     UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope,
 };
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
-use tracer_common::{globals, maps, LOST_SLOT};
+use tracer_common::{globals, maps, writers::WriterState, LOST_SLOT};
 
 use crate::plan::{ProbeKind, ProbePlan};
 
@@ -151,6 +151,61 @@ pub struct Outputs {
     pub diagnostics: Option<crate::diagnostics::Diagnostics>,
     /// Per-CPU count of events the ring buffer had no room for.
     pub lost: PerCpuArray<MapData, u64>,
+    /// The writes the programs fold instead of sending.
+    pub folds: Folds,
+}
+
+/// The BPF side's folded writes (see `tracer_common::writers::WriterState`): switched on for
+/// exact mode once attached, off when the window ends, and read back once the probes are
+/// gone, so that the folds no record carried are still credited.
+pub struct Folds {
+    switch: Array<MapData, u32>,
+    total: PerCpuArray<MapData, u64>,
+    states: HashMap<MapData, u64, [u8; WriterState::SIZE]>,
+}
+
+impl Folds {
+    fn take(ebpf: &mut Ebpf) -> Result<Folds, ProbeError> {
+        Ok(Folds {
+            switch: take_map(ebpf, maps::FOLDING)?,
+            total: take_map(ebpf, maps::FOLDED)?,
+            states: take_map(ebpf, maps::WRITERS)?,
+        })
+    }
+
+    /// Lets the programs fold writes, or makes them send every write from now on.
+    pub fn set(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.switch
+            .set(0, u32::from(on), 0)
+            .map_err(|source| map_error(maps::FOLDING, source))
+    }
+
+    /// Every write folded so far, summed over CPUs.
+    pub fn total(&self) -> Result<u64, ProbeError> {
+        let per_cpu = self
+            .total
+            .get(&0, 0)
+            .map_err(|source| map_error(maps::FOLDED, source))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// The write states that still hold folds, by map address. Only meaningful once no
+    /// probe runs: read while writes go on, a state may change under the read.
+    pub fn held(&self) -> Vec<(u64, WriterState)> {
+        self.states
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(addr, bytes)| (addr, WriterState::from_bytes(&bytes)))
+            .filter(|(_, state)| state.folded > 0)
+            .collect()
+    }
+}
+
+fn map_error(name: &'static str, source: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 impl Outputs {
@@ -159,10 +214,7 @@ impl Outputs {
         let per_cpu = self
             .lost
             .get(&LOST_SLOT, 0)
-            .map_err(|source| ProbeError::Map {
-                name: maps::LOST,
-                source: Box::new(source),
-            })?;
+            .map_err(|source| map_error(maps::LOST, source))?;
         Ok(per_cpu.iter().sum())
     }
 }
@@ -232,6 +284,7 @@ impl Probes {
         let outputs = Outputs {
             events: take_map(&mut ebpf, maps::EVENTS)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
+            folds: Folds::take(&mut ebpf)?,
             diagnostics: if verbose {
                 Some(crate::diagnostics::Diagnostics::take(&mut ebpf)?)
             } else {
@@ -389,8 +442,5 @@ where
     M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
-    M::try_from(map).map_err(|source| ProbeError::Map {
-        name,
-        source: Box::new(source),
-    })
+    M::try_from(map).map_err(|source| map_error(name, source))
 }

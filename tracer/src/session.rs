@@ -16,7 +16,7 @@ use crate::memory::inventory::{self, Taken};
 use crate::memory::release::{self, Detector, Dropped};
 use crate::memory::roots::{Roots, RootsError};
 use crate::memory::scan::{self, ScanStats, Scanner};
-use crate::model::Model;
+use crate::model::{HeldFolds, Model};
 use crate::pipeline::{Pipeline, Recorder, RecordingError, SessionInput, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
 use crate::privileges::{self, DropError, PrivilegeError};
@@ -407,7 +407,14 @@ async fn follow_attached(
         events,
         lost,
         diagnostics,
+        mut folds,
     } = outputs;
+    // Exact mode folds the writes that repeat their map's last record; sampled mode's
+    // windows send every write (they are short, and their polls read counts anyway).
+    let folding = options.sampled().is_none() && !options.floor;
+    if folding {
+        folds.set(true)?;
+    }
     if let Some(diagnostics) = diagnostics {
         tokio::spawn(diagnostics.forward());
     }
@@ -440,6 +447,11 @@ async fn follow_attached(
     };
     // The window ends when the loop stops: waiting for the inventory and the last check of
     // dropped maps takes time, and what the program does meanwhile is not in the window.
+    // Folding stops first, so that every fold is from the window, and each map's next write
+    // carries its folds and settles its pending operation.
+    if folding {
+        folds.set(false)?;
+    }
     let end_ns = monotonic_ns();
     feed.note(SessionInput::Freeze { end_ns });
     feed.take_inventory(true);
@@ -455,10 +467,26 @@ async fn follow_attached(
     probes.detach();
     feed.drain(events.get_mut());
     feed.apply_drops();
+    if folding {
+        let held = folds
+            .held()
+            .into_iter()
+            .map(|(addr, state)| HeldFolds {
+                addr,
+                words: [state.count, state.header_word],
+                folded: u64::from(state.folded),
+            })
+            .collect();
+        feed.note(SessionInput::Folds {
+            total: folds.total()?,
+            held,
+        });
+    }
     let lost = Outputs {
         events: events.into_inner(),
         lost,
         diagnostics: None,
+        folds,
     }
     .lost()?;
     feed.settle_quiet_maps();

@@ -289,7 +289,7 @@ mod tests {
                     key_hash: 0,
                     kind,
                     flags: 0,
-                    _pad: [0; 2],
+                    folded: 0,
                 })
                 .unwrap();
         }

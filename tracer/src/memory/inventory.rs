@@ -480,7 +480,7 @@ mod tests {
             key_hash: 0,
             kind,
             flags: 0,
-            _pad: [0; 2],
+            folded: 0,
         }
     }
 

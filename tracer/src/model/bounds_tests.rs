@@ -34,7 +34,7 @@ fn event(kind: u8, addr: u64, count: u64, seed: u32, at: u64, key: Option<u32>) 
         key_hash: key.unwrap_or(0),
         kind,
         flags: if key.is_some() { FLAG_KEY_SAMPLED } else { 0 },
-        _pad: [0; 2],
+        folded: 0,
     }
 }
 

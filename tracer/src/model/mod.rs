@@ -123,6 +123,23 @@ pub struct Model {
     window_end_ns: Option<u64>,
     detaching_ns: Option<u64>,
     inventory: Option<Summary>,
+    /// Writes the BPF side folded that were credited to their map.
+    folds_credited: u64,
+    /// Writes the BPF side folded, as it counted them when the probes were gone.
+    folds_total: Option<u64>,
+}
+
+/// A map's folded writes the BPF side still held when the probes were detached: no record
+/// carried them (see `tracer_common::writers::WriterState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldFolds {
+    /// The map's address.
+    pub addr: u64,
+    /// The header (count and second word) its last record found: the folds are the map's
+    /// only while its pending operation is that record's.
+    pub words: [u64; 2],
+    /// Writes folded since that record.
+    pub folded: u64,
 }
 
 impl Model {
@@ -147,6 +164,8 @@ impl Model {
             window_end_ns: None,
             detaching_ns: None,
             inventory: None,
+            folds_credited: 0,
+            folds_total: None,
         }
     }
 
@@ -336,6 +355,9 @@ impl Model {
             self.before_arming += 1;
             return Ok(());
         }
+        // Folds happened before folding was switched off, at the window's end at the
+        // latest: credited whenever their record comes.
+        self.credit_folds(event.map, u64::from(event.folded), event.ktime_ns);
         if self.detaching_ns.is_some_and(|at| event.ktime_ns >= at) {
             return Ok(());
         }
@@ -349,6 +371,50 @@ impl Model {
             self.malformed += 1;
         }
         result
+    }
+
+    /// Credits writes the BPF side folded to the map known at `addr`: they came after its
+    /// last record and before the one that carries them, so they are that map's, even when
+    /// the record carrying them turns out to be another map's at the same address.
+    fn credit_folds(&mut self, addr: u64, folded: u64, at_ns: u64) {
+        if folded == 0 {
+            return;
+        }
+        if let Some(record) = self.maps.get_mut(&addr) {
+            if record.fold(folded, at_ns) {
+                self.folds_credited += folded;
+            }
+        }
+    }
+
+    /// Credits the folds the BPF side still held once the probes were gone, each to its map
+    /// if that map's pending operation is still the record the folds followed, and takes the
+    /// BPF side's count of every fold (`total`). Must come before the pending operations
+    /// are settled from memory.
+    pub fn held_folds(&mut self, total: u64, held: &[HeldFolds]) {
+        self.folds_total = Some(total);
+        for folds in held {
+            let header = self.header_from_words(folds.words);
+            let Some(record) = self.maps.get(&folds.addr) else {
+                continue;
+            };
+            if record.seed() == header.seed && record.pending_before() == Some(header.count) {
+                let at_ns = record.last_seen_ns;
+                self.credit_folds(folds.addr, folds.folded, at_ns);
+            }
+        }
+    }
+
+    /// Writes the BPF side folded: its own count once the probes are gone, the folds
+    /// credited so far before that.
+    pub fn folds(&self) -> u64 {
+        self.folds_total.unwrap_or(self.folds_credited)
+    }
+
+    /// Folded writes no map could be credited with: their state was evicted from the BPF
+    /// side's table, the record carrying them was lost, or their map was gone.
+    pub fn folds_uncredited(&self) -> u64 {
+        self.folds().saturating_sub(self.folds_credited)
     }
 
     /// Applies one raw ring-buffer record, a creation (or a write with its writer's stack) or

@@ -362,6 +362,41 @@ impl MapRecord {
         }
     }
 
+    /// `folded` writes of the pending operation's kind followed it, each finding the header
+    /// it found (the BPF side folds such writes, see `tracer_common::MapEvent::folded`): each
+    /// proves the write before it changed nothing, an overwrite or a delete of a missing key.
+    /// The last of them is now the pending operation, with no key (a write with a sampled
+    /// key is never folded) and no writer stack, dated `at_ns` (the record that said so: a
+    /// fold has no time of its own). False when nothing pending can take them.
+    pub(super) fn fold(&mut self, folded: u64, at_ns: u64) -> bool {
+        match &mut self.pending {
+            Some(Pending::Assign {
+                key, at_ns: when, ..
+            }) => {
+                self.overwrites += folded;
+                *key = None;
+                *when = at_ns;
+            }
+            Some(Pending::Delete {
+                key, at_ns: when, ..
+            }) => {
+                *key = None;
+                *when = at_ns;
+            }
+            Some(Pending::Clear { .. }) | None => return false,
+        }
+        self.writers.resolve(0, 0);
+        true
+    }
+
+    /// The count the pending assign or delete found, if one is pending.
+    pub(super) fn pending_before(&self) -> Option<u64> {
+        match self.pending {
+            Some(Pending::Assign { before, .. } | Pending::Delete { before, .. }) => Some(before),
+            Some(Pending::Clear { .. }) | None => None,
+        }
+    }
+
     /// Whether the last operation still waits for a count.
     pub fn is_pending(&self) -> bool {
         self.pending.is_some()

@@ -15,7 +15,7 @@ fn event(kind: u8, count: u64, seed: u32, ktime_ns: u64) -> MapEvent {
         key_hash: 0,
         kind,
         flags: 0,
-        _pad: [0; 2],
+        folded: 0,
     }
 }
 
@@ -670,4 +670,125 @@ fn released_maps_are_bounded_but_still_counted() {
     assert!(model.maps().iter().all(|map| map.is_released()));
     assert_eq!(model.released_unlisted(), 3);
     assert_eq!(model.histograms(100).map_lifetime_us.len(), 5);
+}
+
+/// `event` carrying `folded` writes the BPF side folded before it.
+fn folding(kind: u8, count: u64, ktime_ns: u64, folded: u16) -> MapEvent {
+    MapEvent {
+        folded,
+        ..event(kind, count, SEED, ktime_ns)
+    }
+}
+
+#[test]
+fn folded_writes_are_overwrites_and_the_last_of_them_is_pending() {
+    let mut model = replay(&[(kind::CREATE, 0)]);
+    // An insert; its next write found the same count and folded (proving it an overwrite)
+    // with four more; the last folded write inserted, as the record carrying them shows.
+    for event in [
+        folding(kind::ASSIGN, 0, 1, 0),
+        folding(kind::ASSIGN, 1, 2, 0),
+        folding(kind::ASSIGN, 2, 9, 5),
+        folding(kind::DELETE, 2, 10, 0),
+    ] {
+        model.observe(&event).unwrap();
+    }
+    model.settle_with_header(M, header(1));
+    let map = only(&model);
+    // Overwrites: the write after the insert and four folded ones, then the write that
+    // carried the folds (the delete found its count unchanged).
+    assert_eq!((map.inserts, map.overwrites, map.deletes), (2, 6, 1));
+    assert_eq!((map.live, map.unexplained, map.unsettled), (1, 0, 0));
+    assert_eq!((model.folds(), model.folds_uncredited()), (5, 0));
+}
+
+#[test]
+fn folded_deletes_of_missing_keys_count_nothing() {
+    let model = {
+        let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+        for event in [
+            folding(kind::DELETE, 1, 2, 0),
+            folding(kind::DELETE, 0, 3, 0),
+            folding(kind::ASSIGN, 0, 8, 4),
+        ] {
+            model.observe(&event).unwrap();
+        }
+        model
+    };
+    let map = only(&model);
+    assert_eq!((map.inserts, map.overwrites, map.deletes), (1, 0, 1));
+    assert_eq!((map.live, map.unexplained), (0, 0));
+    assert_eq!(model.folds(), 4);
+}
+
+#[test]
+fn a_folded_write_takes_the_pending_key_and_writer_with_it() {
+    let mut model = replay(&[(kind::CREATE, 0)]);
+    let mut keyed = written(kind::ASSIGN, 0, 1, 0x40);
+    keyed.event.flags = FLAG_KEY_SAMPLED;
+    keyed.event.key_hash = 77;
+    model.observe_create(&keyed).unwrap();
+    // The keyed write inserted (count 1); the BPF side never folds the write after a keyed
+    // one, so this one is sent, and the ones after it fold.
+    model.observe(&folding(kind::ASSIGN, 1, 2, 0)).unwrap();
+    // The write after the fold found one more entry: the last folded write inserted it, not
+    // the keyed write or the one after it.
+    model.observe(&folding(kind::ASSIGN, 2, 5, 3)).unwrap();
+    model.settle_with_header(M, header(2));
+    let map = only(&model);
+    // Overwrites: the write after the keyed one, two folded ones, and the last write.
+    assert_eq!((map.inserts, map.overwrites), (2, 4));
+    assert_eq!(map.writers.list().len(), 1);
+    assert_eq!(
+        map.writers.list()[0].inserts,
+        1,
+        "only the keyed write's own insert"
+    );
+}
+
+#[test]
+fn folds_carried_by_a_new_map_are_the_old_maps() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
+    let mut created = event(kind::CREATE, 0, SEED + 1, 9);
+    created.folded = 6;
+    model.observe(&created).unwrap();
+    let maps = model.maps();
+    let old = maps
+        .iter()
+        .find(|map| map.is_released())
+        .expect("the old map");
+    assert_eq!((old.inserts, old.overwrites, old.unsettled), (1, 6, 1));
+    assert_eq!(model.folds_uncredited(), 0);
+}
+
+#[test]
+fn folds_held_at_the_end_are_credited_only_to_the_map_they_followed() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
+    let other = M + 0x100;
+    model.held_folds(
+        12,
+        &[
+            HeldFolds {
+                addr: M,
+                words: [1, SEED as u64],
+                folded: 7,
+            },
+            // Its map's pending operation found another count: not its folds.
+            HeldFolds {
+                addr: M,
+                words: [0, SEED as u64],
+                folded: 2,
+            },
+            // No map known there.
+            HeldFolds {
+                addr: other,
+                words: [1, SEED as u64],
+                folded: 3,
+            },
+        ],
+    );
+    model.settle_with_header(M, header(1));
+    let map = only(&model);
+    assert_eq!((map.inserts, map.overwrites, map.live), (1, 8, 1));
+    assert_eq!((model.folds(), model.folds_uncredited()), (12, 5));
 }

@@ -232,6 +232,8 @@ impl Report {
                 lost: context.lost,
                 malformed: model.malformed(),
                 before_arming: model.before_arming(),
+                folded: model.folds(),
+                folded_uncredited: model.folds_uncredited(),
             },
             verdicts,
             sites: sites(model, context, &records, &maps),

@@ -88,6 +88,14 @@ pub struct EventStats {
     /// Events received that fired while the probes were still being attached: not counted,
     /// so that every count is exact from the instant all probes were live.
     pub before_arming: u64,
+    /// Writes the BPF side counted instead of sending (exact mode): each repeated the header
+    /// its map's previous write found, which proves that previous write an overwrite (or a
+    /// delete of a missing key). They are in the maps' `overwrites`.
+    pub folded: u64,
+    /// Of `folded`, writes no map could be credited with (their BPF-side state was evicted,
+    /// or the record carrying them lost): the maps' `overwrites` are short by this many.
+    /// Their counts (`live`, `inserts`, `deletes`) are not affected.
+    pub folded_uncredited: u64,
 }
 
 /// One map.

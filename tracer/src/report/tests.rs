@@ -21,7 +21,7 @@ fn event(kind: u8, count: u64, at: u64) -> MapEvent {
         key_hash: 0,
         kind,
         flags: 0,
-        _pad: [0; 2],
+        folded: 0,
     }
 }
 

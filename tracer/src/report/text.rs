@@ -74,6 +74,13 @@ impl Report {
         } else {
             let _ = writeln!(text, "lost events: 0");
         }
+        if self.events.folded_uncredited > 0 {
+            let _ = writeln!(
+                text,
+                "FOLDS: {} of {} writes folded on the BPF side reached no map (its state was                  evicted or the record carrying them lost): overwrite counts are short by that                  many",
+                self.events.folded_uncredited, self.events.folded
+            );
+        }
         match self.release_detection {
             Some(ReleaseDetection::Heap) => {
                 let _ = writeln!(text, "dropped maps: released when the heap frees them");
