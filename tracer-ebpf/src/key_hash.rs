@@ -7,7 +7,11 @@
 //! functions, swiss `(*Map).Delete`). The salt is drawn per trace by userspace and never
 //! recorded: a hash of a small integer key cannot be reversed by trying every integer.
 
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
+    macros::map,
+    maps::PerCpuArray,
+};
 use tracer_common::{go_type, key, KEY_HASH_PREFIX};
 
 use crate::go_abi::Arguments;
@@ -55,23 +59,72 @@ pub fn sampled_key_hash(access: u8, arguments: &Arguments, map_type: u64) -> Opt
     (hash & mask == 0).then_some(hash)
 }
 
+/// Slots of [`KEY_TYPES`] (a power of two): a program has a handful of map types in its hot
+/// paths.
+const KEY_TYPE_SLOTS: u32 = 64;
+
+/// What a map type says of its key, as [`key_type`] caches it.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct KeyType {
+    /// The map type it describes; 0 for an empty slot.
+    map_type: u64,
+    /// The key's size in bytes.
+    size: u64,
+    /// 1 when the key is a string (hashed by its contents), else 0.
+    string: u64,
+}
+
+/// Map type → its key's size and kind, per CPU and direct-mapped by the type's address. A
+/// key by address otherwise costs three dependent user-memory reads (map type, key type,
+/// then its size and kind) before the key itself; a type descriptor never changes, so a
+/// slot is only ever replaced by another type's.
+#[map]
+static KEY_TYPES: PerCpuArray<KeyType> = PerCpuArray::with_max_entries(KEY_TYPE_SLOTS, 0);
+
 /// A key the function received by address: its size and kind come from the map type.
 #[inline(always)]
 fn hash_by_address(salt: u64, key: u64, map_type: u64) -> Option<u32> {
+    let facts = key_type(map_type)?;
+    if facts.string != 0 {
+        // SAFETY: a faulting user read returns an error.
+        let header: [u64; 2] = unsafe { bpf_probe_read_user(key as *const [u64; 2]) }.ok()?;
+        return hash_string(salt, header[0], header[1]);
+    }
+    hash_memory(salt, key, facts.size)
+}
+
+/// The key facts of `map_type`, from this CPU's cache or read from the type descriptors.
+#[inline(always)]
+fn key_type(map_type: u64) -> Option<KeyType> {
+    if map_type == 0 {
+        // Unknown type; and 0 marks an empty slot.
+        return None;
+    }
+    // Type descriptors are at least 8-byte aligned: the low bits say nothing.
+    let slot = (map_type >> 3) as u32 & (KEY_TYPE_SLOTS - 1);
+    let cached = KEY_TYPES.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU slot, so no other program touches it while this one runs.
+    if unsafe { (*cached).map_type } == map_type {
+        return Some(unsafe { *cached });
+    }
     // SAFETY: faulting user reads return errors.
-    unsafe {
+    let facts = unsafe {
         let key_type: u64 =
             bpf_probe_read_user((map_type + MAP_TYPE_KEY_OFFSET) as *const u64).ok()?;
         let size: u64 =
             bpf_probe_read_user((key_type + go_type::SIZE_AT as u64) as *const u64).ok()?;
         let kind: u8 =
             bpf_probe_read_user((key_type + go_type::KIND_AT as u64) as *const u8).ok()?;
-        if kind & go_type::KIND_MASK == go_type::KIND_STRING {
-            let header: [u64; 2] = bpf_probe_read_user(key as *const [u64; 2]).ok()?;
-            return hash_string(salt, header[0], header[1]);
+        KeyType {
+            map_type,
+            size,
+            string: u64::from(kind & go_type::KIND_MASK == go_type::KIND_STRING),
         }
-        hash_memory(salt, key, size)
-    }
+    };
+    // SAFETY: as above.
+    unsafe { *cached = facts };
+    Some(facts)
 }
 
 #[inline(always)]
