@@ -109,6 +109,9 @@ pub struct Model {
     /// records themselves come and go one by one.
     maps: HashMap<u64, Box<MapRecord>>,
     released: Vec<MapRecord>,
+    /// Address → the last map listed in `released` that lived there: folds its writes left
+    /// behind in the BPF side arrive with the next map's first record.
+    released_at: HashMap<u64, usize>,
     released_unlisted: u64,
     stacks: Vec<Vec<u64>>,
     stack_ids: HashMap<Vec<u64>, StackId>,
@@ -123,7 +126,8 @@ pub struct Model {
     window_end_ns: Option<u64>,
     detaching_ns: Option<u64>,
     inventory: Option<Summary>,
-    /// Writes the BPF side folded that were credited to their map.
+    /// Writes the BPF side folded that reached their map (listed, or released beyond the
+    /// listed ones).
     folds_credited: u64,
     /// Writes the BPF side folded, as it counted them when the probes were gone.
     folds_total: Option<u64>,
@@ -150,6 +154,7 @@ impl Model {
             limits,
             maps: HashMap::new(),
             released: Vec::new(),
+            released_at: HashMap::new(),
             released_unlisted: 0,
             stacks: Vec::new(),
             stack_ids: HashMap::new(),
@@ -375,15 +380,23 @@ impl Model {
 
     /// Credits writes the BPF side folded to the map known at `addr`: they came after its
     /// last record and before the one that carries them, so they are that map's, even when
-    /// the record carrying them turns out to be another map's at the same address.
+    /// the record carrying them turns out to be another map's at the same address. With no
+    /// map known there, they are the last released one's: its memory went to the map whose
+    /// first record carries them.
     fn credit_folds(&mut self, addr: u64, folded: u64, at_ns: u64) {
         if folded == 0 {
             return;
         }
-        if let Some(record) = self.maps.get_mut(&addr) {
-            if record.fold(folded, at_ns) {
-                self.folds_credited += folded;
-            }
+        let credited = match (self.maps.get_mut(&addr), self.released_at.get(&addr)) {
+            (Some(record), _) => record.fold(folded, at_ns),
+            (None, Some(&index)) => self.released[index].fold_released(folded),
+            // Folds follow a record of their map, so with none known here that map was
+            // released beyond the listed ones: its writes are counted nowhere per map, like
+            // its other operations, and nothing listed is short of them.
+            (None, None) => true,
+        };
+        if credited {
+            self.folds_credited += folded;
         }
     }
 
@@ -395,11 +408,21 @@ impl Model {
         self.folds_total = Some(total);
         for folds in held {
             let header = self.header_from_words(folds.words);
-            let Some(record) = self.maps.get(&folds.addr) else {
-                continue;
+            let at_ns = match self.maps.get(&folds.addr) {
+                Some(record) if record.pending_before() == Some(header.count) => record
+                    .seed()
+                    .eq(&header.seed)
+                    .then_some(record.last_seen_ns),
+                Some(_) => None,
+                None => match self.released_at.get(&folds.addr) {
+                    Some(&index) => Some(&self.released[index])
+                        .filter(|record| record.seed() == header.seed)
+                        .map(|record| record.last_seen_ns),
+                    // Released beyond the listed ones, as in `credit_folds`.
+                    None => Some(0),
+                },
             };
-            if record.seed() == header.seed && record.pending_before() == Some(header.count) {
-                let at_ns = record.last_seen_ns;
+            if let Some(at_ns) = at_ns {
                 self.credit_folds(folds.addr, folds.folded, at_ns);
             }
         }
@@ -412,7 +435,8 @@ impl Model {
     }
 
     /// Folded writes no map could be credited with: their state was evicted from the BPF
-    /// side's table, the record carrying them was lost, or their map was gone.
+    /// side's table, or the record carrying them was lost. Folds of maps released beyond the
+    /// listed ones are not among them: nothing listed is short of them.
     pub fn folds_uncredited(&self) -> u64 {
         self.folds().saturating_sub(self.folds_credited)
     }
@@ -610,8 +634,11 @@ impl Model {
         record_value(&mut self.histograms.map_peak_entries, gone.peak);
         record_us(&mut self.histograms.map_lifetime_us, gone.lifetime_ns(now));
         if self.released.len() < self.limits.released_maps {
+            self.released_at.insert(gone.addr, self.released.len());
             self.released.push(gone);
         } else {
+            // An older listed map at this address is not the one its successor follows.
+            self.released_at.remove(&gone.addr);
             self.released_unlisted += 1;
         }
     }

@@ -141,6 +141,9 @@ pub struct MapRecord {
     pub(super) seed_pending: bool,
     pub(super) pending: Option<Pending>,
     pub(super) growth: Option<PendingGrowth>,
+    /// The operation given up on last was an assign: writes folded after it, credited once
+    /// the map is gone, are overwrites.
+    pub(super) abandoned_assign: bool,
 }
 
 impl MapRecord {
@@ -179,6 +182,7 @@ impl MapRecord {
             seed_pending: false,
             pending: None,
             growth: None,
+            abandoned_assign: false,
         }
     }
 
@@ -340,6 +344,7 @@ impl MapRecord {
     /// Gives up on the pending operation, and the growth inside it: their effect can no
     /// longer be observed.
     pub(super) fn abandon(&mut self) {
+        self.abandoned_assign = matches!(self.pending, Some(Pending::Assign { .. }));
         self.growth = None;
         self.writers.abandon();
         if self.pending.take().is_some() {
@@ -386,6 +391,19 @@ impl MapRecord {
             Some(Pending::Clear { .. }) | None => return false,
         }
         self.writers.resolve(0, 0);
+        true
+    }
+
+    /// [`MapRecord::fold`] for a map already released, whose last operation was given up
+    /// on (it stays unsettled: the last folded write took its place, unseen): folds after an
+    /// assign are overwrites, folds after a delete change nothing. False while it is live.
+    pub(super) fn fold_released(&mut self, folded: u64) -> bool {
+        if !self.is_released() {
+            return false;
+        }
+        if self.abandoned_assign {
+            self.overwrites += folded;
+        }
         true
     }
 
