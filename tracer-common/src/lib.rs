@@ -396,6 +396,17 @@ pub mod writers {
         /// The entry's size in the BPF map.
         pub const SIZE: usize = core::mem::size_of::<WriterState>();
 
+        /// The entry's bytes, as userspace writes them into the BPF map.
+        pub fn to_bytes(&self) -> [u8; WriterState::SIZE] {
+            let mut bytes = [0u8; WriterState::SIZE];
+            bytes[0..4].copy_from_slice(&self.writes.to_ne_bytes());
+            bytes[4..6].copy_from_slice(&self.folded.to_ne_bytes());
+            bytes[6] = self.kind;
+            bytes[8..16].copy_from_slice(&self.count.to_ne_bytes());
+            bytes[16..24].copy_from_slice(&self.header_word.to_ne_bytes());
+            bytes
+        }
+
         /// Rebuilds an entry from the bytes userspace read out of the BPF map.
         pub fn from_bytes(bytes: &[u8; WriterState::SIZE]) -> WriterState {
             WriterState {
@@ -497,6 +508,7 @@ mod tests {
         // SAFETY: WriterState is repr(C) plain data without padding.
         let bytes: [u8; writers::WriterState::SIZE] = unsafe { core::mem::transmute(state) };
         assert_eq!(writers::WriterState::from_bytes(&bytes), state);
+        assert_eq!(state.to_bytes(), bytes);
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub enum SessionInput {
         /// Folds no record carried, map by map.
         held: Vec<crate::model::HeldFolds>,
     },
+    /// Folds a map the heap check released had left in the BPF side, read right after its
+    /// release (see [`crate::model::Model::released_folds`]).
+    ReleasedFolds(crate::model::HeldFolds),
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -359,6 +362,7 @@ impl Pipeline {
             }
             SessionInput::HeaderRead { addr, words } => self.model.settle_with_read(addr, words),
             SessionInput::Folds { total, held } => self.model.held_folds(total, &held),
+            SessionInput::ReleasedFolds(folds) => self.model.released_folds(&folds),
             SessionInput::Resident { peak_bytes } => {
                 self.setup.target.peak_rss_bytes = Some(peak_bytes)
             }

@@ -189,6 +189,36 @@ impl Folds {
         Ok(per_cpu.iter().sum())
     }
 
+    /// Takes the folds a dropped map left in its write state, if the state still holds the
+    /// header `owned` says is that map's: the state keeps its counter, and its next write
+    /// (another map's, at this address) is sent. The read and the write are two calls, so a
+    /// map made at this address in between can lose its state's fields (not its folds:
+    /// making a map takes them first), which costs it at most one more record.
+    pub fn take_dropped(
+        &mut self,
+        addr: u64,
+        owned: impl Fn(WriterState) -> bool,
+    ) -> Result<Option<WriterState>, ProbeError> {
+        let bytes = match self.states.get(&addr, 0) {
+            Ok(bytes) => bytes,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(source) => return Err(map_error(maps::WRITERS, source)),
+        };
+        let state = WriterState::from_bytes(&bytes);
+        if state.folded == 0 || !owned(state) {
+            return Ok(None);
+        }
+        let emptied = WriterState {
+            folded: 0,
+            kind: 0,
+            ..state
+        };
+        self.states
+            .insert(addr, emptied.to_bytes(), 0)
+            .map_err(|source| map_error(maps::WRITERS, source))?;
+        Ok(Some(state))
+    }
+
     /// The write states that still hold folds, by map address. Only meaningful once no
     /// probe runs: read while writes go on, a state may change under the read.
     pub fn held(&self) -> Vec<(u64, WriterState)> {
@@ -208,15 +238,13 @@ fn map_error(name: &'static str, source: aya::maps::MapError) -> ProbeError {
     }
 }
 
-impl Outputs {
-    /// Events lost so far, summed over CPUs.
-    pub fn lost(&self) -> Result<u64, ProbeError> {
-        let per_cpu = self
-            .lost
-            .get(&LOST_SLOT, 0)
-            .map_err(|source| map_error(maps::LOST, source))?;
-        Ok(per_cpu.iter().sum())
-    }
+/// Events the ring buffer had no room for so far, summed over CPUs, from the `LOST` map of
+/// [`Outputs`].
+pub fn events_lost(lost: &PerCpuArray<MapData, u64>) -> Result<u64, ProbeError> {
+    let per_cpu = lost
+        .get(&LOST_SLOT, 0)
+        .map_err(|source| map_error(maps::LOST, source))?;
+    Ok(per_cpu.iter().sum())
 }
 
 /// What the attached programs do.

@@ -20,7 +20,7 @@ use crate::model::{HeldFolds, Model};
 use crate::pipeline::{Pipeline, Recorder, RecordingError, SessionInput, Setup};
 use crate::plan::{self, PlanError, ProbePlan};
 use crate::privileges::{self, DropError, PrivilegeError};
-use crate::probes::{Linking, Outputs, ProbeError, Probes, Programs};
+use crate::probes::{Folds, Linking, Outputs, ProbeError, Probes, Programs};
 use crate::report::{MapTypeInfo, Report, Resolved, TargetInfo};
 use crate::target::{Target, TargetError};
 use crate::verdict::Thresholds;
@@ -411,10 +411,12 @@ async fn follow_attached(
     } = outputs;
     // Exact mode folds the writes that repeat their map's last record; sampled mode's
     // windows send every write (they are short, and their polls read counts anyway).
-    let folding = options.sampled().is_none() && !options.floor;
-    if folding {
+    let folds = if options.sampled().is_none() && !options.floor {
         folds.set(true)?;
-    }
+        Some(folds)
+    } else {
+        None
+    };
     if let Some(diagnostics) = diagnostics {
         tokio::spawn(diagnostics.forward());
     }
@@ -431,6 +433,7 @@ async fn follow_attached(
         detector,
         drops: Vec::new(),
         drops_at: Instant::now(),
+        folds,
     };
     feed.read_resident();
     let stop_reason = match options.sampled() {
@@ -449,7 +452,7 @@ async fn follow_attached(
     // dropped maps takes time, and what the program does meanwhile is not in the window.
     // Folding stops first, so that every fold is from the window, and each map's next write
     // carries its folds and settles its pending operation.
-    if folding {
+    if let Some(folds) = &mut feed.folds {
         folds.set(false)?;
     }
     let end_ns = monotonic_ns();
@@ -467,28 +470,19 @@ async fn follow_attached(
     probes.detach();
     feed.drain(events.get_mut());
     feed.apply_drops();
-    if folding {
+    if let Some(folds) = feed.folds.take() {
         let held = folds
             .held()
             .into_iter()
-            .map(|(addr, state)| HeldFolds {
-                addr,
-                words: [state.count, state.header_word],
-                folded: u64::from(state.folded),
-            })
+            .map(|(addr, state)| HeldFolds::of_state(addr, &state))
             .collect();
         feed.note(SessionInput::Folds {
             total: folds.total()?,
             held,
         });
     }
-    let lost = Outputs {
-        events: events.into_inner(),
-        lost,
-        diagnostics: None,
-        folds,
-    }
-    .lost()?;
+    drop(events);
+    let lost = crate::probes::events_lost(&lost)?;
     feed.settle_quiet_maps();
     if setup_sampled {
         feed.last_poll();
@@ -652,6 +646,8 @@ struct Feed<'a> {
     drops: Vec<Dropped>,
     /// When `drops` were found.
     drops_at: Instant,
+    /// The BPF side's folded writes, while they are on (exact mode).
+    folds: Option<Folds>,
 }
 
 impl Feed<'_> {
@@ -824,10 +820,26 @@ impl Feed<'_> {
         self.drops_at = Instant::now();
     }
 
-    /// Passes the findings of the last check to the pipeline.
+    /// Passes the findings of the last check to the pipeline, with the folds each released
+    /// map left in the BPF side: read now, before the BPF side's LRU evicts them.
     fn apply_drops(&mut self) {
         for dropped in std::mem::take(&mut self.drops) {
+            let addr = dropped.addr;
             self.pipeline.note(SessionInput::Dropped(dropped));
+            let Some(folds) = &mut self.folds else {
+                continue;
+            };
+            let model = self.pipeline.model();
+            let taken = folds.take_dropped(addr, |state| {
+                model.released_here(addr, [state.count, state.header_word])
+            });
+            // A failed read only leaves the folds to a later record, or uncredited.
+            if let Ok(Some(state)) = taken {
+                self.pipeline
+                    .note(SessionInput::ReleasedFolds(HeldFolds::of_state(
+                        addr, &state,
+                    )));
+            }
         }
     }
 

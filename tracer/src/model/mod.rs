@@ -146,6 +146,17 @@ pub struct HeldFolds {
     pub folded: u64,
 }
 
+impl HeldFolds {
+    /// The folds a BPF-side write state holds for the map at `addr`.
+    pub fn of_state(addr: u64, state: &tracer_common::writers::WriterState) -> HeldFolds {
+        HeldFolds {
+            addr,
+            words: [state.count, state.header_word],
+            folded: u64::from(state.folded),
+        }
+    }
+}
+
 impl Model {
     /// An empty model for a target whose maps use `implementation`.
     pub fn new(implementation: MapImplementation, limits: Limits) -> Model {
@@ -425,6 +436,36 @@ impl Model {
             if let Some(at_ns) = at_ns {
                 self.credit_folds(folds.addr, folds.folded, at_ns);
             }
+        }
+    }
+
+    /// Whether the write state `words` (the header its map's last record found) is that of a
+    /// map released at `addr` and known there no more: a map the heap check just dropped,
+    /// whose folds the BPF side may evict before another map at its address carries them.
+    /// For the last map listed there, the seed must be its own; a map released beyond the
+    /// listed ones left no record to check against.
+    pub fn released_here(&self, addr: u64, words: [u64; 2]) -> bool {
+        if self.maps.contains_key(&addr) {
+            return false;
+        }
+        match self.released_at.get(&addr) {
+            Some(&index) => {
+                let record = &self.released[index];
+                !record.folds_closed && record.seed() == self.header_from_words(words).seed
+            }
+            None => true,
+        }
+    }
+
+    /// Credits the folds a released map left behind, read from the BPF side (see
+    /// [`Model::released_here`]); a record carrying them later is then not counted again.
+    pub fn released_folds(&mut self, folds: &HeldFolds) {
+        if !self.released_here(folds.addr, folds.words) {
+            return;
+        }
+        self.credit_folds(folds.addr, folds.folded, 0);
+        if let Some(&index) = self.released_at.get(&folds.addr) {
+            self.released[index].folds_closed = true;
         }
     }
 

@@ -144,6 +144,9 @@ pub struct MapRecord {
     /// The operation given up on last was an assign: writes folded after it, credited once
     /// the map is gone, are overwrites.
     pub(super) abandoned_assign: bool,
+    /// Released, and the folds its writes left were read from the BPF side: a record that
+    /// carries them later brings nothing new.
+    pub(super) folds_closed: bool,
 }
 
 impl MapRecord {
@@ -183,6 +186,7 @@ impl MapRecord {
             pending: None,
             growth: None,
             abandoned_assign: false,
+            folds_closed: false,
         }
     }
 
@@ -396,9 +400,10 @@ impl MapRecord {
 
     /// [`MapRecord::fold`] for a map already released, whose last operation was given up
     /// on (it stays unsettled: the last folded write took its place, unseen): folds after an
-    /// assign are overwrites, folds after a delete change nothing. False while it is live.
+    /// assign are overwrites, folds after a delete change nothing. False while it is live, and
+    /// once its folds were read from the BPF side (these are the same folds, counted then).
     pub(super) fn fold_released(&mut self, folded: u64) -> bool {
-        if !self.is_released() {
+        if !self.is_released() || self.folds_closed {
             return false;
         }
         if self.abandoned_assign {

@@ -832,3 +832,42 @@ fn folds_left_by_a_map_the_heap_released_go_to_it() {
     assert_eq!((old.inserts, old.overwrites, old.unsettled), (1, 3, 1));
     assert_eq!((model.folds(), model.folds_uncredited()), (5, 2));
 }
+
+#[test]
+fn folds_read_at_a_release_are_counted_once() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
+    let last_seen_ns = only(&model).last_seen_ns;
+    model.dropped(&crate::memory::release::Dropped {
+        addr: M,
+        seed: SEED,
+        last_seen_ns,
+        words: None,
+        freed: true,
+        reused: false,
+        at_ns: 5,
+    });
+    let held = HeldFolds {
+        addr: M,
+        words: [1, SEED as u64],
+        folded: 4,
+    };
+    assert!(model.released_here(M, held.words));
+    assert!(
+        !model.released_here(M, [1, SEED as u64 + 1]),
+        "another map's state"
+    );
+    model.released_folds(&held);
+    assert!(!model.released_here(M, held.words), "read once");
+    // The same folds, carried by the next map's record (the read raced its creation).
+    let mut created = event(kind::CREATE, 0, SEED + 1, 9);
+    created.folded = 4;
+    model.observe(&created).unwrap();
+    model.held_folds(4, &[]);
+    let maps = model.maps();
+    let old = maps
+        .iter()
+        .find(|map| map.is_released())
+        .expect("the old map");
+    assert_eq!((old.inserts, old.overwrites), (1, 4));
+    assert_eq!((model.folds(), model.folds_uncredited()), (4, 0));
+}
