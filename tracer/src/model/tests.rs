@@ -752,11 +752,7 @@ fn folds_carried_by_a_new_map_are_the_old_maps() {
     let mut created = event(kind::CREATE, 0, SEED + 1, 9);
     created.folded = 6;
     model.observe(&created).unwrap();
-    let maps = model.maps();
-    let old = maps
-        .iter()
-        .find(|map| map.is_released())
-        .expect("the old map");
+    let old = released(&model);
     assert_eq!((old.inserts, old.overwrites, old.unsettled), (1, 6, 1));
     assert_eq!(model.folds_uncredited(), 0);
 }
@@ -794,10 +790,9 @@ fn folds_held_at_the_end_are_credited_only_to_the_map_they_followed() {
     assert_eq!((model.folds(), model.folds_uncredited()), (12, 2));
 }
 
-#[test]
-fn folds_left_by_a_map_the_heap_released_go_to_it() {
-    // Insert, then overwrites the BPF side folds; the map is dropped and freed before any
-    // later write, and a new map made at its address carries the folds.
+/// A map made, given one entry, written again (its pending operation), then released by
+/// the heap check.
+fn inserted_then_freed() -> Model {
     let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
     let last_seen_ns = only(&model).last_seen_ns;
     model.dropped(&crate::memory::release::Dropped {
@@ -809,6 +804,23 @@ fn folds_left_by_a_map_the_heap_released_go_to_it() {
         reused: false,
         at_ns: 5,
     });
+    model
+}
+
+/// The released map, once another was made at its address.
+fn released(model: &Model) -> &MapRecord {
+    model
+        .maps()
+        .into_iter()
+        .find(|map| map.is_released())
+        .expect("the released map")
+}
+
+#[test]
+fn folds_left_by_a_map_the_heap_released_go_to_it() {
+    // Insert, then overwrites the BPF side folds; the map is dropped and freed before any
+    // later write, and a new map made at its address carries the folds.
+    let mut model = inserted_then_freed();
     let mut created = event(kind::CREATE, 0, SEED + 1, 9);
     created.folded = 3;
     model.observe(&created).unwrap();
@@ -822,11 +834,7 @@ fn folds_left_by_a_map_the_heap_released_go_to_it() {
             folded: 2,
         }],
     );
-    let maps = model.maps();
-    let old = maps
-        .iter()
-        .find(|map| map.is_released())
-        .expect("the old map");
+    let old = released(&model);
     // The write after the insert and two folded ones were overwrites; the last folded one
     // stays unsettled, in place of the write it followed.
     assert_eq!((old.inserts, old.overwrites, old.unsettled), (1, 3, 1));
@@ -835,17 +843,7 @@ fn folds_left_by_a_map_the_heap_released_go_to_it() {
 
 #[test]
 fn folds_read_at_a_release_are_counted_once() {
-    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0), (kind::ASSIGN, 1)]);
-    let last_seen_ns = only(&model).last_seen_ns;
-    model.dropped(&crate::memory::release::Dropped {
-        addr: M,
-        seed: SEED,
-        last_seen_ns,
-        words: None,
-        freed: true,
-        reused: false,
-        at_ns: 5,
-    });
+    let mut model = inserted_then_freed();
     let held = HeldFolds {
         addr: M,
         words: [1, SEED as u64],
@@ -863,11 +861,7 @@ fn folds_read_at_a_release_are_counted_once() {
     created.folded = 4;
     model.observe(&created).unwrap();
     model.held_folds(4, &[]);
-    let maps = model.maps();
-    let old = maps
-        .iter()
-        .find(|map| map.is_released())
-        .expect("the old map");
+    let old = released(&model);
     assert_eq!((old.inserts, old.overwrites), (1, 4));
     assert_eq!((model.folds(), model.folds_uncredited()), (4, 0));
 }
