@@ -201,6 +201,24 @@ fn text_leads_with_a_summary_then_suspects_and_sites() {
 }
 
 #[test]
+fn folds_that_reached_no_map_are_said_in_one_line() {
+    let mut report = sample();
+    assert!(!report.render_text(10).contains("FOLDS"));
+    report.events.folded = 40;
+    report.events.folded_uncredited = 3;
+    let text = report.render_text(10);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("FOLDS: 3 of 40 writes folded"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!line.contains("  "), "{line}");
+    assert!(
+        line.ends_with("overwrite counts are short by that many"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_containerized_target_is_named_on_the_first_line_and_in_json() {
     let mut report = sample();
     report.target.container = Some(crate::container::ContainerInfo {

@@ -77,7 +77,9 @@ impl Report {
         if self.events.folded_uncredited > 0 {
             let _ = writeln!(
                 text,
-                "FOLDS: {} of {} writes folded on the BPF side reached no map (its state was                  evicted or the record carrying them lost): overwrite counts are short by that                  many",
+                "FOLDS: {} of {} writes folded on the BPF side reached no map (their state was \
+                 evicted before a later record or release check carried them, or the record \
+                 carrying them was lost): overwrite counts are short by that many",
                 self.events.folded_uncredited, self.events.folded
             );
         }
