@@ -420,18 +420,11 @@ impl Model {
         for folds in held {
             let header = self.header_from_words(folds.words);
             let at_ns = match self.maps.get(&folds.addr) {
-                Some(record) if record.pending_before() == Some(header.count) => record
-                    .seed()
-                    .eq(&header.seed)
-                    .then_some(record.last_seen_ns),
-                Some(_) => None,
-                None => match self.released_at.get(&folds.addr) {
-                    Some(&index) => Some(&self.released[index])
-                        .filter(|record| record.seed() == header.seed)
-                        .map(|record| record.last_seen_ns),
-                    // Released beyond the listed ones, as in `credit_folds`.
-                    None => Some(0),
-                },
+                Some(record) => (record.seed() == header.seed
+                    && record.pending_before() == Some(header.count))
+                .then_some(record.last_seen_ns),
+                // A released map's folds carry no time it would use.
+                None => self.released_here(folds.addr, folds.words).then_some(0),
             };
             if let Some(at_ns) = at_ns {
                 self.credit_folds(folds.addr, folds.folded, at_ns);
