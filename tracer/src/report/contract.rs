@@ -93,8 +93,9 @@ pub struct EventStats {
     /// delete of a missing key). They are in the maps' `overwrites`.
     pub folded: u64,
     /// Of `folded`, writes no map could be credited with (their BPF-side state was evicted,
-    /// or the record carrying them lost): the maps' `overwrites` are short by this many.
-    /// Their counts (`live`, `inserts`, `deletes`) are not affected.
+    /// or the record carrying them lost): the `overwrites` of the maps they belonged to,
+    /// listed or released beyond the listed ones, are short by this many in total. Their
+    /// counts (`live`, `inserts`, `deletes`) are not affected.
     pub folded_uncredited: u64,
 }
 

@@ -213,7 +213,7 @@ fn folds_that_reached_no_map_are_said_in_one_line() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(!line.contains("  "), "{line}");
     assert!(
-        line.ends_with("overwrite counts are short by that many"),
+        line.ends_with("listed or not, are short by that many"),
         "{line}"
     );
 }

@@ -79,7 +79,8 @@ impl Report {
                 text,
                 "FOLDS: {} of {} writes folded on the BPF side reached no map (their state was \
                  evicted before a later record or release check carried them, or the record \
-                 carrying them was lost): overwrite counts are short by that many",
+                 carrying them was lost): the overwrites of the maps they belonged to, \
+                 listed or not, are short by that many",
                 self.events.folded_uncredited, self.events.folded
             );
         }
