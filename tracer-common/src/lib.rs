@@ -317,8 +317,11 @@ pub mod maps {
     /// attached and cleared when the trace's window ends), else 0.
     pub const FOLDING: &str = "FOLDING";
     /// Per-CPU `u64` count of every write folded, so that userspace can tell how many
-    /// folds no record or final read credited (their `WRITERS` entry was evicted).
+    /// folds no record or final read credited.
     pub const FOLDED: &str = "FOLDED";
+    /// Hash (never evicting): map address → [`super::writers::FoldRun`], the writes folded
+    /// into the map's last record and not yet carried by a later one.
+    pub const FOLD_RUNS: &str = "FOLD_RUNS";
 }
 
 /// Names of the BPF programs, one per probe kind.
@@ -370,17 +373,16 @@ pub mod writers {
     ///
     /// Besides the write counter that picks the writes with a stack, it holds the header
     /// the map's last record found and that record's kind: a write of the same kind finding
-    /// the same header proves that the last write changed nothing, and is folded into
-    /// `folded` instead of being sent. The next record of the map (any kind the BPF side
-    /// sends for a map: assign, delete, clear, create, clone) carries the count. Folds an
-    /// evicted entry held are missing from every map, and counted: see
-    /// [`super::maps::FOLDED`].
+    /// the same header proves that the last write changed nothing, and is folded instead of
+    /// being sent. The folds themselves are counted in a [`FoldRun`], which the kernel never
+    /// evicts; `folded` here only says how long the open run is, so that the map's next
+    /// record knows to take it.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct WriterState {
         /// Writes seen: decides the writes that carry a stack.
         pub writes: u32,
-        /// Writes folded since the map's last record.
+        /// Writes folded since the map's last record (0: no run open).
         pub folded: u16,
         /// Kind of the map's last record when later writes may fold into it, else 0.
         pub kind: u8,
@@ -392,27 +394,40 @@ pub mod writers {
         pub header_word: u64,
     }
 
-    impl WriterState {
-        /// The entry's size in the BPF map.
-        pub const SIZE: usize = core::mem::size_of::<WriterState>();
+    /// Map addresses that can hold an open run of folded writes at once (the `FOLD_RUNS`
+    /// hash). When it is full, writes that would start a run are sent instead, so a full
+    /// table costs records, never counts.
+    pub const RUNS: u32 = 32_768;
 
-        /// The entry's bytes, as userspace writes them into the BPF map.
-        pub fn to_bytes(&self) -> [u8; WriterState::SIZE] {
-            let mut bytes = [0u8; WriterState::SIZE];
-            bytes[0..4].copy_from_slice(&self.writes.to_ne_bytes());
-            bytes[4..6].copy_from_slice(&self.folded.to_ne_bytes());
-            bytes[6] = self.kind;
-            bytes[8..16].copy_from_slice(&self.count.to_ne_bytes());
-            bytes[16..24].copy_from_slice(&self.header_word.to_ne_bytes());
-            bytes
-        }
+    /// The writes folded into a map's last record and not yet delivered (the value of the
+    /// `FOLD_RUNS` hash, see [`super::maps::FOLD_RUNS`]).
+    ///
+    /// It lives apart from the evicting [`WriterState`] so that no fold is ever dropped by
+    /// the kernel: the map's next record takes the run and carries its length
+    /// ([`super::MapEvent::folded`]); a dropped map's run, which no record will carry, is
+    /// taken by userspace when it sees the map released, or when the trace ends.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FoldRun {
+        /// Writes folded since the map's last record.
+        pub folded: u32,
+        /// Explicit padding.
+        pub _pad: u32,
+        /// The element count the map's last record found, which every folded write found.
+        pub count: u64,
+        /// The header's second word the folded writes found: with `count`, it tells userspace
+        /// which map (which seed) the run belongs to.
+        pub header_word: u64,
+    }
+
+    impl FoldRun {
+        /// The entry's size in the BPF map.
+        pub const SIZE: usize = core::mem::size_of::<FoldRun>();
 
         /// Rebuilds an entry from the bytes userspace read out of the BPF map.
-        pub fn from_bytes(bytes: &[u8; WriterState::SIZE]) -> WriterState {
-            WriterState {
-                writes: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                folded: u16::from_ne_bytes([bytes[4], bytes[5]]),
-                kind: bytes[6],
+        pub fn from_bytes(bytes: &[u8; FoldRun::SIZE]) -> FoldRun {
+            FoldRun {
+                folded: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
                 _pad: 0,
                 count: super::word(bytes, 8),
                 header_word: super::word(bytes, 16),
@@ -496,19 +511,16 @@ mod tests {
     }
 
     #[test]
-    fn decodes_write_states() {
-        let state = writers::WriterState {
-            writes: 0x0102_0304,
-            folded: 0x0506,
-            kind: kind::DELETE,
+    fn decodes_fold_runs() {
+        let run = writers::FoldRun {
+            folded: 0x0102_0304,
             _pad: 0,
             count: 9,
             header_word: 0xdead_beef,
         };
-        // SAFETY: WriterState is repr(C) plain data without padding.
-        let bytes: [u8; writers::WriterState::SIZE] = unsafe { core::mem::transmute(state) };
-        assert_eq!(writers::WriterState::from_bytes(&bytes), state);
-        assert_eq!(state.to_bytes(), bytes);
+        // SAFETY: FoldRun is repr(C) plain data without padding.
+        let bytes: [u8; writers::FoldRun::SIZE] = unsafe { core::mem::transmute(run) };
+        assert_eq!(writers::FoldRun::from_bytes(&bytes), run);
     }
 
     #[test]

@@ -8,17 +8,20 @@
 //! sparse sample (`tracer_common::writers`). Creation and clone probes start their map's
 //! counter past the first writes, so per-request maps never pay the dense part.
 //!
-//! The same entry folds writes that carry no news (`tracer_common::writers::WriterState`): a
-//! write of the kind of the map's last record that finds the header that record found is
-//! counted there, not sent. Each such write costs a lookup instead of a ring-buffer record
-//! and a clock read, which is most of a traced overwrite's cost.
+//! The same entry decides which writes carry no news (`tracer_common::writers::WriterState`):
+//! a write of the kind of the map's last record that finds the header that record found is
+//! folded, not sent. Its count goes to `FOLD_RUNS`, a hash the kernel never evicts, so a fold
+//! is never lost with an evicted `WRITERS` entry: the map's next record, or userspace once the
+//! map is gone, takes the run. Each folded write costs two lookups instead of a ring-buffer
+//! record and a clock read, which is most of a traced overwrite's cost.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
-use tracer_common::writers::{self, WriterState, MAX_FOLDED};
+use tracer_common::writers::{self, FoldRun, WriterState, MAX_FOLDED};
 
 use crate::{
     emit::{emit, emit_create, EmitError, Observation},
@@ -27,10 +30,15 @@ use crate::{
 };
 
 /// Map address → its write state. LRU, so that it stays bounded whatever the target does: a
-/// map evicted and written again starts over with its first writes, and the folds the entry
-/// held are lost (counted in `FOLDED` all the same, so userspace sees the difference).
+/// map evicted and written again starts over with its first writes, and its next record
+/// takes the run its evicted entry had open.
 #[map]
 static WRITERS: LruHashMap<u64, WriterState> = LruHashMap::with_max_entries(writers::MAPS, 0);
+
+/// Map address → its open run of folded writes. Not LRU: the kernel must never drop a run,
+/// so a run that cannot be stored is not folded (its write is sent).
+#[map]
+static FOLD_RUNS: HashMap<u64, FoldRun> = HashMap::with_max_entries(writers::RUNS, 0);
 
 /// See `tracer_common::maps::FOLDING`.
 #[map]
@@ -49,8 +57,10 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
         return Ok(());
     }
     let Some(state) = WRITERS.get_ptr_mut(observation.map) else {
-        // A failed insert only means the next write tries again.
+        // A failed insert only means the next write tries again. The entry may have been
+        // evicted with a run open, which this record then carries.
         let _ = WRITERS.insert(observation.map, fresh_state(&observation, 1), 0);
+        observation.folded = take_run(observation.map);
         return send(ctx, observation, writers::sampled(0));
     };
     // SAFETY: the pointer is to this map's entry; Go serialises writes to one map, so no
@@ -59,14 +69,57 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     let seen = state.writes;
     state.writes = seen.wrapping_add(1);
     let with_stack = writers::sampled(seen);
-    if !with_stack && folds_into(state, &observation) {
+    let repeats = !with_stack && folds_into(state, &observation);
+    if repeats && extend_run(observation.map, state) {
         state.folded += 1;
         count_fold();
         return Ok(());
     }
-    observation.folded = state.folded;
+    // A repeat that could not extend its run found a run it did not open (left by an
+    // evicted entry, or by a map that was at this address before): this record carries it.
+    if state.folded > 0 || repeats {
+        observation.folded = take_run(observation.map);
+    }
     *state = fresh_state(&observation, state.writes);
     send(ctx, observation, with_stack)
+}
+
+/// Counts one more folded write in the map's run, opening the run on its first fold. False
+/// when the run cannot be stored (the table is full, or holds a run this state did not
+/// open), and the write must be sent.
+#[inline(always)]
+fn extend_run(map: u64, state: &WriterState) -> bool {
+    if state.folded == 0 {
+        let run = FoldRun {
+            folded: 1,
+            _pad: 0,
+            count: state.count,
+            header_word: state.header_word,
+        };
+        return FOLD_RUNS.insert(map, run, u64::from(BPF_NOEXIST)).is_ok();
+    }
+    match FOLD_RUNS.get_ptr_mut(map) {
+        Some(run) => {
+            // SAFETY: this map's run; its writes are serialised, as for `WRITERS`.
+            unsafe { (*run).folded += 1 };
+            true
+        }
+        // Userspace took the run (it judged the map gone): nothing to extend.
+        None => false,
+    }
+}
+
+/// Takes the map's open run, if any, for the record being sent: the record carries its
+/// length, and the run is closed.
+#[inline(always)]
+fn take_run(map: u64) -> u16 {
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(folded) = (unsafe { FOLD_RUNS.get(map) }).map(|run| run.folded) else {
+        return 0;
+    };
+    let _ = FOLD_RUNS.remove(map);
+    // A run never outgrows `MAX_FOLDED`: its state stops folding there.
+    folded.min(u32::from(MAX_FOLDED)) as u16
 }
 
 /// Whether this write repeats the map's last record: same kind, same header, no sampled key
@@ -135,9 +188,8 @@ pub fn mark_created(map: u64) -> u16 {
     if map == 0 {
         return 0;
     }
-    let folded = take_folded(map);
     let _ = WRITERS.insert(map, fresh_created(), 0);
-    folded
+    take_run(map)
 }
 
 #[inline(always)]
@@ -155,13 +207,11 @@ pub fn take_folded(map: u64) -> u16 {
     if map == 0 {
         return 0;
     }
-    let Some(state) = WRITERS.get_ptr_mut(map) else {
-        return 0;
-    };
-    // SAFETY: as in `observe_write`.
-    let state = unsafe { &mut *state };
-    let folded = state.folded;
-    state.folded = 0;
-    state.kind = 0;
-    folded
+    if let Some(state) = WRITERS.get_ptr_mut(map) {
+        // SAFETY: as in `observe_write`.
+        let state = unsafe { &mut *state };
+        state.folded = 0;
+        state.kind = 0;
+    }
+    take_run(map)
 }

@@ -12,7 +12,7 @@ use aya::programs::uprobe::{
 };
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
-use tracer_common::{globals, maps, writers::WriterState, LOST_SLOT};
+use tracer_common::{globals, maps, writers::FoldRun, LOST_SLOT};
 
 use crate::plan::{ProbeKind, ProbePlan};
 
@@ -155,13 +155,13 @@ pub struct Outputs {
     pub folds: Folds,
 }
 
-/// The BPF side's folded writes (see `tracer_common::writers::WriterState`): switched on for
+/// The BPF side's folded writes (see `tracer_common::writers::FoldRun`): switched on for
 /// exact mode once attached, off when the window ends, and read back once the probes are
 /// gone, so that the folds no record carried are still credited.
 pub struct Folds {
     switch: Array<MapData, u32>,
     total: PerCpuArray<MapData, u64>,
-    states: HashMap<MapData, u64, [u8; WriterState::SIZE]>,
+    runs: HashMap<MapData, u64, [u8; FoldRun::SIZE]>,
 }
 
 impl Folds {
@@ -169,7 +169,7 @@ impl Folds {
         Ok(Folds {
             switch: take_map(ebpf, maps::FOLDING)?,
             total: take_map(ebpf, maps::FOLDED)?,
-            states: take_map(ebpf, maps::WRITERS)?,
+            runs: take_map(ebpf, maps::FOLD_RUNS)?,
         })
     }
 
@@ -189,44 +189,41 @@ impl Folds {
         Ok(per_cpu.iter().sum())
     }
 
-    /// Takes the folds a dropped map left in its write state, if the state still holds the
-    /// header `owned` says is that map's: the state keeps its counter, and its next write
-    /// (another map's, at this address) is sent. The read and the write are two calls, so a
-    /// map made at this address in between can lose its state's fields (not its folds:
-    /// making a map takes them first), which costs it at most one more record.
+    /// Takes the run a dropped map left open, if the run is that map's (`owned` judges the
+    /// header it was folded on). The read and the removal are two calls: a map made at this
+    /// address in between takes the run with its first record, and may then open a run of
+    /// its own that this removal ends, leaving those folds uncredited (and counted so).
     pub fn take_dropped(
         &mut self,
         addr: u64,
-        owned: impl Fn(WriterState) -> bool,
-    ) -> Result<Option<WriterState>, ProbeError> {
-        let bytes = match self.states.get(&addr, 0) {
+        owned: impl Fn(&FoldRun) -> bool,
+    ) -> Result<Option<FoldRun>, ProbeError> {
+        let bytes = match self.runs.get(&addr, 0) {
             Ok(bytes) => bytes,
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(source) => return Err(map_error(maps::WRITERS, source)),
+            Err(source) => return Err(map_error(maps::FOLD_RUNS, source)),
         };
-        let state = WriterState::from_bytes(&bytes);
-        if state.folded == 0 || !owned(state) {
+        let run = FoldRun::from_bytes(&bytes);
+        if !owned(&run) {
             return Ok(None);
         }
-        let emptied = WriterState {
-            folded: 0,
-            kind: 0,
-            ..state
-        };
-        self.states
-            .insert(addr, emptied.to_bytes(), 0)
-            .map_err(|source| map_error(maps::WRITERS, source))?;
-        Ok(Some(state))
+        match self.runs.remove(&addr) {
+            // Gone already: a new map at this address took it first, and its record carries
+            // these folds again; the model counts them once (`Model::released_folds`).
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error(maps::FOLD_RUNS, source)),
+        }
+        Ok(Some(run))
     }
 
-    /// The write states that still hold folds, by map address. Only meaningful once no
-    /// probe runs: read while writes go on, a state may change under the read.
-    pub fn held(&self) -> Vec<(u64, WriterState)> {
-        self.states
+    /// The runs still open, by map address. Only meaningful once no probe runs: read while
+    /// writes go on, a run may change under the read.
+    pub fn held(&self) -> Vec<(u64, FoldRun)> {
+        self.runs
             .iter()
             .filter_map(Result::ok)
-            .map(|(addr, bytes)| (addr, WriterState::from_bytes(&bytes)))
-            .filter(|(_, state)| state.folded > 0)
+            .map(|(addr, bytes)| (addr, FoldRun::from_bytes(&bytes)))
+            .filter(|(_, run)| run.folded > 0)
             .collect()
     }
 }

@@ -474,7 +474,7 @@ async fn follow_attached(
         let held = folds
             .held()
             .into_iter()
-            .map(|(addr, state)| HeldFolds::of_state(addr, &state))
+            .map(|(addr, run)| HeldFolds::of_run(addr, &run))
             .collect();
         feed.note(SessionInput::Folds {
             total: folds.total()?,
@@ -820,8 +820,9 @@ impl Feed<'_> {
         self.drops_at = Instant::now();
     }
 
-    /// Passes the findings of the last check to the pipeline, with the folds each released
-    /// map left in the BPF side: read now, before the BPF side's LRU evicts them.
+    /// Passes the findings of the last check to the pipeline, with the run of folds each
+    /// released map left open in the BPF side: no record of its own will carry it, and a
+    /// new map at its address would carry it to whichever map is then known there.
     fn apply_drops(&mut self) {
         for dropped in std::mem::take(&mut self.drops) {
             let addr = dropped.addr;
@@ -830,15 +831,13 @@ impl Feed<'_> {
                 continue;
             };
             let model = self.pipeline.model();
-            let taken = folds.take_dropped(addr, |state| {
-                model.released_here(addr, [state.count, state.header_word])
+            let taken = folds.take_dropped(addr, |run| {
+                model.released_here(addr, [run.count, run.header_word])
             });
             // A failed read only leaves the folds to a later record, or uncredited.
-            if let Ok(Some(state)) = taken {
+            if let Ok(Some(run)) = taken {
                 self.pipeline
-                    .note(SessionInput::ReleasedFolds(HeldFolds::of_state(
-                        addr, &state,
-                    )));
+                    .note(SessionInput::ReleasedFolds(HeldFolds::of_run(addr, &run)));
             }
         }
     }

@@ -133,8 +133,8 @@ pub struct Model {
     folds_total: Option<u64>,
 }
 
-/// A map's folded writes the BPF side still held when the probes were detached: no record
-/// carried them (see `tracer_common::writers::WriterState`).
+/// A map's folded writes the BPF side still held when the probes were detached, or when its
+/// map was released: no record carried them (see `tracer_common::writers::FoldRun`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeldFolds {
     /// The map's address.
@@ -147,12 +147,12 @@ pub struct HeldFolds {
 }
 
 impl HeldFolds {
-    /// The folds a BPF-side write state holds for the map at `addr`.
-    pub fn of_state(addr: u64, state: &tracer_common::writers::WriterState) -> HeldFolds {
+    /// The folds a BPF-side run holds for the map at `addr`.
+    pub fn of_run(addr: u64, run: &tracer_common::writers::FoldRun) -> HeldFolds {
         HeldFolds {
             addr,
-            words: [state.count, state.header_word],
-            folded: u64::from(state.folded),
+            words: [run.count, run.header_word],
+            folded: u64::from(run.folded),
         }
     }
 }
@@ -434,7 +434,7 @@ impl Model {
 
     /// Whether the write state `words` (the header its map's last record found) is that of a
     /// map released at `addr` and known there no more: a map the heap check just dropped,
-    /// whose folds the BPF side may evict before another map at its address carries them.
+    /// whose last run of folds no record of its own will carry.
     /// For the last map listed there, the seed must be its own; a map released beyond the
     /// listed ones left no record to check against.
     pub fn released_here(&self, addr: u64, words: [u64; 2]) -> bool {
@@ -468,8 +468,8 @@ impl Model {
         self.folds_total.unwrap_or(self.folds_credited)
     }
 
-    /// Folded writes no map could be credited with: their state was evicted from the BPF
-    /// side's table, or the record carrying them was lost. Folds of maps released beyond the
+    /// Folded writes no map could be credited with: the record carrying them was lost, or a
+    /// new map at their map's address took over their run while userspace read it. Folds of maps released beyond the
     /// listed ones are not among them: nothing listed is short of them.
     pub fn folds_uncredited(&self) -> u64 {
         self.folds().saturating_sub(self.folds_credited)

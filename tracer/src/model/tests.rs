@@ -824,8 +824,8 @@ fn folds_left_by_a_map_the_heap_released_go_to_it() {
     let mut created = event(kind::CREATE, 0, SEED + 1, 9);
     created.folded = 3;
     model.observe(&created).unwrap();
-    // Folds the BPF side held at the end that no map explains (an evicted state's are not
-    // even there) are what the total says is missing.
+    // Folds the BPF side held at the end that no map explains (a lost record's are not even
+    // there) are what the total says is missing.
     model.held_folds(
         5,
         &[HeldFolds {

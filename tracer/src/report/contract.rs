@@ -92,8 +92,8 @@ pub struct EventStats {
     /// its map's previous write found, which proves that previous write an overwrite (or a
     /// delete of a missing key). They are in the maps' `overwrites`.
     pub folded: u64,
-    /// Of `folded`, writes no map could be credited with (their BPF-side state was evicted,
-    /// or the record carrying them lost): the `overwrites` of the maps they belonged to,
+    /// Of `folded`, writes no map could be credited with (the record carrying them was lost,
+    /// or a new map at their map's address took over their run while the tracer read it): the `overwrites` of the maps they belonged to,
     /// listed or released beyond the listed ones, are short by this many in total. Their
     /// counts (`live`, `inserts`, `deletes`) are not affected.
     pub folded_uncredited: u64,

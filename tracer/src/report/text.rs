@@ -77,9 +77,9 @@ impl Report {
         if self.events.folded_uncredited > 0 {
             let _ = writeln!(
                 text,
-                "FOLDS: {} of {} writes folded on the BPF side reached no map (their state was \
-                 evicted before a later record or release check carried them, or the record \
-                 carrying them was lost): the overwrites of the maps they belonged to, \
+                "FOLDS: {} of {} writes folded on the BPF side reached no map (the record \
+                 carrying them was lost, or a new map at their map's address took over \
+                 their run while the tracer read it): the overwrites of the maps they belonged to, \
                  listed or not, are short by that many",
                 self.events.folded_uncredited, self.events.folded
             );
