@@ -138,6 +138,9 @@ pub const FLAG_KEY_SAMPLED: u8 = 2;
 /// `MapEvent::flags` bit: the creation was seen before the runtime drew the map's hash seed,
 /// so `header_word` is not the map's yet; the next event at this address carries it.
 pub const FLAG_SEED_PENDING: u8 = 4;
+/// `MapEvent::flags` bit: the writes in `folded` each changed the count by one (inserts of an
+/// assign run, deletes of a delete run); without it, none did (overwrites, missing keys).
+pub const FLAG_FOLDS_CHANGED: u8 = 8;
 
 /// One observation of one Go map, as sent over the ring buffer.
 ///
@@ -165,12 +168,17 @@ pub struct MapEvent {
     pub key_hash: u32,
     /// One of the [`kind`] constants.
     pub kind: u8,
-    /// [`FLAG_COUNT_UNREADABLE`], [`FLAG_KEY_SAMPLED`], [`FLAG_SEED_PENDING`].
+    /// [`FLAG_COUNT_UNREADABLE`], [`FLAG_KEY_SAMPLED`], [`FLAG_SEED_PENDING`],
+    /// [`FLAG_FOLDS_CHANGED`].
     pub flags: u8,
     /// Writes to this map the BPF side folded since its previous record: calls of the kind of
-    /// that record, without a sampled key, each finding the very header it found. Each proves
-    /// the write before it changed nothing (an overwrite, or a delete of a missing key), so
-    /// no record is needed for it; see [`writers::WriterState`].
+    /// that record, without a sampled key, each finding the header the write before it left
+    /// (same second word; the same count, or one more for assigns and one less for deletes,
+    /// the same step for the whole run). Each proves what the write before it did, so no
+    /// record is needed for it: with [`FLAG_FOLDS_CHANGED`], the map's last record and all
+    /// but the last folded write each added (assign) or removed (delete) one entry; without
+    /// it, none did. The last folded write is then the pending one. See
+    /// [`writers::WriterState`].
     pub folded: u16,
 }
 
@@ -372,11 +380,12 @@ pub mod writers {
     /// What the BPF side keeps per map address (the value of the `WRITERS` LRU hash).
     ///
     /// Besides the write counter that picks the writes with a stack, it holds the header
-    /// the map's last record found and that record's kind: a write of the same kind finding
-    /// the same header proves that the last write changed nothing, and is folded instead of
-    /// being sent. The folds themselves are counted in a [`FoldRun`], which the kernel never
-    /// evicts; `folded` here only says how long the open run is, so that the map's next
-    /// record knows to take it.
+    /// the map's last write found and the kind of its last record: a write of the same kind
+    /// whose header shows what the write before it did (nothing, or one entry more or less)
+    /// proves that write's effect, and is folded instead of being sent, as long as every
+    /// write in the run did the same (see [`super::MapEvent::folded`]). The folds themselves
+    /// are counted in a [`FoldRun`], which the kernel never evicts; `folded` here only says
+    /// how long the open run is, so that the map's next record knows to take it.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct WriterState {
@@ -386,11 +395,11 @@ pub mod writers {
         pub folded: u16,
         /// Kind of the map's last record when later writes may fold into it, else 0.
         pub kind: u8,
-        /// Explicit padding.
-        pub _pad: u8,
-        /// The element count the last record found.
+        /// 1 when the open run's writes each changed the count, 0 when none did.
+        pub changes: u8,
+        /// The element count the map's last write (sent or folded) found.
         pub count: u64,
-        /// The header's second word the last record found.
+        /// The header's second word the map's last write found.
         pub header_word: u64,
     }
 
@@ -411,12 +420,14 @@ pub mod writers {
     pub struct FoldRun {
         /// Writes folded since the map's last record.
         pub folded: u32,
-        /// Explicit padding.
-        pub _pad: u32,
-        /// The element count the map's last record found, which every folded write found.
+        /// 1 when the record and each folded write but the last changed the count by one,
+        /// 0 when none did (see [`super::FLAG_FOLDS_CHANGED`]).
+        pub changed: u32,
+        /// The element count the map's last record found, where the run starts: with
+        /// `header_word`, it tells userspace which map (which seed, which pending operation)
+        /// the run belongs to.
         pub count: u64,
-        /// The header's second word the folded writes found: with `count`, it tells userspace
-        /// which map (which seed) the run belongs to.
+        /// The header's second word the folded writes found.
         pub header_word: u64,
     }
 
@@ -428,7 +439,7 @@ pub mod writers {
         pub fn from_bytes(bytes: &[u8; FoldRun::SIZE]) -> FoldRun {
             FoldRun {
                 folded: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                _pad: 0,
+                changed: u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
                 count: super::word(bytes, 8),
                 header_word: super::word(bytes, 16),
             }
@@ -514,7 +525,7 @@ mod tests {
     fn decodes_fold_runs() {
         let run = writers::FoldRun {
             folded: 0x0102_0304,
-            _pad: 0,
+            changed: 1,
             count: 9,
             header_word: 0xdead_beef,
         };

@@ -22,6 +22,6 @@ pub fn map_clear(ctx: ProbeContext) -> u32 {
 
 fn try_map_clear(ctx: &ProbeContext) -> Result<(), EmitError> {
     let mut observation = read_entry(ctx, kind::CLEAR);
-    observation.folded = writers::take_folded(observation.map);
+    observation.carried = writers::take_folded(observation.map);
     emit(observation)
 }

@@ -21,14 +21,14 @@ pub fn map_clone_ret(ctx: ProbeContext) -> u32 {
 fn try_map_clone_ret(ctx: &ProbeContext) -> Result<(), EmitError> {
     let caller = go_abi::return_address(ctx);
     let map = go_abi::first_result(ctx);
-    let folded = writers::mark_created(map);
+    let carried = writers::mark_created(map);
     let observation = Observation {
         kind: kind::CLONE,
         map,
         map_type: 0,
         key_hash: None,
         header: read_header(ctx, map),
-        folded,
+        carried,
     };
     emit_create(ctx, observation, caller, 0)
 }

@@ -39,14 +39,14 @@ fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
     } else {
         (go_abi::first_result(ctx), go_abi::return_address(ctx), 0)
     };
-    let folded = writers::mark_created(map);
+    let carried = writers::mark_created(map);
     let observation = Observation {
         kind: kind::CREATE,
         map,
         map_type: 0,
         key_hash: None,
         header: read_header(ctx, map),
-        folded,
+        carried,
     };
     emit_create(ctx, observation, caller, flags)
 }

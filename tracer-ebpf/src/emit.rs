@@ -11,8 +11,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE, FLAG_KEY_SAMPLED, LOST_SLOT, RING_BYTES,
-    STACK_DEPTH, WAKEUP_THRESHOLD_BYTES,
+    CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE, FLAG_FOLDS_CHANGED, FLAG_KEY_SAMPLED,
+    LOST_SLOT, RING_BYTES, STACK_DEPTH, WAKEUP_THRESHOLD_BYTES,
 };
 
 #[map]
@@ -41,8 +41,18 @@ pub struct Observation {
     /// The map's header (count and second word) when the probe fired; `None` when it could
     /// not be read.
     pub header: Option<[u64; 2]>,
-    /// Writes folded since the map's last record (see `tracer_common::MapEvent::folded`).
+    /// The run of writes folded since the map's last record, which this record carries.
+    pub carried: CarriedRun,
+}
+
+/// A run of folded writes, as a record carries it (see `tracer_common::MapEvent::folded`).
+#[derive(Clone, Copy, Default)]
+pub struct CarriedRun {
+    /// How many writes were folded.
     pub folded: u16,
+    /// Whether the record before the run and each folded write but the last changed the
+    /// count (`tracer_common::FLAG_FOLDS_CHANGED`).
+    pub changed: bool,
 }
 
 /// Reads the map's header (count and second word), `None` when it cannot be read.
@@ -129,6 +139,11 @@ fn event(observation: &Observation, flags: u8) -> MapEvent {
         Some(hash) => (hash, FLAG_KEY_SAMPLED),
         None => (0, 0),
     };
+    let changed = if observation.carried.changed {
+        FLAG_FOLDS_CHANGED
+    } else {
+        0
+    };
     MapEvent {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
@@ -138,8 +153,8 @@ fn event(observation: &Observation, flags: u8) -> MapEvent {
         map_type: observation.map_type,
         key_hash,
         kind: observation.kind,
-        flags: flags | unreadable | sampled,
-        folded: observation.folded,
+        flags: flags | unreadable | sampled | changed,
+        folded: observation.carried.folded,
     }
 }
 

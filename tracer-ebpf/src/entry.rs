@@ -5,7 +5,7 @@ use aya_ebpf::programs::ProbeContext;
 use tracer_common::cookie;
 
 use crate::{
-    emit::{emit, read_header, EmitError, Observation},
+    emit::{emit, read_header, CarriedRun, EmitError, Observation},
     go_abi::{self, Arguments},
     key_hash::sampled_key_hash,
 };
@@ -33,6 +33,6 @@ pub fn read_entry(ctx: &ProbeContext, kind: u8) -> Observation {
         } else {
             read_header(ctx, map)
         },
-        folded: 0,
+        carried: CarriedRun::default(),
     }
 }

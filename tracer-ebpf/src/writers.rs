@@ -8,9 +8,9 @@
 //! sparse sample (`tracer_common::writers`). Creation and clone probes start their map's
 //! counter past the first writes, so per-request maps never pay the dense part.
 //!
-//! The same entry decides which writes carry no news (`tracer_common::writers::WriterState`):
-//! a write of the kind of the map's last record that finds the header that record found is
-//! folded, not sent. Its count goes to `FOLD_RUNS`, a hash the kernel never evicts, so a fold
+//! The same entry decides which writes need no record (`tracer_common::writers::WriterState`):
+//! a write of the kind of the map's last record whose header shows what the write before it
+//! did (nothing, or one entry more or less, the same for the whole run) is folded, not sent. Its count goes to `FOLD_RUNS`, a hash the kernel never evicts, so a fold
 //! is never lost with an evicted `WRITERS` entry: the map's next record, or userspace once the
 //! map is gone, takes the run. Each folded write costs two lookups instead of a ring-buffer
 //! record and a clock read, which is most of a traced overwrite's cost.
@@ -21,10 +21,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
-use tracer_common::writers::{self, FoldRun, WriterState, MAX_FOLDED};
+use tracer_common::{
+    kind,
+    writers::{self, FoldRun, WriterState, MAX_FOLDED},
+};
 
 use crate::{
-    emit::{emit, emit_create, EmitError, Observation},
+    emit::{emit, emit_create, CarriedRun, EmitError, Observation},
     entry::read_entry,
     go_abi,
 };
@@ -60,7 +63,7 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
         // A failed insert only means the next write tries again. The entry may have been
         // evicted with a run open, which this record then carries.
         let _ = WRITERS.insert(observation.map, fresh_state(&observation, 1), 0);
-        observation.folded = take_run(observation.map);
+        observation.carried = take_run(observation.map);
         return send(ctx, observation, writers::sampled(0));
     };
     // SAFETY: the pointer is to this map's entry; Go serialises writes to one map, so no
@@ -69,16 +72,24 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     let seen = state.writes;
     state.writes = seen.wrapping_add(1);
     let with_stack = writers::sampled(seen);
-    let repeats = !with_stack && folds_into(state, &observation);
-    if repeats && extend_run(observation.map, state) {
-        state.folded += 1;
-        count_fold();
-        return Ok(());
+    let repeat = if with_stack {
+        None
+    } else {
+        repeats(state, &observation)
+    };
+    if let (Some(changed), Some([count, _])) = (repeat, observation.header) {
+        if extend_run(observation.map, state, changed) {
+            state.folded += 1;
+            state.changes = u8::from(changed);
+            state.count = count;
+            count_fold();
+            return Ok(());
+        }
     }
     // A repeat that could not extend its run found a run it did not open (left by an
     // evicted entry, or by a map that was at this address before): this record carries it.
-    if state.folded > 0 || repeats {
-        observation.folded = take_run(observation.map);
+    if state.folded > 0 || repeat.is_some() {
+        observation.carried = take_run(observation.map);
     }
     *state = fresh_state(&observation, state.writes);
     send(ctx, observation, with_stack)
@@ -88,11 +99,11 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
 /// when the run cannot be stored (the table is full, or holds a run this state did not
 /// open), and the write must be sent.
 #[inline(always)]
-fn extend_run(map: u64, state: &WriterState) -> bool {
+fn extend_run(map: u64, state: &WriterState, changed: bool) -> bool {
     if state.folded == 0 {
         let run = FoldRun {
             folded: 1,
-            _pad: 0,
+            changed: u32::from(changed),
             count: state.count,
             header_word: state.header_word,
         };
@@ -109,32 +120,51 @@ fn extend_run(map: u64, state: &WriterState) -> bool {
     }
 }
 
-/// Takes the map's open run, if any, for the record being sent: the record carries its
-/// length, and the run is closed.
+/// Takes the map's open run, if any, for the record being sent: the record carries it, and
+/// the run is closed.
 #[inline(always)]
-fn take_run(map: u64) -> u16 {
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(folded) = (unsafe { FOLD_RUNS.get(map) }).map(|run| run.folded) else {
-        return 0;
+fn take_run(map: u64) -> CarriedRun {
+    // SAFETY: the values are copied out before the entry is removed.
+    let Some(run) = (unsafe { FOLD_RUNS.get(map) }).copied() else {
+        return CarriedRun::default();
     };
     let _ = FOLD_RUNS.remove(map);
-    // A run never outgrows `MAX_FOLDED`: its state stops folding there.
-    folded.min(u32::from(MAX_FOLDED)) as u16
+    CarriedRun {
+        // A run never outgrows `MAX_FOLDED`: its state stops folding there.
+        folded: run.folded.min(u32::from(MAX_FOLDED)) as u16,
+        changed: run.changed != 0,
+    }
 }
 
-/// Whether this write repeats the map's last record: same kind, same header, no sampled key
-/// (whose fate userspace must learn from the next header), and folding on.
+/// Whether this write can fold into the map's open run (or open one): same kind as the
+/// map's last record, no sampled key (whose fate userspace must learn from the next header),
+/// folding on, and a header that shows what the write before it did: the same second word,
+/// and the same count (it changed nothing) or one entry more for an assign, one less for a
+/// delete (it changed the count), as every write before it in the run did. `Some(changed)`.
 #[inline(always)]
-fn folds_into(state: &WriterState, observation: &Observation) -> bool {
-    let Some([count, header_word]) = observation.header else {
-        return false;
+fn repeats(state: &WriterState, observation: &Observation) -> Option<bool> {
+    let [count, header_word] = observation.header?;
+    if state.kind != observation.kind
+        || state.header_word != header_word
+        || state.folded == MAX_FOLDED
+        || observation.key_hash.is_some()
+    {
+        return None;
+    }
+    let changed_by_one = if observation.kind == kind::ASSIGN {
+        state.count.wrapping_add(1)
+    } else {
+        state.count.wrapping_sub(1)
     };
-    state.kind == observation.kind
-        && state.count == count
-        && state.header_word == header_word
-        && state.folded < MAX_FOLDED
-        && observation.key_hash.is_none()
-        && folding()
+    let changed = if count == state.count {
+        false
+    } else if count == changed_by_one {
+        true
+    } else {
+        return None;
+    };
+    let same_step = state.folded == 0 || state.changes == u8::from(changed);
+    (same_step && folding()).then_some(changed)
 }
 
 /// The state a record leaves: later writes fold into it unless it carried a sampled key or
@@ -149,7 +179,7 @@ fn fresh_state(observation: &Observation, writes: u32) -> WriterState {
         writes,
         folded: 0,
         kind,
-        _pad: 0,
+        changes: 0,
         count,
         header_word,
     }
@@ -184,9 +214,9 @@ fn count_fold() {
 /// A creation (or clone) of `map` was seen: its writes only need the sparse sample, and the
 /// folds of the map that was at this address before go with this record.
 #[inline(always)]
-pub fn mark_created(map: u64) -> u16 {
+pub fn mark_created(map: u64) -> CarriedRun {
     if map == 0 {
-        return 0;
+        return CarriedRun::default();
     }
     let _ = WRITERS.insert(map, fresh_created(), 0);
     take_run(map)
@@ -203,9 +233,9 @@ fn fresh_created() -> WriterState {
 /// Takes the map's folded writes for a record of another kind (a clear), which also ends the
 /// fold: the next write is sent.
 #[inline(always)]
-pub fn take_folded(map: u64) -> u16 {
+pub fn take_folded(map: u64) -> CarriedRun {
     if map == 0 {
-        return 0;
+        return CarriedRun::default();
     }
     if let Some(state) = WRITERS.get_ptr_mut(map) {
         // SAFETY: as in `observe_write`.

@@ -820,25 +820,27 @@ impl Feed<'_> {
         self.drops_at = Instant::now();
     }
 
-    /// Passes the findings of the last check to the pipeline, with the run of folds each
-    /// released map left open in the BPF side: no record of its own will carry it, and a
-    /// new map at its address would carry it to whichever map is then known there.
+    /// Passes the findings of the last check to the pipeline, each released map preceded by
+    /// the run of folds it left open in the BPF side: no record of its own will carry it,
+    /// and credited while the map is still known, the run leaves the map's last write
+    /// pending, which its last header can then settle.
     fn apply_drops(&mut self) {
         for dropped in std::mem::take(&mut self.drops) {
             let addr = dropped.addr;
-            self.pipeline.note(SessionInput::Dropped(dropped));
-            let Some(folds) = &mut self.folds else {
-                continue;
-            };
-            let model = self.pipeline.model();
-            let taken = folds.take_dropped(addr, |run| {
-                model.released_here(addr, [run.count, run.header_word])
-            });
-            // A failed read only leaves the folds to a later record, or uncredited.
-            if let Ok(Some(run)) = taken {
-                self.pipeline
-                    .note(SessionInput::ReleasedFolds(HeldFolds::of_run(addr, &run)));
+            if let Some(folds) = &mut self.folds {
+                let model = self.pipeline.model();
+                if model.releases(&dropped) {
+                    let taken = folds.take_dropped(addr, |run| {
+                        model.owns_dropped_run(addr, [run.count, run.header_word])
+                    });
+                    // A failed read leaves the run to a later record, or uncredited.
+                    if let Ok(Some(run)) = taken {
+                        self.pipeline
+                            .note(SessionInput::ReleasedFolds(HeldFolds::of_run(addr, &run)));
+                    }
+                }
             }
+            self.pipeline.note(SessionInput::Dropped(dropped));
         }
     }
 

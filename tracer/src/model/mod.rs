@@ -46,7 +46,7 @@ use std::collections::HashMap;
 
 use tracer_common::{
     classic_log2_buckets, kind, seed_from_word, CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE,
-    FLAG_KEY_SAMPLED, FLAG_SEED_PENDING,
+    FLAG_FOLDS_CHANGED, FLAG_KEY_SAMPLED, FLAG_SEED_PENDING,
 };
 
 use crate::memory::inventory::{Sighting, Summary};
@@ -60,7 +60,7 @@ mod stacks;
 
 pub use distributions::Histograms;
 use distributions::{record_us, record_value, SampledEntries};
-use record::{KeyChange, Pending};
+use record::{Folds, KeyChange, Pending};
 pub use record::{MapHeader, MapRecord, Seen};
 pub use stacks::{StackId, StackTotals};
 
@@ -144,6 +144,10 @@ pub struct HeldFolds {
     pub words: [u64; 2],
     /// Writes folded since that record.
     pub folded: u64,
+    /// Whether that record and each folded write but the last changed the count by one
+    /// (see `tracer_common::FLAG_FOLDS_CHANGED`).
+    #[serde(default)]
+    pub changed: bool,
 }
 
 impl HeldFolds {
@@ -153,6 +157,14 @@ impl HeldFolds {
             addr,
             words: [run.count, run.header_word],
             folded: u64::from(run.folded),
+            changed: run.changed != 0,
+        }
+    }
+
+    fn folds(&self) -> Folds {
+        Folds {
+            writes: self.folded,
+            changed: self.changed,
         }
     }
 }
@@ -373,7 +385,11 @@ impl Model {
         }
         // Folds happened before folding was switched off, at the window's end at the
         // latest: credited whenever their record comes.
-        self.credit_folds(event.map, u64::from(event.folded), event.ktime_ns);
+        let folds = Folds {
+            writes: u64::from(event.folded),
+            changed: event.flags & FLAG_FOLDS_CHANGED != 0,
+        };
+        self.credit_folds(event.map, folds, event.ktime_ns);
         if self.detaching_ns.is_some_and(|at| event.ktime_ns >= at) {
             return Ok(());
         }
@@ -394,20 +410,20 @@ impl Model {
     /// the record carrying them turns out to be another map's at the same address. With no
     /// map known there, they are the last released one's: its memory went to the map whose
     /// first record carries them.
-    fn credit_folds(&mut self, addr: u64, folded: u64, at_ns: u64) {
-        if folded == 0 {
+    fn credit_folds(&mut self, addr: u64, folds: Folds, at_ns: u64) {
+        if folds.writes == 0 {
             return;
         }
         let credited = match (self.maps.get_mut(&addr), self.released_at.get(&addr)) {
-            (Some(record), _) => record.fold(folded, at_ns),
-            (None, Some(&index)) => self.released[index].fold_released(folded),
+            (Some(record), _) => record.fold(folds, at_ns),
+            (None, Some(&index)) => self.released[index].fold_released(folds),
             // Folds follow a record of their map, so with none known here that map was
             // released beyond the listed ones: its writes are counted nowhere per map, like
             // its other operations, and nothing listed is short of them.
             (None, None) => true,
         };
         if credited {
-            self.folds_credited += folded;
+            self.folds_credited += folds.writes;
         }
     }
 
@@ -418,16 +434,15 @@ impl Model {
     pub fn held_folds(&mut self, total: u64, held: &[HeldFolds]) {
         self.folds_total = Some(total);
         for folds in held {
-            let header = self.header_from_words(folds.words);
             let at_ns = match self.maps.get(&folds.addr) {
-                Some(record) => (record.seed() == header.seed
-                    && record.pending_before() == Some(header.count))
-                .then_some(record.last_seen_ns),
+                Some(record) => self
+                    .runs_from_pending(folds.addr, folds.words)
+                    .then_some(record.last_seen_ns),
                 // A released map's folds carry no time it would use.
                 None => self.released_here(folds.addr, folds.words).then_some(0),
             };
             if let Some(at_ns) = at_ns {
-                self.credit_folds(folds.addr, folds.folded, at_ns);
+                self.credit_folds(folds.addr, folds.folds(), at_ns);
             }
         }
     }
@@ -450,13 +465,41 @@ impl Model {
         }
     }
 
-    /// Credits the folds a released map left behind, read from the BPF side (see
-    /// [`Model::released_here`]); a record carrying them later is then not counted again.
+    /// Whether `words` (the header a run of folds started from) is where the pending
+    /// operation of the map known at `addr` starts: then the run is that map's.
+    fn runs_from_pending(&self, addr: u64, words: [u64; 2]) -> bool {
+        let header = self.header_from_words(words);
+        self.maps.get(&addr).is_some_and(|record| {
+            record.seed() == header.seed && record.pending_before() == Some(header.count)
+        })
+    }
+
+    /// Whether a run of folds that started from `words`, read from the BPF side for a map
+    /// about to be released at `addr`, or just released there, is that map's.
+    pub fn owns_dropped_run(&self, addr: u64, words: [u64; 2]) -> bool {
+        self.runs_from_pending(addr, words) || self.released_here(addr, words)
+    }
+
+    /// Credits the run of folds a map about to be released (or just released) left behind,
+    /// read from the BPF side (see [`Model::owns_dropped_run`]); a record carrying them later
+    /// is then not counted again. Credited before the release, the run settles all but its
+    /// last write, which the map's last header can then settle too.
     pub fn released_folds(&mut self, folds: &HeldFolds) {
+        if self.runs_from_pending(folds.addr, folds.words) {
+            let at_ns = self
+                .maps
+                .get(&folds.addr)
+                .map_or(0, |record| record.last_seen_ns);
+            self.credit_folds(folds.addr, folds.folds(), at_ns);
+            if let Some(record) = self.maps.get_mut(&folds.addr) {
+                record.folds_closed = true;
+            }
+            return;
+        }
         if !self.released_here(folds.addr, folds.words) {
             return;
         }
-        self.credit_folds(folds.addr, folds.folded, 0);
+        self.credit_folds(folds.addr, folds.folds(), 0);
         if let Some(&index) = self.released_at.get(&folds.addr) {
             self.released[index].folds_closed = true;
         }
@@ -747,6 +790,20 @@ impl Model {
         }
     }
 
+    /// Whether [`Model::dropped`] releases the map: what the session asks before it reads the
+    /// map's last run of folds from the BPF side, which is safe only once no write can come.
+    pub fn releases(&self, dropped: &Dropped) -> bool {
+        let Some(record) = self.maps.get(&dropped.addr) else {
+            return false;
+        };
+        if record.seed != dropped.seed || record.last_seen_ns != dropped.last_seen_ns {
+            return false;
+        }
+        let header = dropped.words.map(|words| self.header_from_words(words));
+        let owned = header.is_some_and(|header| record.owns(header));
+        dropped.freed || dropped.reused || (header.is_some() && !owned)
+    }
+
     /// Maps not known to be released, in no particular order: the ones whose memory is
     /// checked for a drop.
     pub fn live_maps(&self) -> impl Iterator<Item = &MapRecord> + '_ {
@@ -760,18 +817,15 @@ impl Model {
     /// its last count, which settles its last operation when it reads as the map's own last
     /// state.
     pub fn dropped(&mut self, dropped: &Dropped) {
+        if !self.releases(dropped) {
+            return;
+        }
         let header = dropped.words.map(|words| self.header_from_words(words));
         let Some(record) = self.maps.get_mut(&dropped.addr) else {
             return;
         };
-        if record.seed != dropped.seed || record.last_seen_ns != dropped.last_seen_ns {
-            return;
-        }
         let owned = header.filter(|&header| record.owns(header));
         let other = dropped.reused || header.is_some_and(|_| owned.is_none());
-        if !dropped.freed && !other {
-            return;
-        }
         let last_state = owned.filter(|&header| !other && record.is_last_state(header));
         if let Some(header) = last_state {
             let change = record.resolve(header);

@@ -141,12 +141,23 @@ pub struct MapRecord {
     pub(super) seed_pending: bool,
     pub(super) pending: Option<Pending>,
     pub(super) growth: Option<PendingGrowth>,
-    /// The operation given up on last was an assign: writes folded after it, credited once
-    /// the map is gone, are overwrites.
-    pub(super) abandoned_assign: bool,
-    /// Released, and the folds its writes left were read from the BPF side: a record that
+    /// The kind of write given up on last (`kind::ASSIGN` or `kind::DELETE`), while no later
+    /// one was seen: writes folded after it, credited once the map is gone, did what the
+    /// run says to it. 0 otherwise.
+    pub(super) abandoned_write: u8,
+    /// Its last run of folds was read from the BPF side as it was released: a record that
     /// carries them later brings nothing new.
     pub(super) folds_closed: bool,
+}
+
+/// A run of writes the BPF side folded, as a record or a read of the BPF side delivers it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Folds {
+    /// How many writes were folded.
+    pub(super) writes: u64,
+    /// Whether the pending operation and each folded write but the last changed the count by
+    /// one (`tracer_common::FLAG_FOLDS_CHANGED`); else none of them changed it.
+    pub(super) changed: bool,
 }
 
 impl MapRecord {
@@ -185,7 +196,7 @@ impl MapRecord {
             seed_pending: false,
             pending: None,
             growth: None,
-            abandoned_assign: false,
+            abandoned_write: 0,
             folds_closed: false,
         }
     }
@@ -348,7 +359,11 @@ impl MapRecord {
     /// Gives up on the pending operation, and the growth inside it: their effect can no
     /// longer be observed.
     pub(super) fn abandon(&mut self) {
-        self.abandoned_assign = matches!(self.pending, Some(Pending::Assign { .. }));
+        self.abandoned_write = match self.pending {
+            Some(Pending::Assign { .. }) => kind::ASSIGN,
+            Some(Pending::Delete { .. }) => kind::DELETE,
+            Some(Pending::Clear { .. }) | None => 0,
+        };
         self.growth = None;
         self.writers.abandon();
         if self.pending.take().is_some() {
@@ -371,43 +386,81 @@ impl MapRecord {
         }
     }
 
-    /// `folded` writes of the pending operation's kind followed it, each finding the header
-    /// it found (the BPF side folds such writes, see `tracer_common::MapEvent::folded`): each
-    /// proves the write before it changed nothing, an overwrite or a delete of a missing key.
-    /// The last of them is now the pending operation, with no key (a write with a sampled
-    /// key is never folded) and no writer stack, dated `at_ns` (the record that said so: a
-    /// fold has no time of its own). False when nothing pending can take them.
-    pub(super) fn fold(&mut self, folded: u64, at_ns: u64) -> bool {
-        match &mut self.pending {
-            Some(Pending::Assign {
-                key, at_ns: when, ..
-            }) => {
-                self.overwrites += folded;
-                *key = None;
-                *when = at_ns;
-            }
-            Some(Pending::Delete {
-                key, at_ns: when, ..
-            }) => {
-                *key = None;
-                *when = at_ns;
-            }
+    /// A run of writes of the pending operation's kind followed it, each finding the header
+    /// the write before it left (the BPF side folds such writes, see
+    /// `tracer_common::MapEvent::folded`): each proves what the write before it did, all the
+    /// same thing. Unchanged, they were overwrites or deletes of missing keys; changed, each
+    /// added (assign) or removed (delete) one entry. The last folded write is now the pending
+    /// operation, with no key (a write with a sampled key is never folded) and no writer
+    /// stack, dated `at_ns` (the record that said so: a fold has no time of its own). False
+    /// when nothing pending can take them.
+    pub(super) fn fold(&mut self, folds: Folds, at_ns: u64) -> bool {
+        let (before, key, when, assign) = match &mut self.pending {
+            Some(Pending::Assign { before, key, at_ns }) => (before, key, at_ns, true),
+            Some(Pending::Delete { before, key, at_ns }) => (before, key, at_ns, false),
             Some(Pending::Clear { .. }) | None => return false,
+        };
+        *key = None;
+        *when = at_ns;
+        let n = folds.writes;
+        let after = match (folds.changed, assign) {
+            (false, _) => *before,
+            (true, true) => before.saturating_add(n),
+            (true, false) => match before.checked_sub(n) {
+                Some(after) => after,
+                // More deletes than entries: the run is not this map's pending one.
+                None => {
+                    self.unexplained += 1;
+                    return true;
+                }
+            },
+        };
+        *before = after;
+        match (folds.changed, assign) {
+            (false, true) => self.overwrites += n,
+            (false, false) => {}
+            (true, true) => {
+                self.inserts += n;
+                self.last_insert_ns = Some(at_ns);
+            }
+            (true, false) => self.deletes += n,
         }
-        self.writers.resolve(0, 0);
+        let changed = u64::from(folds.changed);
+        if assign {
+            self.writers.resolve(changed, 0);
+        } else {
+            self.writers.resolve(0, changed);
+        }
+        if folds.changed {
+            self.live = after;
+            self.peak = self.peak.max(after);
+            self.series.record(at_ns, after);
+        }
         true
     }
 
-    /// [`MapRecord::fold`] for a map already released, whose last operation was given up
-    /// on (it stays unsettled: the last folded write took its place, unseen): folds after an
-    /// assign are overwrites, folds after a delete change nothing. False while it is live, and
-    /// once its folds were read from the BPF side (these are the same folds, counted then).
-    pub(super) fn fold_released(&mut self, folded: u64) -> bool {
-        if !self.is_released() || self.folds_closed {
+    /// [`MapRecord::fold`] for a map already released, whose last write was given up on (it
+    /// stays unsettled: the last folded write took its place, unseen). False while it is
+    /// live, when its last operation was settled or was no write (the run cannot be that
+    /// operation's), and once its last run was read from the BPF side (these are the same
+    /// folds, counted then).
+    pub(super) fn fold_released(&mut self, folds: Folds) -> bool {
+        if !self.is_released() || self.folds_closed || self.abandoned_write == 0 {
             return false;
         }
-        if self.abandoned_assign {
-            self.overwrites += folded;
+        let n = folds.writes;
+        match (folds.changed, self.abandoned_write == kind::ASSIGN) {
+            (false, true) => self.overwrites += n,
+            (false, false) => {}
+            (true, true) => {
+                self.inserts += n;
+                self.live = self.live.saturating_add(n);
+                self.peak = self.peak.max(self.live);
+            }
+            (true, false) => {
+                self.deletes += n;
+                self.live = self.live.saturating_sub(n);
+            }
         }
         true
     }

@@ -768,12 +768,14 @@ fn folds_held_at_the_end_are_credited_only_to_the_map_they_followed() {
                 addr: M,
                 words: [1, SEED as u64],
                 folded: 7,
+                changed: false,
             },
             // Its map's pending operation found another count: not its folds.
             HeldFolds {
                 addr: M,
                 words: [0, SEED as u64],
                 folded: 2,
+                changed: false,
             },
             // No map known there: its map was released beyond the listed ones (a state is
             // only made by a record), and nothing listed is short of them.
@@ -781,6 +783,7 @@ fn folds_held_at_the_end_are_credited_only_to_the_map_they_followed() {
                 addr: other,
                 words: [1, SEED as u64],
                 folded: 3,
+                changed: false,
             },
         ],
     );
@@ -832,6 +835,7 @@ fn folds_left_by_a_map_the_heap_released_go_to_it() {
             addr: M,
             words: [7, SEED as u64],
             folded: 2,
+            changed: false,
         }],
     );
     let old = released(&model);
@@ -848,6 +852,7 @@ fn folds_read_at_a_release_are_counted_once() {
         addr: M,
         words: [1, SEED as u64],
         folded: 4,
+        changed: false,
     };
     assert!(model.released_here(M, held.words));
     assert!(
@@ -864,4 +869,104 @@ fn folds_read_at_a_release_are_counted_once() {
     let old = released(&model);
     assert_eq!((old.inserts, old.overwrites), (1, 4));
     assert_eq!((model.folds(), model.folds_uncredited()), (4, 0));
+}
+
+/// `folding`, for a run whose writes each changed the count.
+fn folding_changed(kind: u8, count: u64, ktime_ns: u64, folded: u16) -> MapEvent {
+    MapEvent {
+        flags: FLAG_FOLDS_CHANGED,
+        ..folding(kind, count, ktime_ns, folded)
+    }
+}
+
+#[test]
+fn a_changed_run_of_assigns_is_inserts_and_its_last_write_stays_pending() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    // The insert at 0 and four of the five folded writes each added an entry (counts 1..5
+    // as they found them); the write carrying the run found 6: the last folded one inserted.
+    model
+        .observe(&folding_changed(kind::ASSIGN, 6, 9, 5))
+        .unwrap();
+    let map = only(&model);
+    assert_eq!((map.inserts, map.live, map.peak), (6, 6, 6));
+    model.settle_with_header(M, header(6));
+    let map = only(&model);
+    assert_eq!((map.inserts, map.overwrites, map.live), (6, 1, 6));
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+    assert_eq!(map.last_insert_ns, Some(9));
+    assert_eq!((model.folds(), model.folds_uncredited()), (5, 0));
+}
+
+#[test]
+fn a_changed_run_of_deletes_removes_one_entry_per_write() {
+    let mut model = replay(&[
+        (kind::CREATE, 0),
+        (kind::ASSIGN, 0),
+        (kind::ASSIGN, 1),
+        (kind::ASSIGN, 2),
+        (kind::ASSIGN, 3),
+        (kind::DELETE, 4),
+    ]);
+    // The delete at 4 and two folded ones each removed an entry; the third folded delete
+    // found 1 and missed, as the assign carrying the run (count 1) shows.
+    model
+        .observe(&folding_changed(kind::ASSIGN, 1, 9, 3))
+        .unwrap();
+    model.settle_with_header(M, header(2));
+    let map = only(&model);
+    assert_eq!((map.inserts, map.deletes, map.live), (5, 3, 2));
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+}
+
+#[test]
+fn a_changed_run_carried_by_a_new_map_is_credited_before_the_old_one_goes() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    let mut created = folding_changed(kind::CREATE, 0, 9, 3);
+    created.header_word = u64::from(SEED + 1);
+    model.observe(&created).unwrap();
+    let old = released(&model);
+    // The first insert and two folded ones are known; the last folded write is not.
+    assert_eq!((old.inserts, old.peak, old.unsettled), (3, 3, 1));
+    assert_eq!(model.histograms(100).map_peak_entries.max(), 3);
+    assert_eq!(model.folds_uncredited(), 0);
+}
+
+#[test]
+fn a_run_read_before_a_drop_leaves_the_last_write_to_the_last_header() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    let last_seen_ns = only(&model).last_seen_ns;
+    let dropped = crate::memory::release::Dropped {
+        addr: M,
+        seed: SEED,
+        last_seen_ns,
+        // The freed header still holds the count the last folded write left: it inserted.
+        words: Some([5, u64::from(SEED)]),
+        freed: true,
+        reused: false,
+        at_ns: 20,
+    };
+    assert!(model.releases(&dropped));
+    let run = HeldFolds {
+        addr: M,
+        words: [0, u64::from(SEED)],
+        folded: 4,
+        changed: true,
+    };
+    assert!(model.owns_dropped_run(M, run.words));
+    assert!(
+        !model.owns_dropped_run(M, [1, u64::from(SEED)]),
+        "not from its pending write"
+    );
+    model.released_folds(&run);
+    model.dropped(&dropped);
+    let old = released(&model);
+    assert_eq!((old.inserts, old.live, old.peak), (5, 5, 5));
+    assert_eq!((old.unexplained, old.unsettled), (0, 0));
+    // The same run carried by the next map at the address is not counted again.
+    let mut created = folding_changed(kind::CREATE, 0, 30, 4);
+    created.header_word = u64::from(SEED + 1);
+    model.observe(&created).unwrap();
+    assert_eq!(released(&model).inserts, 5);
+    model.held_folds(4, &[]);
+    assert_eq!(model.folds_uncredited(), 0);
 }
