@@ -321,8 +321,10 @@ pub mod maps {
     /// LRU hash: map address → [`super::writers::WriterState`], which decides the writes
     /// that carry a stack and the writes that are folded.
     pub const WRITERS: &str = "WRITERS";
-    /// Array of one `u32`: 1 while writes may be folded (exact mode, set once the probes are
-    /// attached and cleared when the trace's window ends), else 0.
+    /// Array of one `u32`: the fold epoch while writes may be folded (exact mode, from once
+    /// the probes are attached until the trace's window ends), else 0. Userspace advances
+    /// it every [`super::writers::EPOCH_MS`]; a run only takes writes of the epoch it was
+    /// opened in, so the runs of past epochs no longer change and userspace can read them.
     pub const FOLDING: &str = "FOLDING";
     /// Per-CPU `u64` count of every write folded, so that userspace can tell how many
     /// folds no record or final read credited.
@@ -403,6 +405,13 @@ pub mod writers {
         pub header_word: u64,
     }
 
+    /// How often userspace advances the fold epoch. A run takes the writes of one epoch
+    /// only, so the next write of a map in a later epoch is sent with the run: a map that
+    /// goes on being written is known by a count at most about this late, which is the
+    /// resolution of its count over time. (A map no longer written is caught up by
+    /// userspace reading the runs of past epochs, less often.)
+    pub const EPOCH_MS: u64 = 100;
+
     /// Map addresses that can hold an open run of folded writes at once (the `FOLD_RUNS`
     /// hash). When it is full, writes that would start a run are sent instead, so a full
     /// table costs records, never counts.
@@ -413,16 +422,21 @@ pub mod writers {
     ///
     /// It lives apart from the evicting [`WriterState`] so that no fold is ever dropped by
     /// the kernel: the map's next record takes the run and carries its length
-    /// ([`super::MapEvent::folded`]); a dropped map's run, which no record will carry, is
-    /// taken by userspace when it sees the map released, or when the trace ends.
+    /// ([`super::MapEvent::folded`]). Userspace reads the runs of past epochs (see
+    /// [`super::maps::FOLDING`]), so that a map no longer written is not left behind, and
+    /// takes a dropped map's run when it sees the map released, or when the trace ends.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct FoldRun {
         /// Writes folded since the map's last record.
-        pub folded: u32,
+        pub folded: u16,
         /// 1 when the record and each folded write but the last changed the count by one,
         /// 0 when none did (see [`super::FLAG_FOLDS_CHANGED`]).
-        pub changed: u32,
+        pub changed: u8,
+        /// Explicit padding.
+        pub _pad: u8,
+        /// The fold epoch the run was opened in, the only one whose writes it takes.
+        pub epoch: u32,
         /// The element count the map's last record found, where the run starts: with
         /// `header_word`, it tells userspace which map (which seed, which pending operation)
         /// the run belongs to.
@@ -438,8 +452,10 @@ pub mod writers {
         /// Rebuilds an entry from the bytes userspace read out of the BPF map.
         pub fn from_bytes(bytes: &[u8; FoldRun::SIZE]) -> FoldRun {
             FoldRun {
-                folded: u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                changed: u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+                folded: u16::from_ne_bytes([bytes[0], bytes[1]]),
+                changed: bytes[2],
+                _pad: 0,
+                epoch: u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
                 count: super::word(bytes, 8),
                 header_word: super::word(bytes, 16),
             }
@@ -524,8 +540,10 @@ mod tests {
     #[test]
     fn decodes_fold_runs() {
         let run = writers::FoldRun {
-            folded: 0x0102_0304,
+            folded: 0x0102,
             changed: 1,
+            _pad: 0,
+            epoch: 0x0304_0506,
             count: 9,
             header_word: 0xdead_beef,
         };

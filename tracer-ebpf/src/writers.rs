@@ -77,8 +77,8 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     } else {
         repeats(state, &observation)
     };
-    if let (Some(changed), Some([count, _])) = (repeat, observation.header) {
-        if extend_run(observation.map, state, changed) {
+    if let (Some((changed, epoch)), Some([count, _])) = (repeat, observation.header) {
+        if extend_run(observation.map, state, changed, epoch) {
             state.folded += 1;
             state.changes = u8::from(changed);
             state.count = count;
@@ -97,27 +97,32 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
 
 /// Counts one more folded write in the map's run, opening the run on its first fold. False
 /// when the run cannot be stored (the table is full, or holds a run this state did not
-/// open), and the write must be sent.
+/// open), or belongs to a past epoch (userspace may be reading it), and the write must be
+/// sent.
 #[inline(always)]
-fn extend_run(map: u64, state: &WriterState, changed: bool) -> bool {
+fn extend_run(map: u64, state: &WriterState, changed: bool, epoch: u32) -> bool {
     if state.folded == 0 {
         let run = FoldRun {
             folded: 1,
-            changed: u32::from(changed),
+            changed: u8::from(changed),
+            _pad: 0,
+            epoch,
             count: state.count,
             header_word: state.header_word,
         };
         return FOLD_RUNS.insert(map, run, u64::from(BPF_NOEXIST)).is_ok();
     }
-    match FOLD_RUNS.get_ptr_mut(map) {
-        Some(run) => {
-            // SAFETY: this map's run; its writes are serialised, as for `WRITERS`.
-            unsafe { (*run).folded += 1 };
-            true
-        }
+    let Some(run) = FOLD_RUNS.get_ptr_mut(map) else {
         // Userspace took the run (it judged the map gone): nothing to extend.
-        None => false,
+        return false;
+    };
+    // SAFETY: this map's run; its writes are serialised, as for `WRITERS`.
+    let run = unsafe { &mut *run };
+    if run.epoch != epoch {
+        return false;
     }
+    run.folded += 1;
+    true
 }
 
 /// Takes the map's open run, if any, for the record being sent: the record carries it, and
@@ -130,8 +135,7 @@ fn take_run(map: u64) -> CarriedRun {
     };
     let _ = FOLD_RUNS.remove(map);
     CarriedRun {
-        // A run never outgrows `MAX_FOLDED`: its state stops folding there.
-        folded: run.folded.min(u32::from(MAX_FOLDED)) as u16,
+        folded: run.folded,
         changed: run.changed != 0,
     }
 }
@@ -140,9 +144,10 @@ fn take_run(map: u64) -> CarriedRun {
 /// map's last record, no sampled key (whose fate userspace must learn from the next header),
 /// folding on, and a header that shows what the write before it did: the same second word,
 /// and the same count (it changed nothing) or one entry more for an assign, one less for a
-/// delete (it changed the count), as every write before it in the run did. `Some(changed)`.
+/// delete (it changed the count), as every write before it in the run did.
+/// `Some((changed, fold epoch))`.
 #[inline(always)]
-fn repeats(state: &WriterState, observation: &Observation) -> Option<bool> {
+fn repeats(state: &WriterState, observation: &Observation) -> Option<(bool, u32)> {
     let [count, header_word] = observation.header?;
     if state.kind != observation.kind
         || state.header_word != header_word
@@ -164,7 +169,8 @@ fn repeats(state: &WriterState, observation: &Observation) -> Option<bool> {
         return None;
     };
     let same_step = state.folded == 0 || state.changes == u8::from(changed);
-    (same_step && folding()).then_some(changed)
+    let epoch = fold_epoch();
+    (same_step && epoch != 0).then_some((changed, epoch))
 }
 
 /// The state a record leaves: later writes fold into it unless it carried a sampled key or
@@ -198,9 +204,10 @@ fn send(ctx: &ProbeContext, observation: Observation, with_stack: bool) -> Resul
     emit_create(ctx, observation, caller, 0)
 }
 
+/// The current fold epoch, 0 while writes must not be folded.
 #[inline(always)]
-fn folding() -> bool {
-    FOLDING.get(0).is_some_and(|on| *on != 0)
+fn fold_epoch() -> u32 {
+    FOLDING.get(0).copied().unwrap_or(0)
 }
 
 #[inline(always)]

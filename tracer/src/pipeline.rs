@@ -153,9 +153,22 @@ pub enum SessionInput {
         /// Folds no record carried, map by map.
         held: Vec<crate::model::HeldFolds>,
     },
-    /// Folds a map the heap check released had left in the BPF side, read right after its
-    /// release (see [`crate::model::Model::released_folds`]).
+    /// Folds a map the heap check released had left in the BPF side, read right before its
+    /// release (see [`crate::model::Model::read_run`]).
     ReleasedFolds(crate::model::HeldFolds),
+    /// The runs of folds of a past epoch, read as a new one began: their maps were not
+    /// written since (see [`crate::model::Model::read_run`]).
+    PastRuns(Vec<crate::model::HeldFolds>),
+    /// The header of a map no longer written, read while tracing, with the time of the
+    /// map's last record then (see [`crate::model::Model::settle_quiet`]).
+    QuietHeader {
+        /// The map.
+        addr: u64,
+        /// Its count and second header word.
+        words: [u64; 2],
+        /// When its last record was, as the model knew it before the read.
+        seen_ns: u64,
+    },
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -362,7 +375,13 @@ impl Pipeline {
             }
             SessionInput::HeaderRead { addr, words } => self.model.settle_with_read(addr, words),
             SessionInput::Folds { total, held } => self.model.held_folds(total, &held),
-            SessionInput::ReleasedFolds(folds) => self.model.released_folds(&folds),
+            SessionInput::ReleasedFolds(folds) => self.model.read_run(&folds),
+            SessionInput::PastRuns(runs) => runs.iter().for_each(|run| self.model.read_run(run)),
+            SessionInput::QuietHeader {
+                addr,
+                words,
+                seen_ns,
+            } => self.model.settle_quiet(addr, words, seen_ns),
             SessionInput::Resident { peak_bytes } => {
                 self.setup.target.peak_rss_bytes = Some(peak_bytes)
             }

@@ -156,12 +156,14 @@ pub struct Outputs {
 }
 
 /// The BPF side's folded writes (see `tracer_common::writers::FoldRun`): switched on for
-/// exact mode once attached, off when the window ends, and read back once the probes are
-/// gone, so that the folds no record carried are still credited.
+/// exact mode once attached, off when the window ends, read every epoch for the maps no
+/// record carried them for yet, and read back once the probes are gone.
 pub struct Folds {
     switch: Array<MapData, u32>,
     total: PerCpuArray<MapData, u64>,
     runs: HashMap<MapData, u64, [u8; FoldRun::SIZE]>,
+    /// The fold epoch the programs were last given (0: folding off).
+    epoch: u32,
 }
 
 impl Folds {
@@ -170,14 +172,37 @@ impl Folds {
             switch: take_map(ebpf, maps::FOLDING)?,
             total: take_map(ebpf, maps::FOLDED)?,
             runs: take_map(ebpf, maps::FOLD_RUNS)?,
+            epoch: 0,
         })
     }
 
     /// Lets the programs fold writes, or makes them send every write from now on.
     pub fn set(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.give_epoch(u32::from(on))
+    }
+
+    /// Starts a new fold epoch: runs opened before it take no more writes (see
+    /// [`Folds::epoch`]). No effect while folding is off.
+    pub fn advance(&mut self) -> Result<(), ProbeError> {
+        if self.epoch == 0 {
+            return Ok(());
+        }
+        self.give_epoch(self.epoch.checked_add(1).unwrap_or(1))
+    }
+
+    fn give_epoch(&mut self, epoch: u32) -> Result<(), ProbeError> {
         self.switch
-            .set(0, u32::from(on), 0)
-            .map_err(|source| map_error(maps::FOLDING, source))
+            .set(0, epoch, 0)
+            .map_err(|source| map_error(maps::FOLDING, source))?;
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    /// The fold epoch the programs were last given (0: folding is off). A run of an
+    /// earlier epoch takes no more writes: its map has not been written since the epoch
+    /// ended (its next write would have taken the run), and it may be read whole.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
     }
 
     /// Every write folded so far, summed over CPUs.
@@ -209,15 +234,15 @@ impl Folds {
         }
         match self.runs.remove(&addr) {
             // Gone already: a new map at this address took it first, and its record carries
-            // these folds again; the model counts them once (`Model::released_folds`).
+            // these folds again; the model counts them once (`Model::read_run`).
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(map_error(maps::FOLD_RUNS, source)),
         }
         Ok(Some(run))
     }
 
-    /// The runs still open, by map address. Only meaningful once no probe runs: read while
-    /// writes go on, a run may change under the read.
+    /// The runs still open, by map address. While probes run, a run of the current epoch
+    /// may change under the read; the runs of past epochs (see [`Folds::epoch`]) are whole.
     pub fn held(&self) -> Vec<(u64, FoldRun)> {
         self.runs
             .iter()

@@ -1,7 +1,7 @@
 //! One trace from start to finish: open the target, plan and attach probes, feed the model
 //! until told to stop, detach, settle the last counts and build the report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +30,12 @@ mod sampled;
 /// How often the ring buffer is drained when the BPF side does not wake the reader. Short
 /// enough that the buffer never comes close to full at the fastest event rate of a map loop.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How often exact mode starts a new fold epoch (see `tracer_common::maps::FOLDING`).
+const FOLD_EPOCH: Duration = Duration::from_millis(tracer_common::writers::EPOCH_MS);
+/// How often exact mode catches up with maps no longer written: it reads the runs of past
+/// fold epochs and the headers of maps with no record for this long (see
+/// [`Feed::catch_up`]). Each costs a read per open run and per quiet map.
+const QUIET_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Records fed per turn of the event loop while tracing: a stop, a tick or the target's
 /// exit waits for at most this many (a few ms of work), however full the ring buffer is.
@@ -680,6 +686,12 @@ impl Feed<'_> {
         let mut release_tick = tokio::time::interval(RELEASE_INTERVAL);
         release_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         release_tick.tick().await;
+        let mut epoch_tick = tokio::time::interval(FOLD_EPOCH);
+        epoch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        epoch_tick.tick().await;
+        let mut catch_up_tick = tokio::time::interval(QUIET_CATCH_UP);
+        catch_up_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        catch_up_tick.tick().await;
         loop {
             // In this order, and the ring buffer a batch at a time: however full it is, a
             // stop is noticed within one batch, so the window ends when it was asked to.
@@ -694,6 +706,14 @@ impl Feed<'_> {
                     on_tick(self.pipeline);
                 }
                 _ = release_tick.tick() => self.release_dropped(events.get_mut(), Check::Timer),
+                _ = catch_up_tick.tick(), if self.folds.is_some() => {
+                    self.catch_up(events.get_mut())?;
+                }
+                _ = epoch_tick.tick() => {
+                    if let Some(folds) = &mut self.folds {
+                        folds.advance()?;
+                    }
+                }
                 _ = drain_tick.tick() => {
                     self.drain_batch(events.get_mut());
                 }
@@ -842,6 +862,60 @@ impl Feed<'_> {
             }
             self.pipeline.note(SessionInput::Dropped(dropped));
         }
+    }
+
+    /// Starts a new fold epoch, credits the runs of the past ones, and settles the last
+    /// write of maps no longer written from their headers, so that a map written in a burst
+    /// and then left alone is known by its whole count while the trace goes on.
+    ///
+    /// In this order, so that no write can go unseen: records sent before the new epoch
+    /// began are drained first, so that a run read afterwards is one no record of those
+    /// carries, and the model takes it as the run following its map's pending operation.
+    /// A quiet map's header is read before the runs and before a last drain: a write before
+    /// the read either sent a record (drained by then) or folded into a run, and a map with
+    /// either is left alone.
+    fn catch_up(&mut self, events: &mut RingBuf<MapData>) -> Result<(), SessionError> {
+        let Some(folds) = &mut self.folds else {
+            return Ok(());
+        };
+        folds.advance()?;
+        self.drain(events);
+        let quiet_since = monotonic_ns().saturating_sub(QUIET_CATCH_UP.as_nanos() as u64);
+        let quiet = self.pipeline.model().quiet_pending(quiet_since);
+        let target = &self.inspected.target;
+        let headers: Vec<(u64, [u64; 2], u64)> = quiet
+            .into_iter()
+            .filter_map(|(addr, seen_ns)| Some((addr, target.read_words(addr).ok()?, seen_ns)))
+            .collect();
+        let Some(folds) = &self.folds else {
+            return Ok(());
+        };
+        let epoch = folds.epoch();
+        let runs = folds.held();
+        let past: Vec<HeldFolds> = runs
+            .iter()
+            .filter(|(_, run)| run.epoch != epoch)
+            .map(|(addr, run)| HeldFolds::of_run(*addr, run))
+            .collect();
+        let open: HashSet<u64> = runs
+            .iter()
+            .filter(|(_, run)| run.epoch == epoch)
+            .map(|(addr, _)| *addr)
+            .collect();
+        if !past.is_empty() {
+            self.pipeline.note(SessionInput::PastRuns(past));
+        }
+        self.drain(events);
+        for (addr, words, seen_ns) in headers {
+            if !open.contains(&addr) {
+                self.pipeline.note(SessionInput::QuietHeader {
+                    addr,
+                    words,
+                    seen_ns,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Keeps draining for a short grace period, until every pending operation is settled by

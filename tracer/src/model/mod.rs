@@ -470,7 +470,9 @@ impl Model {
     fn runs_from_pending(&self, addr: u64, words: [u64; 2]) -> bool {
         let header = self.header_from_words(words);
         self.maps.get(&addr).is_some_and(|record| {
-            record.seed() == header.seed && record.pending_before() == Some(header.count)
+            !record.run_credited
+                && record.seed() == header.seed
+                && record.pending_before() == Some(header.count)
         })
     }
 
@@ -480,20 +482,19 @@ impl Model {
         self.runs_from_pending(addr, words) || self.released_here(addr, words)
     }
 
-    /// Credits the run of folds a map about to be released (or just released) left behind,
-    /// read from the BPF side (see [`Model::owns_dropped_run`]); a record carrying them later
-    /// is then not counted again. Credited before the release, the run settles all but its
-    /// last write, which the map's last header can then settle too.
-    pub fn released_folds(&mut self, folds: &HeldFolds) {
+    /// Credits a run of folds userspace read from the BPF side: a run of a past epoch, whose
+    /// map has not been written since, or the run a map about to be released (or just
+    /// released) left behind (see [`Model::owns_dropped_run`]). The run is its map's only if
+    /// it starts where the map's pending operation does; a record carrying the same run
+    /// later is then not counted again. Credited while the map is known, the run settles
+    /// all but its last write, which the map's next record or last header settles.
+    pub fn read_run(&mut self, folds: &HeldFolds) {
         if self.runs_from_pending(folds.addr, folds.words) {
             let at_ns = self
                 .maps
                 .get(&folds.addr)
                 .map_or(0, |record| record.last_seen_ns);
             self.credit_folds(folds.addr, folds.folds(), at_ns);
-            if let Some(record) = self.maps.get_mut(&folds.addr) {
-                record.folds_closed = true;
-            }
             return;
         }
         if !self.released_here(folds.addr, folds.words) {
@@ -600,6 +601,7 @@ impl Model {
             record.clears += 1;
         }
         record.pending = Some(operation);
+        record.run_credited = false;
         record.writers.start(stack);
         let addr = event.map;
         self.follow_key(addr, change);
@@ -742,6 +744,38 @@ impl Model {
             .values()
             .filter(|record| record.is_pending())
             .map(|record| record.addr)
+    }
+
+    /// Maps whose last operation still waits for a count, and that had no record since
+    /// `before_ns`, with the time of their last record: the ones a read of the target's
+    /// memory may settle while the trace goes on (see [`Model::settle_quiet`]).
+    pub fn quiet_pending(&self, before_ns: u64) -> Vec<(u64, u64)> {
+        self.maps
+            .values()
+            .filter(|record| record.is_pending() && record.last_seen_ns < before_ns)
+            .map(|record| (record.addr, record.last_seen_ns))
+            .collect()
+    }
+
+    /// Settles the pending operation of a map no longer written with its header `words`,
+    /// read while the probes are attached. The session reads it only when no write can have
+    /// gone unseen since the map's last record (`seen_ns`), which it checks after the read:
+    /// no record came, and no run of folds was opened. Even so, the header settles only an
+    /// operation it is a possible outcome of, and anything else is left for later.
+    pub fn settle_quiet(&mut self, addr: u64, words: [u64; 2], seen_ns: u64) {
+        let header = self.header_from_words(words);
+        let Some(record) = self.maps.get_mut(&addr) else {
+            return;
+        };
+        if record.last_seen_ns != seen_ns
+            || !record.is_pending()
+            || !record.owns(header)
+            || !record.could_follow(header)
+        {
+            return;
+        }
+        let change = record.resolve(header);
+        self.follow_key(addr, change);
     }
 
     /// Resolves the map's pending operation with a header seen after the window (the next

@@ -145,9 +145,12 @@ pub struct MapRecord {
     /// one was seen: writes folded after it, credited once the map is gone, did what the
     /// run says to it. 0 otherwise.
     pub(super) abandoned_write: u8,
-    /// Its last run of folds was read from the BPF side as it was released: a record that
+    /// Its last run of folds was credited before or as it was released: a record that
     /// carries them later brings nothing new.
     pub(super) folds_closed: bool,
+    /// A run of folds was credited to the pending operation (read from the BPF side, or
+    /// carried by a record): the same run delivered again brings nothing new.
+    pub(super) run_credited: bool,
 }
 
 /// A run of writes the BPF side folded, as a record or a read of the BPF side delivers it.
@@ -197,6 +200,7 @@ impl MapRecord {
             pending: None,
             growth: None,
             abandoned_write: 0,
+            run_credited: false,
             folds_closed: false,
         }
     }
@@ -263,6 +267,7 @@ impl MapRecord {
             | Some(Pending::Clear { at_ns }) => at_ns,
             None => self.last_seen_ns,
         };
+        self.run_credited = false;
         let explained = match self.pending.take() {
             Some(Pending::Assign { before, key, at_ns }) if count == before + 1 => {
                 self.inserts += 1;
@@ -364,6 +369,8 @@ impl MapRecord {
             Some(Pending::Delete { .. }) => kind::DELETE,
             Some(Pending::Clear { .. }) | None => 0,
         };
+        self.folds_closed = self.run_credited;
+        self.run_credited = false;
         self.growth = None;
         self.writers.abandon();
         if self.pending.take().is_some() {
@@ -393,8 +400,12 @@ impl MapRecord {
     /// added (assign) or removed (delete) one entry. The last folded write is now the pending
     /// operation, with no key (a write with a sampled key is never folded) and no writer
     /// stack, dated `at_ns` (the record that said so: a fold has no time of its own). False
-    /// when nothing pending can take them.
+    /// when nothing pending can take them, or when they were credited already (userspace
+    /// read the run before a record carried it).
     pub(super) fn fold(&mut self, folds: Folds, at_ns: u64) -> bool {
+        if self.run_credited {
+            return false;
+        }
         let (before, key, when, assign) = match &mut self.pending {
             Some(Pending::Assign { before, key, at_ns }) => (before, key, at_ns, true),
             Some(Pending::Delete { before, key, at_ns }) => (before, key, at_ns, false),
@@ -402,6 +413,7 @@ impl MapRecord {
         };
         *key = None;
         *when = at_ns;
+        self.run_credited = true;
         let n = folds.writes;
         let after = match (folds.changed, assign) {
             (false, _) => *before,

@@ -859,7 +859,7 @@ fn folds_read_at_a_release_are_counted_once() {
         !model.released_here(M, [1, SEED as u64 + 1]),
         "another map's state"
     );
-    model.released_folds(&held);
+    model.read_run(&held);
     assert!(!model.released_here(M, held.words), "read once");
     // The same folds, carried by the next map's record (the read raced its creation).
     let mut created = event(kind::CREATE, 0, SEED + 1, 9);
@@ -957,7 +957,7 @@ fn a_run_read_before_a_drop_leaves_the_last_write_to_the_last_header() {
         !model.owns_dropped_run(M, [1, u64::from(SEED)]),
         "not from its pending write"
     );
-    model.released_folds(&run);
+    model.read_run(&run);
     model.dropped(&dropped);
     let old = released(&model);
     assert_eq!((old.inserts, old.live, old.peak), (5, 5, 5));
@@ -969,4 +969,77 @@ fn a_run_read_before_a_drop_leaves_the_last_write_to_the_last_header() {
     assert_eq!(released(&model).inserts, 5);
     model.held_folds(4, &[]);
     assert_eq!(model.folds_uncredited(), 0);
+}
+
+#[test]
+fn a_run_read_in_a_later_epoch_counts_once_whoever_delivers_it() {
+    for changed in [false, true] {
+        let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+        let run = HeldFolds {
+            addr: M,
+            words: [0, u64::from(SEED)],
+            folded: 3,
+            changed,
+        };
+        // Read while the map was quiet: credited at once, so its count is not left behind.
+        model.read_run(&run);
+        let inserts = if changed { 3 } else { 0 };
+        assert_eq!(only(&model).inserts, inserts);
+        // Read again a second later, then carried by the map's next write: the same run.
+        model.read_run(&run);
+        let count = if changed { 4 } else { 1 };
+        let mut carrier = folding(kind::ASSIGN, count, 9, 3);
+        if changed {
+            carrier.flags = FLAG_FOLDS_CHANGED;
+        }
+        model.observe(&carrier).unwrap();
+        model.held_folds(3, &[run]);
+        model.settle_with_header(M, header(count));
+        let map = only(&model);
+        assert_eq!(
+            (map.inserts + map.overwrites, map.unexplained, map.unsettled),
+            (5, 0, 0),
+            "changed: {changed}"
+        );
+        assert_eq!(model.folds_uncredited(), 0);
+    }
+}
+
+#[test]
+fn a_run_of_a_map_released_after_its_run_was_read_is_not_counted_again() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    let run = HeldFolds {
+        addr: M,
+        words: [0, u64::from(SEED)],
+        folded: 2,
+        changed: true,
+    };
+    model.read_run(&run);
+    // The map goes, and the next map at its address carries the same run.
+    let mut created = folding_changed(kind::CREATE, 0, 9, 2);
+    created.header_word = u64::from(SEED + 1);
+    model.observe(&created).unwrap();
+    assert_eq!(released(&model).inserts, 2);
+    assert_eq!(model.folds_uncredited(), 0);
+}
+
+#[test]
+fn a_quiet_maps_last_write_is_settled_only_by_a_header_read_since_its_last_record() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    let seen_ns = only(&model).last_seen_ns;
+    assert_eq!(model.quiet_pending(seen_ns), vec![]);
+    assert_eq!(model.quiet_pending(seen_ns + 1), vec![(M, seen_ns)]);
+    // A record came after the read was decided on: the read may predate its write.
+    model.settle_quiet(M, [1, u64::from(SEED)], seen_ns - 1);
+    // Not an outcome of the pending assign, or another map's header: left for later.
+    model.settle_quiet(M, [2, u64::from(SEED)], seen_ns);
+    model.settle_quiet(M, [1, u64::from(SEED + 1)], seen_ns);
+    assert!(only(&model).is_pending());
+    model.settle_quiet(M, [1, u64::from(SEED)], seen_ns);
+    let map = only(&model);
+    assert!(!map.is_pending());
+    assert_eq!(
+        (map.inserts, map.live, map.unexplained, map.unsettled),
+        (1, 1, 0, 0)
+    );
 }
