@@ -375,6 +375,16 @@ pub mod writers {
     /// After the first writes, one write in this many (a power of two) carries a stack.
     pub const SAMPLE_EVERY: u32 = 1024;
 
+    /// Writes a map seen created makes before it gets a `WRITERS` entry: inserting into the
+    /// full LRU costs about as much as the rest of a creation's probe, and most maps made
+    /// while tracing (per-request maps) are written a few times and dropped. Until then its
+    /// writes are all sent, none folded, and counted in a young-map slot instead.
+    pub const STATE_AFTER: u32 = 8;
+    /// Young-map slots (a power of two): a map made while tracing is remembered in the slot
+    /// its address picks until its entry is made, or another young map takes the slot
+    /// (then its next write makes its entry, as for a map not seen created).
+    pub const YOUNG_SLOTS: u32 = 4096;
+
     /// Most writes one record can say were folded (see [`super::MapEvent::folded`]); the
     /// write after that many is sent.
     pub const MAX_FOLDED: u16 = u16::MAX;

@@ -43,6 +43,23 @@ static WRITERS: LruHashMap<u64, WriterState> = LruHashMap::with_max_entries(writ
 #[map]
 static FOLD_RUNS: HashMap<u64, FoldRun> = HashMap::with_max_entries(writers::RUNS, 0);
 
+/// Maps made while tracing that have no `WRITERS` entry yet, by slot (see
+/// `tracer_common::writers::STATE_AFTER`). Shared by every CPU, since a goroutine may move
+/// between its map's creation and its writes: two programs racing for a slot only cost a
+/// map its young-map slot, and so the earlier entry.
+#[map]
+static YOUNG_MAPS: Array<YoungMap> = Array::with_max_entries(writers::YOUNG_SLOTS, 0);
+
+/// A map made while tracing, before its `WRITERS` entry: its address, and the writes
+/// counted so far, which pick the writes that carry a stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct YoungMap {
+    addr: u64,
+    writes: u32,
+    _pad: u32,
+}
+
 /// See `tracer_common::maps::FOLDING`.
 #[map]
 static FOLDING: Array<u32> = Array::with_max_entries(1, 0);
@@ -60,11 +77,19 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
         return Ok(());
     }
     let Some(state) = WRITERS.get_ptr_mut(observation.map) else {
-        // A failed insert only means the next write tries again. The entry may have been
-        // evicted with a run open, which this record then carries.
-        let _ = WRITERS.insert(observation.map, fresh_state(&observation, 1), 0);
-        observation.carried = take_run(observation.map);
-        return send(ctx, observation, writers::sampled(0));
+        let seen = match young_write(observation.map) {
+            Some(Young::Counted(seen)) => return send(ctx, observation, writers::sampled(seen)),
+            Some(Young::Grown(seen)) => seen,
+            // Not seen created: its entry may have been evicted with a run open, which this
+            // record then carries.
+            None => {
+                observation.carried = take_run(observation.map);
+                0
+            }
+        };
+        // A failed insert only means the next write tries again.
+        let _ = WRITERS.insert(observation.map, fresh_state(&observation, seen + 1), 0);
+        return send(ctx, observation, writers::sampled(seen));
     };
     // SAFETY: the pointer is to this map's entry; Go serialises writes to one map, so no
     // other program updates it meanwhile (a racing program loses at most a sample or a fold).
@@ -219,22 +244,69 @@ fn count_fold() {
 }
 
 /// A creation (or clone) of `map` was seen: its writes only need the sparse sample, and the
-/// folds of the map that was at this address before go with this record.
+/// folds of the map that was at this address before go with this record. An entry left by
+/// that map is started over in place; else the map is remembered as young, and gets its
+/// entry only if it is written more than a few times.
 #[inline(always)]
 pub fn mark_created(map: u64) -> CarriedRun {
     if map == 0 {
         return CarriedRun::default();
     }
-    let _ = WRITERS.insert(map, fresh_created(), 0);
+    match WRITERS.get_ptr_mut(map) {
+        // SAFETY: as in `observe_write`; the map before at this address is gone.
+        Some(state) => unsafe {
+            *state = WriterState {
+                writes: writers::FIRST_WRITES,
+                ..WriterState::default()
+            }
+        },
+        None => {
+            if let Some(slot) = YOUNG_MAPS.get_ptr_mut(young_slot(map)) {
+                let young = YoungMap {
+                    addr: map,
+                    writes: writers::FIRST_WRITES,
+                    _pad: 0,
+                };
+                // SAFETY: a slot of a plain array; a racing program only takes the slot.
+                unsafe { *slot = young };
+            }
+        }
+    }
     take_run(map)
 }
 
+/// What a write to a map without a `WRITERS` entry found in the young-map slots.
+enum Young {
+    /// A young map: the write is counted, and the map still needs no entry.
+    Counted(u32),
+    /// A young map that has now been written enough to get its entry.
+    Grown(u32),
+}
+
+/// Counts a write to `map` in its young-map slot, if it holds that map; `seen` is the
+/// writes before this one.
 #[inline(always)]
-fn fresh_created() -> WriterState {
-    WriterState {
-        writes: writers::FIRST_WRITES,
-        ..WriterState::default()
+fn young_write(map: u64) -> Option<Young> {
+    let slot = YOUNG_MAPS.get_ptr_mut(young_slot(map))?;
+    // SAFETY: a slot of a plain array; a racing program only takes the slot.
+    let young = unsafe { &mut *slot };
+    if young.addr != map {
+        return None;
     }
+    let seen = young.writes;
+    if seen < writers::FIRST_WRITES + writers::STATE_AFTER {
+        young.writes = seen + 1;
+        return Some(Young::Counted(seen));
+    }
+    young.addr = 0;
+    Some(Young::Grown(seen))
+}
+
+/// The young-map slot `map` uses: Go's small objects are 8-byte aligned at least, and map
+/// headers come from a few size classes, so the bits above the alignment spread them.
+#[inline(always)]
+fn young_slot(map: u64) -> u32 {
+    ((map >> 4) as u32) & (writers::YOUNG_SLOTS - 1)
 }
 
 /// Takes the map's folded writes for a record of another kind (a clear), which also ends the
