@@ -323,8 +323,8 @@ pub mod maps {
     pub const WRITERS: &str = "WRITERS";
     /// Array of one `u32`: the fold epoch while writes may be folded (exact mode, from once
     /// the probes are attached until the trace's window ends), else 0. Userspace advances
-    /// it every [`super::writers::EPOCH_MS`]; a run only takes writes of the epoch it was
-    /// opened in, so the runs of past epochs no longer change and userspace can read them.
+    /// it every [`super::writers::EPOCH_MS`]; a write folds only in the epoch of its map's
+    /// last write, so the runs of past epochs stop growing and userspace can read them.
     pub const FOLDING: &str = "FOLDING";
     /// Per-CPU `u64` count of every write folded, so that userspace can tell how many
     /// folds no record or final read credited.
@@ -413,13 +413,20 @@ pub mod writers {
         pub count: u64,
         /// The header's second word the map's last write found.
         pub header_word: u64,
+        /// The fold epoch of the map's last write: a write folds only in the same epoch,
+        /// so the first write after a pause is always sent, and a run never spans epochs.
+        pub epoch: u32,
+        /// Explicit padding.
+        pub _pad: u32,
     }
 
     /// How often userspace advances the fold epoch. A run takes the writes of one epoch
     /// only, so the next write of a map in a later epoch is sent with the run: a map that
     /// goes on being written is known by a count at most about this late, which is the
     /// resolution of its count over time. (A map no longer written is caught up by
-    /// userspace reading the runs of past epochs, less often.)
+    /// userspace reading the runs of older epochs, less often.) And since the first write
+    /// of an epoch is never folded, userspace may settle a map left alone for a while from
+    /// its header without missing a later write: that write is sent.
     pub const EPOCH_MS: u64 = 100;
 
     /// Map addresses that can hold an open run of folded writes at once (the `FOLD_RUNS`
@@ -434,7 +441,8 @@ pub mod writers {
     /// the kernel: the map's next record takes the run and carries its length
     /// ([`super::MapEvent::folded`]). Userspace reads the runs of past epochs (see
     /// [`super::maps::FOLDING`]), so that a map no longer written is not left behind, and
-    /// takes a dropped map's run when it sees the map released, or when the trace ends.
+    /// takes a dropped map's run when it sees the map released, and reads every run left when
+    /// the trace ends.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct FoldRun {

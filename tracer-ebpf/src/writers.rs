@@ -10,10 +10,12 @@
 //!
 //! The same entry decides which writes need no record (`tracer_common::writers::WriterState`):
 //! a write of the kind of the map's last record whose header shows what the write before it
-//! did (nothing, or one entry more or less, the same for the whole run) is folded, not sent. Its count goes to `FOLD_RUNS`, a hash the kernel never evicts, so a fold
-//! is never lost with an evicted `WRITERS` entry: the map's next record, or userspace once the
-//! map is gone, takes the run. Each folded write costs two lookups instead of a ring-buffer
-//! record and a clock read, which is most of a traced overwrite's cost.
+//! did (nothing, or one entry more or less, the same for the whole run), in the fold epoch
+//! of that write, is folded, not sent. Its count goes to `FOLD_RUNS`, a hash the kernel never
+//! evicts, so a fold is never lost with an evicted `WRITERS` entry: the map's next record, or
+//! userspace once the map is quiet or gone, takes the run. Each folded write costs a few map
+//! lookups (its state, the epoch, its run, the fold counter) instead of a ring-buffer record
+//! and a clock read, which is most of a traced write's cost.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -88,7 +90,8 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
             }
         };
         // A failed insert only means the next write tries again.
-        let _ = WRITERS.insert(observation.map, fresh_state(&observation, seen + 1), 0);
+        let state = fresh_state(&observation, seen + 1, fold_epoch());
+        let _ = WRITERS.insert(observation.map, state, 0);
         return send(ctx, observation, writers::sampled(seen));
     };
     // SAFETY: the pointer is to this map's entry; Go serialises writes to one map, so no
@@ -102,8 +105,10 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     } else {
         repeats(state, &observation)
     };
-    if let (Some((changed, epoch)), Some([count, _])) = (repeat, observation.header) {
-        if extend_run(observation.map, state, changed, epoch) {
+    let epoch = fold_epoch();
+    if let (Some(changed), Some([count, _])) = (repeat, observation.header) {
+        let same_epoch = epoch != 0 && state.epoch == epoch;
+        if same_epoch && extend_run(observation.map, state, changed, epoch) {
             state.folded += 1;
             state.changes = u8::from(changed);
             state.count = count;
@@ -116,14 +121,14 @@ pub fn observe_write(ctx: &ProbeContext, kind: u8) -> Result<(), EmitError> {
     if state.folded > 0 || repeat.is_some() {
         observation.carried = take_run(observation.map);
     }
-    *state = fresh_state(&observation, state.writes);
+    *state = fresh_state(&observation, state.writes, epoch);
     send(ctx, observation, with_stack)
 }
 
 /// Counts one more folded write in the map's run, opening the run on its first fold. False
 /// when the run cannot be stored (the table is full, or holds a run this state did not
-/// open), or belongs to a past epoch (userspace may be reading it), and the write must be
-/// sent.
+/// open), and the write must be sent. The caller checked that the map's last write was of
+/// this epoch, so the run is too.
 #[inline(always)]
 fn extend_run(map: u64, state: &WriterState, changed: bool, epoch: u32) -> bool {
     if state.folded == 0 {
@@ -142,11 +147,7 @@ fn extend_run(map: u64, state: &WriterState, changed: bool, epoch: u32) -> bool 
         return false;
     };
     // SAFETY: this map's run; its writes are serialised, as for `WRITERS`.
-    let run = unsafe { &mut *run };
-    if run.epoch != epoch {
-        return false;
-    }
-    run.folded += 1;
+    unsafe { (*run).folded += 1 };
     true
 }
 
@@ -170,9 +171,9 @@ fn take_run(map: u64) -> CarriedRun {
 /// folding on, and a header that shows what the write before it did: the same second word,
 /// and the same count (it changed nothing) or one entry more for an assign, one less for a
 /// delete (it changed the count), as every write before it in the run did.
-/// `Some((changed, fold epoch))`.
+/// `Some(changed)`; the caller also checks that the map's last write was of this epoch.
 #[inline(always)]
-fn repeats(state: &WriterState, observation: &Observation) -> Option<(bool, u32)> {
+fn repeats(state: &WriterState, observation: &Observation) -> Option<bool> {
     let [count, header_word] = observation.header?;
     if state.kind != observation.kind
         || state.header_word != header_word
@@ -194,14 +195,13 @@ fn repeats(state: &WriterState, observation: &Observation) -> Option<(bool, u32)
         return None;
     };
     let same_step = state.folded == 0 || state.changes == u8::from(changed);
-    let epoch = fold_epoch();
-    (same_step && epoch != 0).then_some((changed, epoch))
+    same_step.then_some(changed)
 }
 
 /// The state a record leaves: later writes fold into it unless it carried a sampled key or
 /// no header.
 #[inline(always)]
-fn fresh_state(observation: &Observation, writes: u32) -> WriterState {
+fn fresh_state(observation: &Observation, writes: u32, epoch: u32) -> WriterState {
     let ([count, header_word], kind) = match (observation.header, observation.key_hash) {
         (Some(header), None) => (header, observation.kind),
         _ => ([0, 0], 0),
@@ -213,6 +213,8 @@ fn fresh_state(observation: &Observation, writes: u32) -> WriterState {
         changes: 0,
         count,
         header_word,
+        epoch,
+        _pad: 0,
     }
 }
 
@@ -229,7 +231,8 @@ fn send(ctx: &ProbeContext, observation: Observation, with_stack: bool) -> Resul
     emit_create(ctx, observation, caller, 0)
 }
 
-/// The current fold epoch, 0 while writes must not be folded.
+/// The current fold epoch, 0 while writes must not be folded (see
+/// `tracer_common::maps::FOLDING`).
 #[inline(always)]
 fn fold_epoch() -> u32 {
     FOLDING.get(0).copied().unwrap_or(0)

@@ -3,6 +3,7 @@
 //! Probes are restricted to the target process by the kernel (a uprobe perf event filtered on
 //! the target's pid), so other processes running the same binary pay nothing.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
@@ -156,7 +157,7 @@ pub struct Outputs {
 }
 
 /// The BPF side's folded writes (see `tracer_common::writers::FoldRun`): switched on for
-/// exact mode once attached, off when the window ends, read every epoch for the maps no
+/// exact mode once attached, off when the window ends, read once a second for the maps no
 /// record carried them for yet, and read back once the probes are gone.
 pub struct Folds {
     switch: Array<MapData, u32>,
@@ -198,9 +199,9 @@ impl Folds {
         Ok(())
     }
 
-    /// The fold epoch the programs were last given (0: folding is off). A run of an
-    /// earlier epoch takes no more writes: its map has not been written since the epoch
-    /// ended (its next write would have taken the run), and it may be read whole.
+    /// The fold epoch the programs were last given (0: folding is off). A write folds only
+    /// in the epoch of its map's last write, so a run of an earlier epoch takes no more
+    /// writes, but for a program that read the epoch before it changed and is still running.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
@@ -241,9 +242,10 @@ impl Folds {
         Ok(Some(run))
     }
 
-    /// The runs still open, by map address. While probes run, a run of the current epoch
-    /// may change under the read; the runs of past epochs (see [`Folds::epoch`]) are whole.
-    pub fn held(&self) -> Vec<(u64, FoldRun)> {
+    /// The runs still open, by map address. While probes run, a run of a recent epoch may
+    /// change under the read (see [`Folds::epoch`]), and a walk of a hash that loses entries
+    /// meanwhile may meet some twice: the last read of each address is kept.
+    pub fn held(&self) -> BTreeMap<u64, FoldRun> {
         self.runs
             .iter()
             .filter_map(Result::ok)

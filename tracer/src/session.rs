@@ -1,7 +1,7 @@
 //! One trace from start to finish: open the target, plan and attach probes, feed the model
 //! until told to stop, detach, settle the last counts and build the report.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -415,8 +415,9 @@ async fn follow_attached(
         diagnostics,
         mut folds,
     } = outputs;
-    // Exact mode folds the writes that repeat their map's last record; sampled mode's
-    // windows send every write (they are short, and their polls read counts anyway).
+    // Exact mode folds the writes whose header proves what the write before them did;
+    // sampled mode's windows send every write (they are short, and their polls read counts
+    // anyway).
     let folds = if options.sampled().is_none() && !options.floor {
         folds.set(true)?;
         Some(folds)
@@ -440,6 +441,7 @@ async fn follow_attached(
         drops: Vec::new(),
         drops_at: Instant::now(),
         folds,
+        quiet_reads: HashMap::new(),
     };
     feed.read_resident();
     let stop_reason = match options.sampled() {
@@ -654,6 +656,8 @@ struct Feed<'a> {
     drops_at: Instant,
     /// The BPF side's folded writes, while they are on (exact mode).
     folds: Option<Folds>,
+    /// Headers of quiet maps read by the last catch-ups, waiting for a second read to agree.
+    quiet_reads: HashMap<u64, QuietRead>,
 }
 
 impl Feed<'_> {
@@ -851,7 +855,7 @@ impl Feed<'_> {
                 let model = self.pipeline.model();
                 if model.releases(&dropped) {
                     let taken = folds.take_dropped(addr, |run| {
-                        model.owns_dropped_run(addr, [run.count, run.header_word])
+                        model.is_run_of_map_at(addr, [run.count, run.header_word])
                     });
                     // A failed read leaves the run to a later record, or uncredited.
                     if let Ok(Some(run)) = taken {
@@ -864,16 +868,21 @@ impl Feed<'_> {
         }
     }
 
-    /// Starts a new fold epoch, credits the runs of the past ones, and settles the last
+    /// Starts a new fold epoch, credits the runs of epochs long past, and settles the last
     /// write of maps no longer written from their headers, so that a map written in a burst
     /// and then left alone is known by its whole count while the trace goes on.
     ///
-    /// In this order, so that no write can go unseen: records sent before the new epoch
-    /// began are drained first, so that a run read afterwards is one no record of those
-    /// carries, and the model takes it as the run following its map's pending operation.
-    /// A quiet map's header is read before the runs and before a last drain: a write before
-    /// the read either sent a record (drained by then) or folded into a run, and a map with
-    /// either is left alone.
+    /// Why no write goes unseen, or counted twice:
+    /// - A run of an epoch at least two epochs back takes no more writes (a write folds
+    ///   only in the epoch of its map's last write): its map has not been written since,
+    ///   and the record before it was drained long ago. A write that slipped in anyway (its
+    ///   program preempted across the epoch change) is credited when a record or the end
+    ///   delivers the run again, since the model counts only the writes a run adds.
+    /// - The first write of an epoch is always sent, so a map with no record for a while can
+    ///   only have changed by a write whose record is on its way. Its header is read twice,
+    ///   a catch-up apart, and settles its last write only if both reads agree, no record
+    ///   came in between (the drains before and after each read would have shown it), and
+    ///   no run of a recent epoch is at its address (an older one was credited above).
     fn catch_up(&mut self, events: &mut RingBuf<MapData>) -> Result<(), SessionError> {
         let Some(folds) = &mut self.folds else {
             return Ok(());
@@ -883,36 +892,55 @@ impl Feed<'_> {
         let quiet_since = monotonic_ns().saturating_sub(QUIET_CATCH_UP.as_nanos() as u64);
         let quiet = self.pipeline.model().quiet_pending(quiet_since);
         let target = &self.inspected.target;
-        let headers: Vec<(u64, [u64; 2], u64)> = quiet
-            .into_iter()
-            .filter_map(|(addr, seen_ns)| Some((addr, target.read_words(addr).ok()?, seen_ns)))
+        let reads: Vec<(u64, u64, [u64; 2])> = quiet
+            .iter()
+            .filter(|(addr, seen_ns)| {
+                !self
+                    .quiet_reads
+                    .get(addr)
+                    .is_some_and(|read| read.seen_ns == *seen_ns && read.tried)
+            })
+            .filter_map(|&(addr, seen_ns)| Some((addr, seen_ns, target.read_words(addr).ok()?)))
             .collect();
         let Some(folds) = &self.folds else {
             return Ok(());
         };
         let epoch = folds.epoch();
         let runs = folds.held();
+        let settled = |run: &tracer_common::writers::FoldRun| epoch.wrapping_sub(run.epoch) >= 2;
         let past: Vec<HeldFolds> = runs
             .iter()
-            .filter(|(_, run)| run.epoch != epoch)
+            .filter(|(_, run)| settled(run))
             .map(|(addr, run)| HeldFolds::of_run(*addr, run))
-            .collect();
-        let open: HashSet<u64> = runs
-            .iter()
-            .filter(|(_, run)| run.epoch == epoch)
-            .map(|(addr, _)| *addr)
             .collect();
         if !past.is_empty() {
             self.pipeline.note(SessionInput::PastRuns(past));
         }
         self.drain(events);
-        for (addr, words, seen_ns) in headers {
-            if !open.contains(&addr) {
+        let quiet: HashSet<u64> = quiet.iter().map(|(addr, _)| *addr).collect();
+        self.quiet_reads.retain(|addr, _| quiet.contains(addr));
+        for (addr, seen_ns, words) in reads {
+            let read = QuietRead {
+                seen_ns,
+                words,
+                tried: false,
+            };
+            let agreed = self
+                .quiet_reads
+                .insert(addr, read)
+                .is_some_and(|first| first.seen_ns == seen_ns && first.words == words);
+            let recent_run = runs.get(&addr).is_some_and(|run| !settled(run));
+            if agreed && !recent_run {
                 self.pipeline.note(SessionInput::QuietHeader {
                     addr,
                     words,
                     seen_ns,
                 });
+                // Settled, or not a possible outcome (another object there): not read again
+                // until the map's next record.
+                if let Some(read) = self.quiet_reads.get_mut(&addr) {
+                    read.tried = true;
+                }
             }
         }
         Ok(())
@@ -947,6 +975,16 @@ impl Feed<'_> {
             }
         }
     }
+}
+
+/// A quiet map's header as a catch-up read it (see [`Feed::catch_up`]).
+struct QuietRead {
+    /// When the map's last record was, as the model knew it at the read.
+    seen_ns: u64,
+    /// The header's count and second word.
+    words: [u64; 2],
+    /// It was passed on: a map it did not settle is not read again until its next record.
+    tried: bool,
 }
 
 /// Registers an owned descriptor with the event loop, for readability only.

@@ -420,11 +420,9 @@ impl Model {
             // Folds follow a record of their map, so with none known here that map was
             // released beyond the listed ones: its writes are counted nowhere per map, like
             // its other operations, and nothing listed is short of them.
-            (None, None) => true,
+            (None, None) => folds.writes,
         };
-        if credited {
-            self.folds_credited += folds.writes;
-        }
+        self.folds_credited += credited;
     }
 
     /// Credits the folds the BPF side still held once the probes were gone, each to its map
@@ -435,9 +433,7 @@ impl Model {
         self.folds_total = Some(total);
         for folds in held {
             let at_ns = match self.maps.get(&folds.addr) {
-                Some(record) => self
-                    .runs_from_pending(folds.addr, folds.words)
-                    .then_some(record.last_seen_ns),
+                Some(record) => self.runs_from_pending(folds).then_some(record.last_seen_ns),
                 // A released map's folds carry no time it would use.
                 None => self.released_here(folds.addr, folds.words).then_some(0),
             };
@@ -447,12 +443,11 @@ impl Model {
         }
     }
 
-    /// Whether the write state `words` (the header its map's last record found) is that of a
-    /// map released at `addr` and known there no more: a map the heap check just dropped,
-    /// whose last run of folds no record of its own will carry.
-    /// For the last map listed there, the seed must be its own; a map released beyond the
-    /// listed ones left no record to check against.
-    pub fn released_here(&self, addr: u64, words: [u64; 2]) -> bool {
+    /// Whether the run `words` (the header its map's last record found) is that of a map
+    /// released at `addr` and known there no more, whose run no record of its own will
+    /// carry. For the last map listed there, the seed must be its own, and its run not
+    /// credited yet; a map released beyond the listed ones left no record to check against.
+    fn released_here(&self, addr: u64, words: [u64; 2]) -> bool {
         if self.maps.contains_key(&addr) {
             return false;
         }
@@ -465,31 +460,35 @@ impl Model {
         }
     }
 
-    /// Whether `words` (the header a run of folds started from) is where the pending
-    /// operation of the map known at `addr` starts: then the run is that map's.
-    fn runs_from_pending(&self, addr: u64, words: [u64; 2]) -> bool {
-        let header = self.header_from_words(words);
-        self.maps.get(&addr).is_some_and(|record| {
-            !record.run_credited
-                && record.seed() == header.seed
-                && record.pending_before() == Some(header.count)
+    /// Whether `run` starts (its header) where the run following the pending operation of
+    /// the map known at `addr` starts: then the run is that map's. Once part of that run was
+    /// credited, the pending operation is its last credited write, as many steps on.
+    fn runs_from_pending(&self, run: &HeldFolds) -> bool {
+        let header = self.header_from_words(run.words);
+        self.maps.get(&run.addr).is_some_and(|record| {
+            record.seed() == header.seed && record.run_start(run.changed) == Some(header.count)
         })
     }
 
-    /// Whether a run of folds that started from `words`, read from the BPF side for a map
-    /// about to be released at `addr`, or just released there, is that map's.
-    pub fn owns_dropped_run(&self, addr: u64, words: [u64; 2]) -> bool {
-        self.runs_from_pending(addr, words) || self.released_here(addr, words)
+    /// Whether a run of folds that started from `words`, found at `addr` when the map known
+    /// there is about to be released, is that map's (its seed is): the run can go, since no
+    /// later write of that map will take it.
+    pub fn is_run_of_map_at(&self, addr: u64, words: [u64; 2]) -> bool {
+        let seed = self.header_from_words(words).seed;
+        self.maps
+            .get(&addr)
+            .is_some_and(|record| record.seed() == seed)
     }
 
-    /// Credits a run of folds userspace read from the BPF side: a run of a past epoch, whose
-    /// map has not been written since, or the run a map about to be released (or just
-    /// released) left behind (see [`Model::owns_dropped_run`]). The run is its map's only if
-    /// it starts where the map's pending operation does; a record carrying the same run
-    /// later is then not counted again. Credited while the map is known, the run settles
-    /// all but its last write, which the map's next record or last header settles.
+    /// Credits a run of folds userspace read from the BPF side: a run of an epoch long past,
+    /// whose map has not been written since, or the run a map about to be released left
+    /// behind. It counts for the map known at its address when it is the run following
+    /// that map's pending operation, and for the last map listed as released there when its
+    /// seed is that map's; a run at an address where no listed map was is left to the end of
+    /// the trace, or to the record that carries it. Writes of the run already credited are
+    /// not counted again, whoever delivers them.
     pub fn read_run(&mut self, folds: &HeldFolds) {
-        if self.runs_from_pending(folds.addr, folds.words) {
+        if self.runs_from_pending(folds) {
             let at_ns = self
                 .maps
                 .get(&folds.addr)
@@ -497,13 +496,14 @@ impl Model {
             self.credit_folds(folds.addr, folds.folds(), at_ns);
             return;
         }
+        let Some(&index) = self.released_at.get(&folds.addr) else {
+            return;
+        };
         if !self.released_here(folds.addr, folds.words) {
             return;
         }
         self.credit_folds(folds.addr, folds.folds(), 0);
-        if let Some(&index) = self.released_at.get(&folds.addr) {
-            self.released[index].folds_closed = true;
-        }
+        self.released[index].folds_closed = true;
     }
 
     /// Writes the BPF side folded: its own count once the probes are gone, the folds
@@ -513,8 +513,9 @@ impl Model {
     }
 
     /// Folded writes no map could be credited with: the record carrying them was lost, or a
-    /// new map at their map's address took over their run while userspace read it. Folds of maps released beyond the
-    /// listed ones are not among them: nothing listed is short of them.
+    /// new map at their map's address took over their run while userspace read it. Folds of
+    /// maps released beyond the listed ones are not among them: nothing listed is short of
+    /// them.
     pub fn folds_uncredited(&self) -> u64 {
         self.folds().saturating_sub(self.folds_credited)
     }
@@ -601,7 +602,6 @@ impl Model {
             record.clears += 1;
         }
         record.pending = Some(operation);
-        record.run_credited = false;
         record.writers.start(stack);
         let addr = event.map;
         self.follow_key(addr, change);
@@ -945,11 +945,13 @@ fn operation(event: &MapEvent) -> Result<Pending, ModelError> {
             before: event.count,
             key,
             at_ns,
+            credited: 0,
         }),
         kind::DELETE => Ok(Pending::Delete {
             before: event.count,
             key,
             at_ns,
+            credited: 0,
         }),
         kind::CLEAR => Ok(Pending::Clear { at_ns }),
         other => Err(ModelError::UnknownKind(other)),

@@ -11,17 +11,23 @@ use crate::writers::Writers;
 use super::StackId;
 
 /// An operation whose effect is only known once the map's count is seen again.
+///
+/// `credited` counts the writes of the run the BPF side folded after the record that made
+/// the write pending, already credited (see [`MapRecord::fold`]): the same run delivered
+/// again credits only the writes it adds. A run is at most `MAX_FOLDED` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Pending {
     Assign {
         before: u64,
         key: Option<u32>,
         at_ns: u64,
+        credited: u16,
     },
     Delete {
         before: u64,
         key: Option<u32>,
         at_ns: u64,
+        credited: u16,
     },
     Clear {
         at_ns: u64,
@@ -148,9 +154,6 @@ pub struct MapRecord {
     /// Its last run of folds was credited before or as it was released: a record that
     /// carries them later brings nothing new.
     pub(super) folds_closed: bool,
-    /// A run of folds was credited to the pending operation (read from the BPF side, or
-    /// carried by a record): the same run delivered again brings nothing new.
-    pub(super) run_credited: bool,
 }
 
 /// A run of writes the BPF side folded, as a record or a read of the BPF side delivers it.
@@ -200,7 +203,6 @@ impl MapRecord {
             pending: None,
             growth: None,
             abandoned_write: 0,
-            run_credited: false,
             folds_closed: false,
         }
     }
@@ -267,9 +269,10 @@ impl MapRecord {
             | Some(Pending::Clear { at_ns }) => at_ns,
             None => self.last_seen_ns,
         };
-        self.run_credited = false;
         let explained = match self.pending.take() {
-            Some(Pending::Assign { before, key, at_ns }) if count == before + 1 => {
+            Some(Pending::Assign {
+                before, key, at_ns, ..
+            }) if count == before + 1 => {
                 self.inserts += 1;
                 self.last_insert_ns = Some(at_ns);
                 change = key.map(|key| (KeyChange::Inserted(key), at_ns));
@@ -279,7 +282,9 @@ impl MapRecord {
                 self.overwrites += 1;
                 true
             }
-            Some(Pending::Delete { before, key, at_ns }) if count + 1 == before => {
+            Some(Pending::Delete {
+                before, key, at_ns, ..
+            }) if count + 1 == before => {
                 self.deletes += 1;
                 change = key.map(|key| (KeyChange::Deleted(key), at_ns));
                 true
@@ -369,8 +374,7 @@ impl MapRecord {
             Some(Pending::Delete { .. }) => kind::DELETE,
             Some(Pending::Clear { .. }) | None => 0,
         };
-        self.folds_closed = self.run_credited;
-        self.run_credited = false;
+        self.folds_closed = self.run_credited() > 0;
         self.growth = None;
         self.writers.abandon();
         if self.pending.take().is_some() {
@@ -399,43 +403,56 @@ impl MapRecord {
     /// same thing. Unchanged, they were overwrites or deletes of missing keys; changed, each
     /// added (assign) or removed (delete) one entry. The last folded write is now the pending
     /// operation, with no key (a write with a sampled key is never folded) and no writer
-    /// stack, dated `at_ns` (the record that said so: a fold has no time of its own). False
-    /// when nothing pending can take them, or when they were credited already (userspace
-    /// read the run before a record carried it).
-    pub(super) fn fold(&mut self, folds: Folds, at_ns: u64) -> bool {
-        if self.run_credited {
-            return false;
-        }
-        let (before, key, when, assign) = match &mut self.pending {
-            Some(Pending::Assign { before, key, at_ns }) => (before, key, at_ns, true),
-            Some(Pending::Delete { before, key, at_ns }) => (before, key, at_ns, false),
-            Some(Pending::Clear { .. }) | None => return false,
+    /// stack, dated `at_ns` (the record that said so: a fold has no time of its own).
+    ///
+    /// The same run may be delivered more than once, longer each time (read from the BPF side
+    /// while its map was quiet, then carried by the map's next record): only the writes not
+    /// credited yet count, as more writes of the same step after the pending one. Returns
+    /// how many were credited: 0 when nothing pending can take them, or all were already.
+    pub(super) fn fold(&mut self, folds: Folds, at_ns: u64) -> u64 {
+        let (before, key, when, credited, assign) = match &mut self.pending {
+            Some(Pending::Assign {
+                before,
+                key,
+                at_ns,
+                credited,
+            }) => (before, key, at_ns, credited, true),
+            Some(Pending::Delete {
+                before,
+                key,
+                at_ns,
+                credited,
+            }) => (before, key, at_ns, credited, false),
+            Some(Pending::Clear { .. }) | None => return 0,
         };
+        let fresh = folds.writes.saturating_sub(u64::from(*credited));
+        if fresh == 0 {
+            return 0;
+        }
+        *credited = u16::try_from(folds.writes).unwrap_or(u16::MAX);
         *key = None;
         *when = at_ns;
-        self.run_credited = true;
-        let n = folds.writes;
         let after = match (folds.changed, assign) {
             (false, _) => *before,
-            (true, true) => before.saturating_add(n),
-            (true, false) => match before.checked_sub(n) {
+            (true, true) => before.saturating_add(fresh),
+            (true, false) => match before.checked_sub(fresh) {
                 Some(after) => after,
                 // More deletes than entries: the run is not this map's pending one.
                 None => {
                     self.unexplained += 1;
-                    return true;
+                    return fresh;
                 }
             },
         };
         *before = after;
         match (folds.changed, assign) {
-            (false, true) => self.overwrites += n,
+            (false, true) => self.overwrites += fresh,
             (false, false) => {}
             (true, true) => {
-                self.inserts += n;
+                self.inserts += fresh;
                 self.last_insert_ns = Some(at_ns);
             }
-            (true, false) => self.deletes += n,
+            (true, false) => self.deletes += fresh,
         }
         let changed = u64::from(folds.changed);
         if assign {
@@ -448,17 +465,17 @@ impl MapRecord {
             self.peak = self.peak.max(after);
             self.series.record(at_ns, after);
         }
-        true
+        fresh
     }
 
     /// [`MapRecord::fold`] for a map already released, whose last write was given up on (it
     /// stays unsettled: the last folded write took its place, unseen). False while it is
     /// live, when its last operation was settled or was no write (the run cannot be that
-    /// operation's), and once its last run was read from the BPF side (these are the same
-    /// folds, counted then).
-    pub(super) fn fold_released(&mut self, folds: Folds) -> bool {
+    /// operation's), and once its last run was credited (these are the same folds, counted
+    /// then). Returns how many were credited.
+    pub(super) fn fold_released(&mut self, folds: Folds) -> u64 {
         if !self.is_released() || self.folds_closed || self.abandoned_write == 0 {
-            return false;
+            return 0;
         }
         let n = folds.writes;
         match (folds.changed, self.abandoned_write == kind::ASSIGN) {
@@ -474,14 +491,30 @@ impl MapRecord {
                 self.live = self.live.saturating_sub(n);
             }
         }
-        true
+        n
     }
 
-    /// The count the pending assign or delete found, if one is pending.
-    pub(super) fn pending_before(&self) -> Option<u64> {
+    /// The count the run following the pending operation's record started from, if an
+    /// assign or delete is pending: its count, less the steps of the run already credited
+    /// (`changed`: the run's writes each changed the count).
+    pub(super) fn run_start(&self, changed: bool) -> Option<u64> {
+        let steps = if changed {
+            u64::from(self.run_credited())
+        } else {
+            0
+        };
         match self.pending {
-            Some(Pending::Assign { before, .. } | Pending::Delete { before, .. }) => Some(before),
+            Some(Pending::Assign { before, .. }) => before.checked_sub(steps),
+            Some(Pending::Delete { before, .. }) => before.checked_add(steps),
             Some(Pending::Clear { .. }) | None => None,
+        }
+    }
+
+    /// Writes of the run following the pending operation already credited.
+    fn run_credited(&self) -> u16 {
+        match self.pending {
+            Some(Pending::Assign { credited, .. } | Pending::Delete { credited, .. }) => credited,
+            Some(Pending::Clear { .. }) | None => 0,
         }
     }
 

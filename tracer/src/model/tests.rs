@@ -952,9 +952,17 @@ fn a_run_read_before_a_drop_leaves_the_last_write_to_the_last_header() {
         folded: 4,
         changed: true,
     };
-    assert!(model.owns_dropped_run(M, run.words));
+    assert!(model.is_run_of_map_at(M, run.words));
     assert!(
-        !model.owns_dropped_run(M, [1, u64::from(SEED)]),
+        !model.is_run_of_map_at(M, [0, u64::from(SEED + 1)]),
+        "another map's run"
+    );
+    assert!(model.runs_from_pending(&run));
+    assert!(
+        !model.runs_from_pending(&HeldFolds {
+            words: [1, u64::from(SEED)],
+            ..run
+        }),
         "not from its pending write"
     );
     model.read_run(&run);
@@ -1042,4 +1050,44 @@ fn a_quiet_maps_last_write_is_settled_only_by_a_header_read_since_its_last_recor
         (map.inserts, map.live, map.unexplained, map.unsettled),
         (1, 1, 0, 0)
     );
+}
+
+#[test]
+fn a_run_delivered_longer_than_it_was_read_credits_only_the_writes_it_adds() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    // Read with three writes; a fourth slipped in (its program read the epoch before it
+    // changed), and the record carrying the run says four.
+    model.read_run(&HeldFolds {
+        addr: M,
+        words: [0, u64::from(SEED)],
+        folded: 3,
+        changed: true,
+    });
+    assert_eq!(only(&model).inserts, 3);
+    model
+        .observe(&folding_changed(kind::ASSIGN, 5, 9, 4))
+        .unwrap();
+    model.held_folds(4, &[]);
+    model.settle_with_header(M, header(5));
+    let map = only(&model);
+    assert_eq!((map.inserts, map.overwrites, map.live), (5, 1, 5));
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+    assert_eq!(model.folds_uncredited(), 0);
+}
+
+#[test]
+fn a_run_where_no_listed_map_was_is_credited_once_at_the_end() {
+    let mut model = replay(&[(kind::CREATE, 0)]);
+    let stray = HeldFolds {
+        addr: M + 0x100,
+        words: [3, u64::from(SEED)],
+        folded: 5,
+        changed: false,
+    };
+    // Read every second while the trace goes on: not credited each time.
+    model.read_run(&stray);
+    model.read_run(&stray);
+    assert_eq!(model.folds(), 0);
+    model.held_folds(5, &[stray]);
+    assert_eq!((model.folds(), model.folds_uncredited()), (5, 0));
 }

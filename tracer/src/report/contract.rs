@@ -88,14 +88,15 @@ pub struct EventStats {
     /// Events received that fired while the probes were still being attached: not counted,
     /// so that every count is exact from the instant all probes were live.
     pub before_arming: u64,
-    /// Writes the BPF side counted instead of sending (exact mode): each repeated the header
-    /// its map's previous write found, which proves that previous write an overwrite (or a
-    /// delete of a missing key). They are in the maps' `overwrites`.
+    /// Writes the BPF side counted instead of sending (exact mode): each found the header
+    /// its map's previous write left, which proves what that write did (see
+    /// `tracer_common::MapEvent::folded`). They are in the maps' `inserts`, `overwrites`
+    /// and `deletes` like any other write.
     pub folded: u64,
     /// Of `folded`, writes no map could be credited with (the record carrying them was lost,
-    /// or a new map at their map's address took over their run while the tracer read it): the `overwrites` of the maps they belonged to,
-    /// listed or released beyond the listed ones, are short by this many in total. Their
-    /// counts (`live`, `inserts`, `deletes`) are not affected.
+    /// or a new map at their map's address took over their run while the tracer read it):
+    /// the counts of the maps they belonged to, listed or released beyond the listed ones,
+    /// are short by this many in total, and the next count of such a map is `unexplained`.
     pub folded_uncredited: u64,
 }
 

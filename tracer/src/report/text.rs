@@ -79,8 +79,8 @@ impl Report {
                 text,
                 "FOLDS: {} of {} writes folded on the BPF side reached no map (the record \
                  carrying them was lost, or a new map at their map's address took over \
-                 their run while the tracer read it): the overwrites of the maps they belonged to, \
-                 listed or not, are short by that many",
+                 their run while the tracer read it): the counts of the maps they belonged \
+                 to, listed or not, are short by that many",
                 self.events.folded_uncredited, self.events.folded
             );
         }
