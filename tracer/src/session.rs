@@ -627,7 +627,15 @@ impl Inspected {
 
     /// Name and storage sizes of a map type, read from the target's memory.
     fn type_facts(&self, map_type: u64) -> Option<MapTypeInfo> {
-        inspect::map_type_info(&self.target, &self.binary, self.bias, map_type).ok()
+        let read = || inspect::map_type_info(&self.target, &self.binary, self.bias, map_type).ok();
+        let facts = read()?;
+        if !facts.name.contains('?') {
+            return Some(facts);
+        }
+        // A part that cannot be named, or a target that exited in the middle of the read
+        // (`map[string]?`, the rest of its memory gone): read again, which fails whole in
+        // the second case, so that a name cut short by the exit is not kept.
+        read().filter(|again| again.name == facts.name)
     }
 }
 
