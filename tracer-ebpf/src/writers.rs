@@ -305,8 +305,9 @@ fn young_write(map: u64) -> Option<Young> {
     Some(Young::Grown(seen))
 }
 
-/// The young-map slot `map` uses: Go's small objects are 8-byte aligned at least, and map
-/// headers come from a few size classes, so the bits above the alignment spread them.
+/// The young-map slot `map` uses: map headers (48 bytes, classic or swiss) made on the heap
+/// come from a 16-byte-aligned size class, so the bits above those four spread them (a
+/// header on a goroutine stack is only 8-byte aligned, and may share a slot a bit sooner).
 #[inline(always)]
 fn young_slot(map: u64) -> u32 {
     ((map >> 4) as u32) & (writers::YOUNG_SLOTS - 1)

@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::abi::{self, ForeignArch};
-use crate::inspect::{self, GoBinary, InspectError};
+use crate::inspect::{self, GoBinary, InspectError, ReadMemory};
 use crate::launch::{LaunchError, Launched};
 use crate::memory::inventory::{self, Taken};
 use crate::memory::release::{self, Detector, Dropped};
@@ -899,16 +899,21 @@ impl Feed<'_> {
         self.drain(events);
         let quiet_since = monotonic_ns().saturating_sub(QUIET_CATCH_UP.as_nanos() as u64);
         let quiet = self.pipeline.model().quiet_pending(quiet_since);
-        let target = &self.inspected.target;
-        let reads: Vec<(u64, u64, [u64; 2])> = quiet
+        let unread: Vec<(u64, u64)> = quiet
             .iter()
+            .copied()
             .filter(|(addr, seen_ns)| {
                 !self
                     .quiet_reads
                     .get(addr)
                     .is_some_and(|read| read.seen_ns == *seen_ns && read.tried)
             })
-            .filter_map(|&(addr, seen_ns)| Some((addr, seen_ns, target.read_words(addr).ok()?)))
+            .collect();
+        let addrs: Vec<u64> = unread.iter().map(|(addr, _)| *addr).collect();
+        let reads: Vec<(u64, u64, [u64; 2])> = unread
+            .iter()
+            .zip(self.inspected.target.read_header_words(&addrs))
+            .filter_map(|(&(addr, seen_ns), words)| Some((addr, seen_ns, words?)))
             .collect();
         let Some(folds) = &self.folds else {
             return Ok(());
@@ -977,8 +982,9 @@ impl Feed<'_> {
         }
         let mut pending: Vec<u64> = self.pipeline.model().pending().collect();
         pending.sort_unstable();
-        for addr in pending {
-            if let Ok(words) = target.read_words(addr) {
+        let headers = target.read_header_words(&pending);
+        for (addr, words) in pending.into_iter().zip(headers) {
+            if let Some(words) = words {
                 self.pipeline.note(SessionInput::HeaderRead { addr, words });
             }
         }

@@ -120,18 +120,6 @@ impl Target {
         ready == 0
     }
 
-    /// Reads the first two 8-byte words at `addr` in the target: a map header's count and the
-    /// word holding its hash seed.
-    pub fn read_words(&self, addr: u64) -> io::Result<[u64; 2]> {
-        let bytes = self.read_bytes(addr, 16)?;
-        let half = |at: usize| {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_ne_bytes(raw)
-        };
-        Ok([half(0), half(8)])
-    }
-
     /// Reads `len` bytes at `addr` in the target, without stopping it.
     pub fn read_bytes(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut bytes = vec![0u8; len];
@@ -344,8 +332,9 @@ mod tests {
         assert!(target.is_alive());
         assert_eq!(target.exe(), &std::env::current_exe().unwrap());
         let words: [u64; 2] = [0x1234_5678_9abc_def0, 7];
-        assert_eq!(target.read_words(words.as_ptr() as u64).unwrap(), words);
-        assert!(target.read_words(8).is_err());
+        let read = target.read_header_words(&[words.as_ptr() as u64, 8]);
+        assert_eq!(read[0], Some(words));
+        assert!(read[1].is_none());
         assert!(target.has_executable_mapping());
     }
 

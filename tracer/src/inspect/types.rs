@@ -42,6 +42,29 @@ pub trait ReadMemory {
             .map(|&(addr, len)| self.read(addr, len))
             .collect()
     }
+
+    /// The first two 8-byte words at each of `addrs` (a map header's count and the word
+    /// holding its seed), read as [`ReadMemory::read_each`] reads: many in one call.
+    fn read_header_words(&self, addrs: &[u64]) -> Vec<Option<[u64; 2]>> {
+        let reads: Vec<(u64, usize)> = addrs.iter().map(|&addr| (addr, 16)).collect();
+        self.read_each(&reads)
+            .into_iter()
+            .map(|bytes| header_words(&bytes?))
+            .collect()
+    }
+}
+
+/// A map header's first two words (count, seed word), from the 16 bytes read at its address.
+fn header_words(bytes: &[u8]) -> Option<[u64; 2]> {
+    if bytes.len() != 16 {
+        return None;
+    }
+    let word = |at: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(raw)
+    };
+    Some([word(0), word(8)])
 }
 
 /// Facts about a map type that the report needs: its name as Go writes it

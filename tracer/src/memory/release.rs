@@ -142,20 +142,10 @@ impl Detector {
         if let Some(last) = candidates.last() {
             self.cursor = last.addr;
         }
-        let reads: Vec<(u64, usize)> = candidates
-            .iter()
-            .map(|candidate| (candidate.addr, 16))
-            .collect();
-        let words: Vec<Option<[u64; 2]>> = memory
-            .read_each(&reads)
-            .into_iter()
-            .map(|bytes| header_words(&bytes?))
-            .collect();
+        let addrs: Vec<u64> = candidates.iter().map(|candidate| candidate.addr).collect();
+        let words = memory.read_header_words(&addrs);
         let states = match self.heap.as_mut() {
-            Some(heap) => {
-                let addrs: Vec<u64> = candidates.iter().map(|candidate| candidate.addr).collect();
-                heap.object_states(memory, &addrs)
-            }
+            Some(heap) => heap.object_states(memory, &addrs),
             None => vec![ObjectState::Unknown; candidates.len()],
         };
         candidates
@@ -192,19 +182,6 @@ pub struct Candidate {
     pub seed: u32,
     /// Its last event.
     pub last_seen_ns: u64,
-}
-
-/// A map header's first two words (count, seed word), from the 16 bytes read at its address.
-fn header_words(bytes: &[u8]) -> Option<[u64; 2]> {
-    if bytes.len() != 16 {
-        return None;
-    }
-    let word = |at: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(raw)
-    };
-    Some([word(0), word(8)])
 }
 
 #[cfg(test)]

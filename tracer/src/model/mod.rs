@@ -764,18 +764,12 @@ impl Model {
     /// operation it is a possible outcome of, and anything else is left for later.
     pub fn settle_quiet(&mut self, addr: u64, words: [u64; 2], seen_ns: u64) {
         let header = self.header_from_words(words);
-        let Some(record) = self.maps.get_mut(&addr) else {
-            return;
-        };
-        if record.last_seen_ns != seen_ns
-            || !record.is_pending()
-            || !record.owns(header)
-            || !record.could_follow(header)
-        {
-            return;
+        let quiet = self.maps.get(&addr).is_some_and(|record| {
+            record.last_seen_ns == seen_ns && record.owns(header) && record.could_follow(header)
+        });
+        if quiet {
+            self.settle_with_header(addr, header);
         }
-        let change = record.resolve(header);
-        self.follow_key(addr, change);
     }
 
     /// Resolves the map's pending operation with a header seen after the window (the next
