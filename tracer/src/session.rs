@@ -363,6 +363,22 @@ async fn follow_attached(
     // attach again: grouped links need nothing but the `bpf` call (`CAP_BPF`, kept), per-site
     // uprobes perf events.
     privileges::drop_after_attach(options.sampled().is_some() && !probes.grouped())?;
+    let Outputs {
+        events,
+        lost,
+        diagnostics,
+        mut folds,
+    } = outputs;
+    // Exact mode folds the writes whose header proves what the write before them did;
+    // sampled mode's windows send every write (they are short, and their polls read counts
+    // anyway). Folding is on before the user hears the trace is attached: what the program
+    // does from then on is traced at the cost the trace runs at.
+    let folds = if options.sampled().is_none() && !options.floor {
+        folds.set(true)?;
+        Some(folds)
+    } else {
+        None
+    };
     on_attached(&Attached {
         probes: probes.attached(),
         pid,
@@ -408,21 +424,6 @@ async fn follow_attached(
         target,
         binary,
         bias,
-    };
-    let Outputs {
-        events,
-        lost,
-        diagnostics,
-        mut folds,
-    } = outputs;
-    // Exact mode folds the writes whose header proves what the write before them did;
-    // sampled mode's windows send every write (they are short, and their polls read counts
-    // anyway).
-    let folds = if options.sampled().is_none() && !options.floor {
-        folds.set(true)?;
-        Some(folds)
-    } else {
-        None
     };
     if let Some(diagnostics) = diagnostics {
         tokio::spawn(diagnostics.forward());
