@@ -130,7 +130,7 @@ fn assert_written_at(report: &serde_json::Value, map: &serde_json::Value, line: 
             site["file"].as_str().unwrap().ends_with("main.go"),
             "{writer}"
         );
-        // The direct caller appears once, whether or not the kernel's walk saw it.
+        // The direct caller, read apart from the frame-pointer walk, appears once.
         let stack = writer["stack"].as_array().unwrap();
         assert!(stack.windows(2).all(|pair| pair[0] != pair[1]), "{writer}");
     }

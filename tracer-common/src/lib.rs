@@ -248,7 +248,8 @@ impl CreateEvent {
     pub const SIZE: usize = core::mem::size_of::<CreateEvent>();
 
     /// Rebuilds a creation record, or `None` when it is too short; a `stack_len` beyond
-    /// [`STACK_DEPTH`] is clamped.
+    /// [`STACK_DEPTH`] is clamped, and the frames past it are zero whatever the ring held
+    /// there (the BPF side writes only the frames it walked).
     pub fn from_bytes(bytes: &[u8]) -> Option<CreateEvent> {
         if bytes.len() < Self::SIZE {
             return None;
@@ -257,14 +258,15 @@ impl CreateEvent {
         let at = MapEvent::SIZE;
         let mut stack_len = [0u8; 4];
         stack_len.copy_from_slice(&bytes[at + 8..at + 12]);
+        let stack_len = u32::from_ne_bytes(stack_len).min(STACK_DEPTH as u32);
         let mut stack = [0u64; STACK_DEPTH];
-        for (index, slot) in stack.iter_mut().enumerate() {
+        for (index, slot) in stack.iter_mut().enumerate().take(stack_len as usize) {
             *slot = word(bytes, at + 16 + index * 8);
         }
         Some(CreateEvent {
             event,
             caller: word(bytes, at),
-            stack_len: u32::from_ne_bytes(stack_len).min(STACK_DEPTH as u32),
+            stack_len,
             _pad: 0,
             stack,
         })
@@ -598,5 +600,17 @@ mod tests {
         let bytes: [u8; CreateEvent::SIZE] = unsafe { core::mem::transmute(create) };
         assert_eq!(CreateEvent::from_bytes(&bytes), Some(create));
         assert_eq!(CreateEvent::from_bytes(&bytes[..MapEvent::SIZE]), None);
+        // What the ring held past the walked frames is not part of the record.
+        let stale = CreateEvent {
+            stack: {
+                let mut stale = stack;
+                stale[2] = 0xdead;
+                stale
+            },
+            ..create
+        };
+        // SAFETY: as above.
+        let stale: [u8; CreateEvent::SIZE] = unsafe { core::mem::transmute(stale) };
+        assert_eq!(CreateEvent::from_bytes(&stale), Some(create));
     }
 }

@@ -43,6 +43,12 @@ pub struct RegisterFile {
     pub arguments: [Register; 4],
     /// The stack pointer: a constructor's spill slots are addressed from it.
     pub stack_pointer: Register,
+    /// The frame pointer, where the walk of the call stack starts: Go keeps a frame-pointer
+    /// chain on both architectures, each record holding the caller's frame pointer and then
+    /// the return address into it.
+    pub frame_pointer: Register,
+    /// The instruction pointer: the probed instruction, the stack's innermost frame.
+    pub instruction_pointer: Register,
     /// Where a `RET` finds the address it returns to: the direct caller of a constructor.
     pub return_address: ReturnAddress,
 }
@@ -82,6 +88,16 @@ pub const AMD64: RegisterFile = RegisterFile {
         dwarf: 7,
         offset: word(19),
     },
+    frame_pointer: Register {
+        name: "RBP",
+        dwarf: 6,
+        offset: word(4),
+    },
+    instruction_pointer: Register {
+        name: "RIP",
+        dwarf: 16,
+        offset: word(16),
+    },
     return_address: ReturnAddress::AtStackPointer,
 };
 
@@ -113,6 +129,16 @@ pub const ARM64: RegisterFile = RegisterFile {
         name: "RSP",
         dwarf: 31,
         offset: word(31),
+    },
+    frame_pointer: Register {
+        name: "R29",
+        dwarf: 29,
+        offset: word(29),
+    },
+    instruction_pointer: Register {
+        name: "PC",
+        dwarf: 32,
+        offset: word(32),
     },
     return_address: ReturnAddress::InRegister(Register {
         name: "R30",

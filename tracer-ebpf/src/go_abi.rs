@@ -35,6 +35,8 @@ const _: () = {
     assert!(rcx.offset == offset_of!(pt_regs, rcx));
     assert!(rdi.offset == offset_of!(pt_regs, rdi));
     assert!(REGISTERS.stack_pointer.offset == offset_of!(pt_regs, rsp));
+    assert!(REGISTERS.frame_pointer.offset == offset_of!(pt_regs, rbp));
+    assert!(REGISTERS.instruction_pointer.offset == offset_of!(pt_regs, rip));
     assert!(matches!(
         REGISTERS.return_address,
         ReturnAddress::AtStackPointer
@@ -53,6 +55,8 @@ const _: () = {
         index += 1;
     }
     assert!(REGISTERS.stack_pointer.offset == offset_of!(pt_regs, sp));
+    assert!(REGISTERS.frame_pointer.offset == regs + 29 * size_of::<u64>());
+    assert!(REGISTERS.instruction_pointer.offset == offset_of!(pt_regs, pc));
     match REGISTERS.return_address {
         ReturnAddress::InRegister(link) => assert!(link.offset == regs + 30 * size_of::<u64>()),
         ReturnAddress::AtStackPointer => panic!("arm64 keeps the return address in R30"),
@@ -124,8 +128,20 @@ pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
     load(ctx, REGISTERS.stack_pointer)
 }
 
+/// The frame pointer: the newest record of the frame-pointer chain the stack walk follows.
+#[inline(always)]
+pub fn frame_pointer(ctx: &ProbeContext) -> u64 {
+    load(ctx, REGISTERS.frame_pointer)
+}
+
+/// The probed instruction's address: the innermost frame of a call stack.
+#[inline(always)]
+pub fn instruction_pointer(ctx: &ProbeContext) -> u64 {
+    load(ctx, REGISTERS.instruction_pointer)
+}
+
 /// At a RET instruction, the address it returns to: inside the direct caller, which the
-/// frame-pointer walk of `bpf_get_stack` no longer sees once the callee's frame is popped.
+/// frame-pointer walk ([`crate::emit`]) no longer sees once the callee's frame is popped.
 /// 0 when it cannot be read.
 #[inline(always)]
 pub fn return_address(ctx: &ProbeContext) -> u64 {

@@ -3,7 +3,7 @@
 //! Writer stacks say which code writes to a map, for maps whose creation was not seen: a map
 //! made before the trace has no creation stack, so the only way to point at it in the
 //! program's source is the code that writes to it. Taking a stack per write would cost every
-//! assign a `bpf_get_stack` and a 320-byte record, so one entry per map address (`WRITERS`,
+//! assign a frame-pointer walk and a 320-byte record, so one entry per map address (`WRITERS`,
 //! one lookup per write) picks the writes that carry one: the first few of each map, then a
 //! sparse sample (`tracer_common::writers`). Creation and clone probes start their map's
 //! counter past the first writes, so per-request maps never pay the dense part.

@@ -355,9 +355,9 @@ impl Model {
         let mut stack = Vec::with_capacity(frames.len() + 1);
         if let Some((probed, callers)) = frames.split_first() {
             stack.push(*probed);
-            // Recent kernels add the return address themselves when a probe sits on a
-            // function's `PUSH BP` (a write probe on Go 1.21+): it must not appear twice.
-            if create.caller != 0 && callers.first() != Some(&create.caller) {
+            // The BPF side's frame-pointer walk starts at the frame record the probed
+            // function has not replaced yet: the direct caller is only in `caller`.
+            if create.caller != 0 {
                 stack.push(create.caller);
             }
             stack.extend_from_slice(callers);

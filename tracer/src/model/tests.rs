@@ -605,12 +605,15 @@ fn writer_stacks_are_interned_and_credited_when_their_operation_resolves() {
     // Writer stacks count no creation.
     assert_eq!(model.stack_totals(0).created, 0);
 
-    // When the kernel's walk already has the direct caller, it is not added twice.
-    let mut walked = written(kind::ASSIGN, 11, 7, 0x2000);
-    walked.stack[..3].copy_from_slice(&[0x1000, 0x2000, 0x9000]);
-    walked.stack_len = 3;
-    model.observe_create(&walked).unwrap();
-    assert_eq!(model.stacks().len(), 2);
+    // A recursive caller returns to the same address twice: both frames are kept.
+    let mut recursive = written(kind::ASSIGN, 11, 7, 0x2000);
+    recursive.stack[..3].copy_from_slice(&[0x1000, 0x2000, 0x9000]);
+    recursive.stack_len = 3;
+    model.observe_create(&recursive).unwrap();
+    assert_eq!(
+        model.stacks().last(),
+        Some(&vec![0x1000, 0x2000, 0x2000, 0x9000])
+    );
 }
 
 #[test]

@@ -309,11 +309,21 @@ fn check_map(report: &Value, truth: &[(String, String)]) -> anyhow::Result<()> {
     }
     // A map created while traced was seen being made: its type and the function that made
     // it come from the target's binary, which on arm64 or a PIE only a right load bias and
-    // register table give.
-    let named = map["type"].as_str().is_some_and(|name| !name.is_empty())
-        && map["site"]["function"].is_string();
-    if field("created")? == "after" && !named {
-        bail!("{name} has no type or creation site: {map}");
+    // register table give. The fixture makes every such map from `main.main`, so its
+    // creation stack reaches that frame only if the BPF side's frame-pointer walk follows
+    // this architecture's frame records.
+    if field("created")? == "after" {
+        let named = map["type"].as_str().is_some_and(|name| !name.is_empty())
+            && map["site"]["function"].is_string();
+        if !named {
+            bail!("{name} has no type or creation site: {map}");
+        }
+        let reaches_main = map["stack"]
+            .as_array()
+            .is_some_and(|frames| frames.iter().any(|frame| frame["function"] == "main.main"));
+        if !reaches_main {
+            bail!("{name}'s creation stack does not reach main.main: {map}");
+        }
     }
     Ok(())
 }
@@ -390,7 +400,8 @@ mod tests {
                 {"addr": "0x1", "released": false, "live": 2, "unexplained": unexplained,
                  "unsettled": 0, "inserts": inserts, "overwrites": 1, "deletes": 1,
                  "clears": 0, "created": true, "cloned": false, "type": "map[int]int",
-                 "site": {"function": "main.f"}},
+                 "site": {"function": "main.f"},
+                 "stack": [{"function": "main.f"}, {"function": "main.main"}]},
             ]})
         };
         check_map(&report(3, 0), &truth[0]).unwrap();
@@ -400,6 +411,10 @@ mod tests {
         let mut unnamed = report(3, 0);
         unnamed["maps"][1]["site"] = serde_json::Value::Null;
         assert!(check_map(&unnamed, &truth[0]).is_err());
+        let mut cut = report(3, 0);
+        cut["maps"][1]["stack"] = serde_json::json!([{"function": "main.f"}]);
+        let cut = check_map(&cut, &truth[0]).unwrap_err().to_string();
+        assert!(cut.contains("does not reach main.main"), "{cut}");
         let missing = serde_json::json!({"maps": []});
         assert!(check_map(&missing, &truth[0]).is_err());
     }
