@@ -215,11 +215,13 @@ impl Folds {
         Ok(per_cpu.iter().sum())
     }
 
-    /// Takes the run a dropped map left open, if the run is that map's (`owned` judges the
-    /// header it was folded on). The read and the removal are two calls: a map made at this
-    /// address in between takes the run with its first record, and may then open a run of
-    /// its own that this removal ends, leaving those folds uncredited (and counted so).
-    pub fn take_dropped(
+    /// Takes the run open at `addr` if `owned` accepts it: the run a dropped map left open,
+    /// which no record of its own will carry, or a run of a quiet map already credited in
+    /// full, which would otherwise hold its slot until that map is written again. The read
+    /// and the removal are two calls: a map made (or a write sent) at this address in between
+    /// takes the run with its record, and may then open a run of its own that this removal
+    /// ends, leaving those folds uncredited (and counted so).
+    pub fn take_if(
         &mut self,
         addr: u64,
         owned: impl Fn(&FoldRun) -> bool,
@@ -234,8 +236,8 @@ impl Folds {
             return Ok(None);
         }
         match self.runs.remove(&addr) {
-            // Gone already: a new map at this address took it first, and its record carries
-            // these folds again; the model counts them once (`Model::read_run`).
+            // Gone already: a record at this address took it first, and carries these folds
+            // again; the model counts them once (`Model::read_run`).
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(map_error(maps::FOLD_RUNS, source)),
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
+use tracer_common::writers::FoldRun;
 
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError, ReadMemory};
@@ -863,7 +864,7 @@ impl Feed<'_> {
             if let Some(folds) = &mut self.folds {
                 let model = self.pipeline.model();
                 if model.releases(&dropped) {
-                    let taken = folds.take_dropped(addr, |run| {
+                    let taken = folds.take_if(addr, |run| {
                         model.is_run_of_map_at(addr, [run.count, run.header_word])
                     });
                     // A failed read leaves the run to a later record, or uncredited.
@@ -921,16 +922,17 @@ impl Feed<'_> {
         };
         let epoch = folds.epoch();
         let runs = folds.held();
-        let settled = |run: &tracer_common::writers::FoldRun| epoch.wrapping_sub(run.epoch) >= 2;
+        let settled = |run: &FoldRun| epoch.wrapping_sub(run.epoch) >= 2;
         let past: Vec<HeldFolds> = runs
             .iter()
             .filter(|(_, run)| settled(run))
             .map(|(addr, run)| HeldFolds::of_run(*addr, run))
             .collect();
         if !past.is_empty() {
-            self.pipeline.note(SessionInput::PastRuns(past));
+            self.pipeline.note(SessionInput::PastRuns(past.clone()));
         }
         self.drain(events);
+        self.free_credited_runs(&past, &runs);
         let quiet: HashSet<u64> = quiet.iter().map(|(addr, _)| *addr).collect();
         self.quiet_reads.retain(|addr, _| quiet.contains(addr));
         for (addr, seen_ns, words) in reads {
@@ -958,6 +960,26 @@ impl Feed<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Removes from the BPF side the runs of `past` credited in full to their live map: no
+    /// write extends them any more, and the map's next record would only deliver them again.
+    /// A map written once in a burst and then never again would otherwise hold its run's
+    /// slot for the rest of the trace, and every catch-up would read it again; the runs of
+    /// such maps are what fills the table on a long trace. A run that changed since it was
+    /// read (its map wrote meanwhile, and its next record carries the run) stays.
+    fn free_credited_runs(&mut self, past: &[HeldFolds], runs: &BTreeMap<u64, FoldRun>) {
+        let Some(folds) = &mut self.folds else {
+            return;
+        };
+        let model = self.pipeline.model();
+        for held in past.iter().filter(|held| model.credited_whole(held)) {
+            let Some(read) = runs.get(&held.addr) else {
+                continue;
+            };
+            // A failed removal leaves the run to its map's next record, as before.
+            let _ = folds.take_if(held.addr, |current| current == read);
+        }
     }
 
     /// Keeps draining for a short grace period, until every pending operation is settled by

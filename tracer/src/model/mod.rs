@@ -470,6 +470,16 @@ impl Model {
         })
     }
 
+    /// Whether `run` is the run following the pending operation of the map known at its
+    /// address, every write of it credited: nothing in it is left to deliver.
+    pub fn credited_whole(&self, run: &HeldFolds) -> bool {
+        self.runs_from_pending(run)
+            && self
+                .maps
+                .get(&run.addr)
+                .is_some_and(|record| u64::from(record.run_credited()) >= run.folded)
+    }
+
     /// Whether a run of folds that started from `words`, found at `addr` when the map known
     /// there is about to be released, is that map's (its seed is): the run can go, since no
     /// later write of that map will take it.

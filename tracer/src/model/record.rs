@@ -511,7 +511,7 @@ impl MapRecord {
     }
 
     /// Writes of the run following the pending operation already credited.
-    fn run_credited(&self) -> u16 {
+    pub(super) fn run_credited(&self) -> u16 {
         match self.pending {
             Some(Pending::Assign { credited, .. } | Pending::Delete { credited, .. }) => credited,
             Some(Pending::Clear { .. }) | None => 0,

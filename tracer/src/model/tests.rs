@@ -983,6 +983,36 @@ fn a_run_read_before_a_drop_leaves_the_last_write_to_the_last_header() {
 }
 
 #[test]
+fn a_run_credited_whole_can_go_and_the_next_record_settles_without_it() {
+    let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
+    let run = HeldFolds {
+        addr: M,
+        words: [0, u64::from(SEED)],
+        folded: 3,
+        changed: true,
+    };
+    assert!(!model.credited_whole(&run), "not credited yet");
+    model.read_run(&run);
+    assert!(model.credited_whole(&run));
+    let longer = HeldFolds { folded: 5, ..run };
+    assert!(!model.credited_whole(&longer), "writes left to credit");
+    let other = HeldFolds {
+        words: [0, u64::from(SEED + 1)],
+        ..run
+    };
+    assert!(!model.credited_whole(&other), "another map's run");
+    // The run is gone from the BPF side: the map's next write is sent carrying nothing.
+    model.observe(&folding(kind::ASSIGN, 4, 9, 0)).unwrap();
+    assert!(!model.credited_whole(&run), "its pending write is settled");
+    model.held_folds(3, &[]);
+    model.settle_with_header(M, header(5));
+    let map = only(&model);
+    assert_eq!((map.inserts, map.live), (5, 5));
+    assert_eq!((map.unexplained, map.unsettled), (0, 0));
+    assert_eq!(model.folds_uncredited(), 0);
+}
+
+#[test]
 fn a_run_read_in_a_later_epoch_counts_once_whoever_delivers_it() {
     for changed in [false, true] {
         let mut model = replay(&[(kind::CREATE, 0), (kind::ASSIGN, 0)]);
