@@ -929,10 +929,10 @@ impl Feed<'_> {
             .map(|(addr, run)| HeldFolds::of_run(*addr, run))
             .collect();
         if !past.is_empty() {
-            self.pipeline.note(SessionInput::PastRuns(past.clone()));
+            self.pipeline.note(SessionInput::PastRuns(past));
         }
         self.drain(events);
-        self.free_credited_runs(&past, &runs);
+        self.free_credited_runs(runs.iter().filter(|(_, run)| settled(run)));
         let quiet: HashSet<u64> = quiet.iter().map(|(addr, _)| *addr).collect();
         self.quiet_reads.retain(|addr, _| quiet.contains(addr));
         for (addr, seen_ns, words) in reads {
@@ -962,23 +962,22 @@ impl Feed<'_> {
         Ok(())
     }
 
-    /// Removes from the BPF side the runs of `past` credited in full to their live map: no
-    /// write extends them any more, and the map's next record would only deliver them again.
-    /// A map written once in a burst and then never again would otherwise hold its run's
-    /// slot for the rest of the trace, and every catch-up would read it again; the runs of
-    /// such maps are what fills the table on a long trace. A run that changed since it was
-    /// read (its map wrote meanwhile, and its next record carries the run) stays.
-    fn free_credited_runs(&mut self, past: &[HeldFolds], runs: &BTreeMap<u64, FoldRun>) {
+    /// Removes from the BPF side the past runs (as read) credited in full to their live map:
+    /// no write extends them any more, and the map's next record would only deliver them
+    /// again. A map written once in a burst and then never again would otherwise hold its
+    /// run's slot for the rest of the trace, and every catch-up would read it again; the runs
+    /// of such maps are what fills the table on a long trace. A run that changed since it
+    /// was read (its map wrote meanwhile, and its next record carries the run) stays.
+    fn free_credited_runs<'r>(&mut self, past: impl Iterator<Item = (&'r u64, &'r FoldRun)>) {
         let Some(folds) = &mut self.folds else {
             return;
         };
         let model = self.pipeline.model();
-        for held in past.iter().filter(|held| model.credited_whole(held)) {
-            let Some(read) = runs.get(&held.addr) else {
-                continue;
-            };
-            // A failed removal leaves the run to its map's next record, as before.
-            let _ = folds.take_if(held.addr, |current| current == read);
+        for (&addr, read) in past {
+            if model.credited_whole(&HeldFolds::of_run(addr, read)) {
+                // A failed removal leaves the run to its map's next record, as before.
+                let _ = folds.take_if(addr, |current| current == read);
+            }
         }
     }
 
