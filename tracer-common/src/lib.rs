@@ -141,6 +141,12 @@ pub const FLAG_SEED_PENDING: u8 = 4;
 /// `MapEvent::flags` bit: the writes in `folded` each changed the count by one (inserts of an
 /// assign run, deletes of a delete run); without it, none did (overwrites, missing keys).
 pub const FLAG_FOLDS_CHANGED: u8 = 8;
+/// `MapEvent::flags` bit of a creation: the new header lies in the creating goroutine's
+/// stack (a map the compiler proved does not escape), between the stack pointer and the
+/// frame records the creation's stack walk read. Stack memory is reused when the function
+/// returns, not by the collector, so a collection proves nothing about such a map (see
+/// [`settle`]).
+pub const FLAG_ON_STACK: u8 = 16;
 
 /// One observation of one Go map, as sent over the ring buffer.
 ///
@@ -201,8 +207,9 @@ pub struct CreateEvent {
     pub caller: u64,
     /// How many entries of `stack` are valid.
     pub stack_len: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The collector cycles the target had finished when the record was made, as
+    /// [`settle::CYCLES`] counts them (0 before the first, or with no collection probe).
+    pub gc_cycle: u32,
     /// User stack by frame pointers, innermost first: the probed instruction, then return
     /// addresses.
     pub stack: [u64; STACK_DEPTH],
@@ -259,6 +266,8 @@ impl CreateEvent {
         let mut stack_len = [0u8; 4];
         stack_len.copy_from_slice(&bytes[at + 8..at + 12]);
         let stack_len = u32::from_ne_bytes(stack_len).min(STACK_DEPTH as u32);
+        let mut gc_cycle = [0u8; 4];
+        gc_cycle.copy_from_slice(&bytes[at + 12..at + 16]);
         let mut stack = [0u64; STACK_DEPTH];
         for (index, slot) in stack.iter_mut().enumerate().take(stack_len as usize) {
             *slot = word(bytes, at + 16 + index * 8);
@@ -267,7 +276,7 @@ impl CreateEvent {
             event,
             caller: word(bytes, at),
             stack_len,
-            _pad: 0,
+            gc_cycle: u32::from_ne_bytes(gc_cycle),
             stack,
         })
     }
@@ -334,6 +343,12 @@ pub mod maps {
     /// Hash (never evicting): map address → [`super::writers::FoldRun`], the writes folded
     /// into the map's last record and not yet carried by a later one.
     pub const FOLD_RUNS: &str = "FOLD_RUNS";
+    /// Array of one `u32`: see [`super::settle::CYCLES`].
+    pub const GC_CYCLES: &str = "GC_CYCLES";
+    /// Array of [`super::settle::SLOTS`] [`super::settle::SettleSlot`]s.
+    pub const SETTLE_SLOTS: &str = "SETTLE_SLOTS";
+    /// Array of one `u32`: how many leading slots of `SETTLE_SLOTS` are in use.
+    pub const SETTLE_USED: &str = "SETTLE_USED";
 }
 
 /// Names of the BPF programs, one per probe kind.
@@ -355,9 +370,109 @@ pub mod programs {
     pub const HASH_GROW: &str = "map_hash_grow";
     /// Attached after the stack check of swiss `(*table).pruneTombstones`.
     pub const PRUNE: &str = "map_prune";
+    /// Attached after the stack check of `runtime.gcMarkTermination`: reads the headers of
+    /// the maps userspace put in `SETTLE_SLOTS` (see [`super::settle`]).
+    pub const COLLECTED: &str = "gc_collected";
     /// Does nothing: attached at every site instead of the real programs, it measures the
     /// cost of the uprobe itself (`gomaptrace --floor`, used by `cargo xtask bench`).
     pub const FLOOR: &str = "floor";
+}
+
+/// Settling a released map's last write from the collector's own proof that it was dead.
+///
+/// An entry probe sees each write's count *before* the write, so a map's last write is
+/// proven only by a later look at its header. A per-request map is often dropped and its
+/// memory reused for a new map within milliseconds of its last write, too soon for any read
+/// from userspace. But Go frees a heap object only in the sweep after a mark phase found it
+/// unreachable, and mark termination runs with the world stopped. So a probe there
+/// (`runtime.gcMarkTermination`) reads the header of each map userspace listed in a slot,
+/// and keeps what it read when the seed is still the map's. If a new map then appears at
+/// that address before the next mark termination, the map was freed by a sweep that came
+/// before it, so it was already unreachable when its header was read: nothing wrote to it
+/// after that read, and the read is its final count. The creation record carries the cycle
+/// ([`super::CreateEvent::gc_cycle`]) to check this against the slot's. Maps on a
+/// goroutine's stack ([`super::FLAG_ON_STACK`]) are freed by returning, not by the
+/// collector, and never settled this way.
+pub mod settle {
+    /// Slots: maps whose header each mark termination reads. Each slot costs the target
+    /// one header read (about 60 ns) in a pause of its collector.
+    pub const SLOTS: u32 = 1024;
+
+    /// Index of the single `u32` in [`super::maps::GC_CYCLES`]: mark terminations seen by
+    /// the probe since it was loaded.
+    pub const CYCLES: u32 = 0;
+
+    /// One map whose header mark termination reads.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SettleSlot {
+        /// The header's address, set by userspace (0: an empty slot).
+        pub map: u64,
+        /// The map's seed bits of the header's second word (the word masked with
+        /// `seed_mask`), set by userspace: a header read with other bits there is another
+        /// object's.
+        pub seed: u64,
+        /// Which bits of the header's second word are the seed, set by userspace.
+        pub seed_mask: u64,
+        /// The address the probe read `count` and `word` at, for the slot's map then: a
+        /// slot given to another map since holds a result that is not the new map's.
+        pub read_map: u64,
+        /// The count the probe last read with the seed still the map's.
+        pub count: u64,
+        /// The second word read with it.
+        pub word: u64,
+        /// The cycle (see [`CYCLES`]) of that read; 0 when there was none.
+        pub cycle: u32,
+        /// Explicit padding.
+        pub _pad: u32,
+    }
+
+    impl SettleSlot {
+        /// The slot's size in the BPF array.
+        pub const SIZE: usize = core::mem::size_of::<SettleSlot>();
+
+        /// A slot listing `map`, with no read yet.
+        pub fn listing(map: u64, seed: u64, seed_mask: u64) -> SettleSlot {
+            SettleSlot {
+                map,
+                seed: seed & seed_mask,
+                seed_mask,
+                ..SettleSlot::default()
+            }
+        }
+
+        /// The slot as userspace writes it into the BPF array.
+        pub fn to_bytes(&self) -> [u8; SettleSlot::SIZE] {
+            let mut bytes = [0u8; SettleSlot::SIZE];
+            let words = [
+                self.map,
+                self.seed,
+                self.seed_mask,
+                self.read_map,
+                self.count,
+                self.word,
+            ];
+            for (index, word) in words.iter().enumerate() {
+                bytes[index * 8..index * 8 + 8].copy_from_slice(&word.to_ne_bytes());
+            }
+            bytes[48..52].copy_from_slice(&self.cycle.to_ne_bytes());
+            bytes
+        }
+
+        /// Rebuilds a slot from the bytes userspace read out of the BPF array.
+        pub fn from_bytes(bytes: &[u8; SettleSlot::SIZE]) -> SettleSlot {
+            SettleSlot {
+                map: super::word(bytes, 0),
+                seed: super::word(bytes, 8),
+                seed_mask: super::word(bytes, 16),
+                read_map: super::word(bytes, 24),
+                count: super::word(bytes, 32),
+                word: super::word(bytes, 40),
+                cycle: u32::from_ne_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]),
+                _pad: 0,
+            }
+        }
+    }
 }
 
 /// Which writes to a map carry the call stack of the code that writes (a "writer stack"), so
@@ -582,6 +697,22 @@ mod tests {
     }
 
     #[test]
+    fn settle_slots_round_trip_through_their_bytes() {
+        let slot = settle::SettleSlot {
+            read_map: 0xc000_1000,
+            count: 9,
+            word: 0x1234_5678_0000_0000,
+            cycle: 3,
+            ..settle::SettleSlot::listing(0xc000_1000, 0x1234_5678_9abc_def0, 0xffff_ffff << 32)
+        };
+        assert_eq!(slot.seed, 0x1234_5678_0000_0000);
+        // SAFETY: the slot is plain data of exactly this size.
+        let native: [u8; settle::SettleSlot::SIZE] = unsafe { core::mem::transmute(slot) };
+        assert_eq!(slot.to_bytes(), native);
+        assert_eq!(settle::SettleSlot::from_bytes(&native), slot);
+    }
+
+    #[test]
     fn decodes_creations_with_their_stacks() {
         let mut stack = [0u64; STACK_DEPTH];
         stack[0] = 0x40_1000;
@@ -593,7 +724,7 @@ mod tests {
             },
             caller: 0x40_3000,
             stack_len: 2,
-            _pad: 0,
+            gc_cycle: 7,
             stack,
         };
         // SAFETY: as above.

@@ -11,6 +11,7 @@
 mod assign;
 mod clear;
 mod clone;
+mod collect;
 mod create;
 mod delete;
 mod diagnostics;

@@ -169,6 +169,9 @@ pub enum SessionInput {
         /// When its last record was, as the model knew it before the read.
         seen_ns: u64,
     },
+    /// What the collection probe last read for the map at an address, right before the
+    /// record of the map that replaces it there (see [`crate::model::Model::collected`]).
+    Collected(crate::model::Collected),
     /// The trace is over.
     Finish {
         /// Events the BPF side lost.
@@ -376,6 +379,7 @@ impl Pipeline {
             SessionInput::HeaderRead { addr, words } => self.model.settle_with_read(addr, words),
             SessionInput::Folds { total, held } => self.model.held_folds(total, &held),
             SessionInput::ReleasedFolds(folds) => self.model.read_run(&folds),
+            SessionInput::Collected(read) => self.model.collected(read),
             SessionInput::PastRuns(runs) => runs.iter().for_each(|run| self.model.read_run(run)),
             SessionInput::QuietHeader {
                 addr,

@@ -27,6 +27,9 @@ pub enum ProbeKind {
     HashGrow,
     /// After the stack check of swiss `(*table).pruneTombstones`: maybe a reorganisation.
     Prune,
+    /// After the stack check of `runtime.gcMarkTermination`: the collector's pause, when the
+    /// headers of listed maps are read (see `tracer_common::settle`).
+    Collected,
 }
 
 impl ProbeKind {
@@ -42,11 +45,12 @@ impl ProbeKind {
             ProbeKind::Grow => programs::GROW,
             ProbeKind::HashGrow => programs::HASH_GROW,
             ProbeKind::Prune => programs::PRUNE,
+            ProbeKind::Collected => programs::COLLECTED,
         }
     }
 
     /// Every kind, in the order programs are loaded.
-    pub const ALL: [ProbeKind; 8] = [
+    pub const ALL: [ProbeKind; 9] = [
         ProbeKind::Create,
         ProbeKind::Assign,
         ProbeKind::Delete,
@@ -55,6 +59,7 @@ impl ProbeKind {
         ProbeKind::Grow,
         ProbeKind::HashGrow,
         ProbeKind::Prune,
+        ProbeKind::Collected,
     ];
 }
 
@@ -200,6 +205,11 @@ fn probe_table(implementation: MapImplementation) -> Vec<(ProbeKind, Placement, 
     // Table methods take (receiver table, type, map, ...).
     let table_method = cookie::entry(arg::THIRD, arg::SECOND, key::NONE);
     let mut table: Vec<_> = runtime_variants(ProbeKind::Assign, "runtime.mapassign").collect();
+    table.push((
+        ProbeKind::Collected,
+        Placement::Entry(0),
+        names(&["runtime.gcMarkTermination"]),
+    ));
     match implementation {
         MapImplementation::Classic => {
             let type_and_map = cookie::entry(arg::SECOND, arg::FIRST, key::NONE);

@@ -25,7 +25,9 @@ use crate::probes::{Folds, Linking, Outputs, ProbeError, Probes, Programs};
 use crate::report::{MapTypeInfo, Report, Resolved, TargetInfo};
 use crate::target::{Target, TargetError};
 use crate::verdict::Thresholds;
+use collection::Listings;
 
+mod collection;
 mod sampled;
 
 /// How often the ring buffer is drained when the BPF side does not wake the reader. Short
@@ -369,12 +371,14 @@ async fn follow_attached(
         lost,
         diagnostics,
         mut folds,
+        collection,
     } = outputs;
     // Exact mode folds the writes whose header proves what the write before them did;
     // sampled mode's windows send every write (they are short, and their polls read counts
     // anyway). Folding is on before the user hears the trace is attached: what the program
     // does from then on is traced at the cost the trace runs at.
-    let folds = if options.sampled().is_none() && !options.floor {
+    let exact = options.sampled().is_none() && !options.floor;
+    let folds = if exact {
         folds.set(true)?;
         Some(folds)
     } else {
@@ -444,6 +448,7 @@ async fn follow_attached(
         drops_at: Instant::now(),
         folds,
         quiet_reads: HashMap::new(),
+        listings: exact.then(|| Listings::new(collection)),
     };
     feed.read_resident();
     let stop_reason = match options.sampled() {
@@ -668,6 +673,8 @@ struct Feed<'a> {
     folds: Option<Folds>,
     /// Headers of quiet maps read by the last catch-ups, waiting for a second read to agree.
     quiet_reads: HashMap<u64, QuietRead>,
+    /// The maps the collection probe reads (exact mode).
+    listings: Option<Listings>,
 }
 
 impl Feed<'_> {
@@ -772,22 +779,47 @@ impl Feed<'_> {
     /// Feeds every waiting record, then reads the types that appeared, while the target is
     /// still there to read them from.
     fn drain(&mut self, events: &mut RingBuf<MapData>) {
+        self.refresh_listings();
         while let Some(record) = events.next() {
-            self.pipeline.record(&record);
+            self.record(&record);
         }
         self.after_drain();
+    }
+
+    /// Reads how many collections the target finished, for the listings made from the
+    /// records that follow; a failed read leaves the last count.
+    fn refresh_listings(&mut self) {
+        if let Some(listings) = &mut self.listings {
+            let _ = listings.refresh();
+        }
+    }
+
+    /// Feeds one record, with what the collection probe read for the map it releases, and
+    /// lists its map for the probe. A slot that cannot be added only loses that map its
+    /// settling by a collection.
+    fn record(&mut self, record: &[u8]) {
+        let Some(listings) = &mut self.listings else {
+            self.pipeline.record(record);
+            return;
+        };
+        if let Some(read) = listings.before(record) {
+            self.pipeline.note(SessionInput::Collected(read));
+        }
+        self.pipeline.record(record);
+        let _ = listings.after(record, self.pipeline.model());
     }
 
     /// Feeds at most [`DRAIN_BATCH`] waiting records, as [`Feed::drain`] does; says whether
     /// the ring buffer is empty.
     fn drain_batch(&mut self, events: &mut RingBuf<MapData>) -> bool {
+        self.refresh_listings();
         let mut emptied = false;
         for _ in 0..DRAIN_BATCH {
             let Some(record) = events.next() else {
                 emptied = true;
                 break;
             };
-            self.pipeline.record(&record);
+            self.record(&record);
         }
         self.after_drain();
         emptied

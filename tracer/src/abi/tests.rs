@@ -239,6 +239,8 @@ fn check_binary(binary_path: &std::path::Path, context: &str) -> (usize, Arch) {
             let signature = signature(dwarf, &types, &site.function, pc)
                 .unwrap_or_else(|| panic!("{at}: no DWARF subprogram"));
             match site.kind {
+                // Reads no register: it only counts the pause and reads listed headers.
+                ProbeKind::Collected => {}
                 ProbeKind::Create | ProbeKind::CloneReturn => {
                     // RET sites read the first result register; seed-call sites read a slot.
                     let result = signature.first_result_type.as_deref().unwrap_or_default();

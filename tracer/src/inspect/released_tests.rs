@@ -144,14 +144,16 @@ fn source_lines_match_go_tool_addr2line() {
     }
 }
 
-/// Functions of the classic runtime that create, fill, empty or grow a map: what the plan
-/// must probe wherever the linker kept them.
+/// Functions of the classic runtime that create, fill, empty or grow a map, and the
+/// collector's mark termination: what the plan must probe wherever the linker kept them.
 fn changes_maps(name: &str) -> bool {
     let Some(name) = name.strip_prefix("runtime.") else {
         return false;
     };
-    matches!(name, "makemap" | "makemap_small" | "mapclear" | "hashGrow")
-        || name.starts_with("mapassign")
+    matches!(
+        name,
+        "makemap" | "makemap_small" | "mapclear" | "hashGrow" | "gcMarkTermination"
+    ) || name.starts_with("mapassign")
         || name.starts_with("mapdelete")
 }
 
@@ -161,6 +163,7 @@ fn kind_of(name: &str) -> ProbeKind {
         "makemap" | "makemap_small" => ProbeKind::Create,
         "mapclear" => ProbeKind::Clear,
         "hashGrow" => ProbeKind::HashGrow,
+        "gcMarkTermination" => ProbeKind::Collected,
         other if other.starts_with("mapassign") => ProbeKind::Assign,
         _ => ProbeKind::Delete,
     }
@@ -191,6 +194,7 @@ fn plans_every_map_function_the_binary_has() {
             ProbeKind::Assign,
             ProbeKind::Delete,
             ProbeKind::HashGrow,
+            ProbeKind::Collected,
         ] {
             assert!(
                 planned.values().any(|&k| k == kind),
@@ -214,6 +218,7 @@ fn entry_probes_follow_the_stack_check() {
                     | ProbeKind::Grow
                     | ProbeKind::HashGrow
                     | ProbeKind::Prune
+                    | ProbeKind::Collected
             )
         });
         let mut checked = 0;

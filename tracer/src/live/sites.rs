@@ -190,7 +190,7 @@ mod tests {
             event: event(kind::CREATE, 0, 0),
             caller: CALLER,
             stack_len: 1,
-            _pad: 0,
+            gc_cycle: 0,
             stack,
         };
         // SAFETY: both records are repr(C) plain data; viewing them as bytes is what the ring

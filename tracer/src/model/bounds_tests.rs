@@ -19,7 +19,7 @@ fn create(addr: u64, seed: u32, at: u64, site: u64) -> CreateEvent {
         event: event(kind::CREATE, addr, 0, seed, at, None),
         caller: 0,
         stack_len: 3,
-        _pad: 0,
+        gc_cycle: 0,
         stack,
     }
 }

@@ -46,7 +46,7 @@ use std::collections::HashMap;
 
 use tracer_common::{
     classic_log2_buckets, kind, seed_from_word, CreateEvent, MapEvent, FLAG_COUNT_UNREADABLE,
-    FLAG_FOLDS_CHANGED, FLAG_KEY_SAMPLED, FLAG_SEED_PENDING,
+    FLAG_FOLDS_CHANGED, FLAG_KEY_SAMPLED, FLAG_ON_STACK, FLAG_SEED_PENDING,
 };
 
 use crate::memory::inventory::{Sighting, Summary};
@@ -131,6 +131,23 @@ pub struct Model {
     folds_credited: u64,
     /// Writes the BPF side folded, as it counted them when the probes were gone.
     folds_total: Option<u64>,
+    /// The header the collection probe last read for the map at an address, given just
+    /// before the record of a map that replaces it (see [`Model::collected`]).
+    collected: Option<Collected>,
+    /// Released maps whose last operation a collection's read settled.
+    settled_at_collection: u64,
+}
+
+/// A map's header as the collection probe read it in a pause of the target's collector
+/// (see `tracer_common::settle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Collected {
+    /// The map's address.
+    pub addr: u64,
+    /// Its count and second word.
+    pub words: [u64; 2],
+    /// The collector cycle of the read (`tracer_common::settle::CYCLES`).
+    pub cycle: u32,
 }
 
 /// A map's folded writes the BPF side still held when the probes were detached, or when its
@@ -194,6 +211,8 @@ impl Model {
             inventory: None,
             folds_credited: 0,
             folds_total: None,
+            collected: None,
+            settled_at_collection: 0,
         }
     }
 
@@ -370,7 +389,43 @@ impl Model {
         } else {
             Some(self.intern(stack))
         };
-        self.observe_with_stack(&create.event, id)
+        // The read proves the released map's last count only if no mark termination came
+        // between it and this map's creation at the same address.
+        let collected = self.collected.take().filter(|read| {
+            !write
+                && read.addr == create.event.map
+                && read.cycle != 0
+                && read.cycle == create.gc_cycle
+        });
+        self.collected = collected;
+        let result = self.observe_with_stack(&create.event, id);
+        self.collected = None;
+        result
+    }
+
+    /// The header the collection probe last read for the map at `read.addr`, which the
+    /// next record (a creation at that address) may prove final: see
+    /// `tracer_common::settle`. Only that record uses it.
+    pub fn collected(&mut self, read: Collected) {
+        self.collected = Some(read);
+    }
+
+    /// The seed bits and mask a collection probe checks a header read for the map at
+    /// `addr` against, when a read could settle it: a map seen created outside any stack,
+    /// with its seed known and an operation pending.
+    pub fn collectable(&self, addr: u64) -> Option<(u64, u64)> {
+        let record = self.maps.get(&addr)?;
+        let collectable = record.seen == Seen::Creation
+            && !record.on_stack
+            && !record.seed_pending
+            && record.is_pending();
+        let shift = self.implementation.seed_shift();
+        collectable.then(|| (u64::from(record.seed()) << shift, 0xffff_ffff << shift))
+    }
+
+    /// Released maps whose last operation a collection's read settled.
+    pub fn settled_at_collection(&self) -> u64 {
+        self.settled_at_collection
     }
 
     fn observe_with_stack(
@@ -553,6 +608,7 @@ impl Model {
             kind::CREATE => {
                 let mut record = MapRecord::new(event.map, true, header, now);
                 record.seed_pending = event.flags & FLAG_SEED_PENDING != 0;
+                record.on_stack = event.flags & FLAG_ON_STACK != 0;
                 record.stack = stack;
                 self.begin(record);
                 return Ok(());
@@ -714,6 +770,9 @@ impl Model {
 
     /// Files a map away as gone at `now`.
     fn release(&mut self, mut gone: MapRecord, now: u64) {
+        if let Some(read) = self.collected.take_if(|read| read.addr == gone.addr) {
+            self.settle_collected(&mut gone, read.words);
+        }
         gone.abandon();
         gone.released_ns = Some(now);
         self.entries.take_map(gone.addr);
@@ -729,6 +788,19 @@ impl Model {
             // An older listed map at this address is not the one its successor follows.
             self.released_at.remove(&gone.addr);
             self.released_unlisted += 1;
+        }
+    }
+
+    /// Settles the pending operation of a map released with the header a collection read:
+    /// final, since the map was already unreachable then (the caller checked the cycle), as
+    /// long as it is the map's own and a possible outcome of that operation.
+    fn settle_collected(&mut self, gone: &mut MapRecord, words: [u64; 2]) {
+        let header = self.header_from_words(words);
+        let provable = gone.seen == Seen::Creation && !gone.on_stack && !gone.seed_pending;
+        if provable && gone.is_pending() && gone.owns(header) && gone.could_follow(header) {
+            let change = gone.resolve(header);
+            self.follow_key(gone.addr, change);
+            self.settled_at_collection += 1;
         }
     }
 

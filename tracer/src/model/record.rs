@@ -145,6 +145,9 @@ pub struct MapRecord {
     pub(super) baseline_due: bool,
     pub(super) seed: u32,
     pub(super) seed_pending: bool,
+    /// Made in its creator's stack frame (`tracer_common::FLAG_ON_STACK`): freed by a
+    /// return, so a collection proves nothing about it.
+    pub(super) on_stack: bool,
     pub(super) pending: Option<Pending>,
     pub(super) growth: Option<PendingGrowth>,
     /// The kind of write given up on last (`kind::ASSIGN` or `kind::DELETE`), while no later
@@ -200,6 +203,7 @@ impl MapRecord {
             baseline_due: false,
             seed: header.seed,
             seed_pending: false,
+            on_stack: false,
             pending: None,
             growth: None,
             abandoned_write: 0,

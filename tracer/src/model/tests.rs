@@ -534,7 +534,7 @@ fn creation_stacks_are_interned_with_the_caller_the_walk_missed() {
                 },
                 caller: 0x2000,
                 stack_len: 2,
-                _pad: 0,
+                gc_cycle: 0,
                 stack,
             })
             .unwrap();
@@ -553,7 +553,7 @@ fn written(kind: u8, count: u64, at: u64, caller: u64) -> CreateEvent {
         event: event(kind, count, SEED, at),
         caller,
         stack_len: 2,
-        _pad: 0,
+        gc_cycle: 0,
         stack,
     }
 }
@@ -1123,4 +1123,66 @@ fn a_run_where_no_listed_map_was_is_credited_once_at_the_end() {
     assert_eq!(model.folds(), 0);
     model.held_folds(5, &[stray]);
     assert_eq!((model.folds(), model.folds_uncredited()), (5, 0));
+}
+
+/// A creation at `M` with `seed`, made after `gc_cycle` collections, with `flags`.
+fn created(seed: u32, at: u64, gc_cycle: u32, flags: u8) -> CreateEvent {
+    let mut stack = [0u64; tracer_common::STACK_DEPTH];
+    stack[0] = 0x1000;
+    CreateEvent {
+        event: MapEvent {
+            flags,
+            ..event(kind::CREATE, 0, seed, at)
+        },
+        caller: 0x2000,
+        stack_len: 1,
+        gc_cycle,
+        stack,
+    }
+}
+
+/// Makes a map at `M` (with `flags`), writes it twice (two inserts, the second pending),
+/// then gives the collection's read `count` at cycle 3 and makes a map at `M` again after
+/// `gc_cycle` collections: the released map.
+fn released_after_collection(flags: u8, count: u64, gc_cycle: u32) -> MapRecord {
+    let mut model = swiss();
+    model.observe_create(&created(SEED, 1, 1, flags)).unwrap();
+    model.observe(&event(kind::ASSIGN, 0, SEED, 2)).unwrap();
+    model.observe(&event(kind::ASSIGN, 1, SEED, 3)).unwrap();
+    assert_eq!(model.collectable(M).is_some(), flags & FLAG_ON_STACK == 0);
+    model.collected(Collected {
+        addr: M,
+        words: [count, u64::from(SEED)],
+        cycle: 3,
+    });
+    model
+        .observe_create(&created(0xbeef, 4, gc_cycle, 0))
+        .unwrap();
+    let released = model.maps().into_iter().find(|map| map.is_released());
+    released.expect("the first map is released").clone()
+}
+
+#[test]
+fn a_collection_read_with_no_collection_since_settles_the_released_map() {
+    let gone = released_after_collection(0, 2, 3);
+    assert_eq!((gone.live, gone.inserts, gone.unsettled), (2, 2, 0));
+    let overwrote = released_after_collection(0, 1, 3);
+    assert_eq!(
+        (overwrote.live, overwrote.inserts, overwrote.overwrites),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn a_collection_read_proves_nothing_after_a_later_collection_or_for_a_stack_map() {
+    // A collection came between the read and the new map: the map may have been alive at
+    // the read, and written after it.
+    let later = released_after_collection(0, 2, 4);
+    assert_eq!((later.live, later.unsettled), (1, 1));
+    // Stack memory is freed by a return, not by the collector.
+    let on_stack = released_after_collection(FLAG_ON_STACK, 2, 3);
+    assert_eq!((on_stack.live, on_stack.unsettled), (1, 1));
+    // A count the pending insert cannot have left is not taken.
+    let impossible = released_after_collection(0, 5, 3);
+    assert_eq!((impossible.live, impossible.unsettled), (1, 1));
 }

@@ -234,6 +234,7 @@ impl Report {
                 before_arming: model.before_arming(),
                 folded: model.folds(),
                 folded_uncredited: model.folds_uncredited(),
+                settled_at_collection: model.settled_at_collection(),
             },
             verdicts,
             sites: sites(model, context, &records, &maps),

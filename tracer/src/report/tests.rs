@@ -65,7 +65,7 @@ fn sample_with(resolved: Resolved) -> Report {
             event: event(kind::CREATE, 0, 0),
             caller: CALLER,
             stack_len: 1,
-            _pad: 0,
+            gc_cycle: 0,
             stack,
         })
         .unwrap();
@@ -265,7 +265,7 @@ fn written_before_the_trace() -> Report {
                 event: at(count),
                 caller: WRITER,
                 stack_len: 2,
-                _pad: 0,
+                gc_cycle: 0,
                 stack,
             })
             .unwrap();
