@@ -372,6 +372,32 @@ pub fn map_at<'a>(report: &'a serde_json::Value, addr: &str) -> &'a serde_json::
         .unwrap_or_else(|| panic!("no map at {addr} in the report"))
 }
 
+/// Replays `recording` (with `extra_args`) into a JSON report next to `json` and checks that
+/// it is `json` byte for byte: what the trace decided from its recorded inputs, a replay
+/// decides the same way.
+///
+/// # Panics
+/// When the replay fails or its report differs.
+pub fn assert_replays_the_same(recording: &Path, json: &Path, extra_args: &[&str]) {
+    let replayed = json.with_extension("replayed.json");
+    let replay = Command::new(tracer_bin())
+        .arg("replay")
+        .arg(recording)
+        .arg("--json")
+        .arg(&replayed)
+        .args(extra_args)
+        .output()
+        .expect("run gomaptrace replay");
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        std::fs::read(json).expect("the traced report")
+            == std::fs::read(&replayed).expect("the replayed report"),
+        "{} and {} differ",
+        json.display(),
+        replayed.display()
+    );
+}
+
 /// A fresh path for a JSON report under the target directory.
 pub fn report_path(test: &str) -> PathBuf {
     let dir = tracer::gofixture::workspace_root().join("target/test-reports");

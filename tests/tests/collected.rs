@@ -10,10 +10,9 @@
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use integration_tests::{
-    build, report_path, trace_ground_truth, tracer_bin, Flavor, GroundTruthRun,
+    assert_replays_the_same, build, report_path, trace_ground_truth, Flavor, GroundTruthRun,
 };
 
 /// The fixture's rounds and maps per round at each site.
@@ -36,18 +35,7 @@ fn released_maps_are_settled_at_collections(version: &str, flavor: Flavor, test:
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);
     // The reads are recorded inputs: a replay settles the same maps.
-    let replayed = json.with_extension("replayed.json");
-    let replay = Command::new(tracer_bin())
-        .args(["replay", recording.to_str().unwrap(), "--json"])
-        .arg(&replayed)
-        .args(all_maps)
-        .output()
-        .unwrap();
-    assert!(replay.status.success(), "{replay:?}");
-    assert_eq!(
-        std::fs::read(&json).unwrap(),
-        std::fs::read(&replayed).unwrap()
-    );
+    assert_replays_the_same(&recording, &json, &all_maps);
 
     let line = |name: &str| {
         truths

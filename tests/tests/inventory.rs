@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    build, map_at, read_report, report_path, tracer_bin, wait_for_report, Fixture, Flavor, Tracer,
-    Truth,
+    assert_replays_the_same, build, map_at, read_report, report_path, tracer_bin, wait_for_report,
+    Fixture, Flavor, Tracer, Truth,
 };
 
 /// Runs `gomaptrace inventory` on `pid` and returns its JSON report.
@@ -87,18 +87,8 @@ fn idle_maps_are_inventoried(version: &str, flavor: Flavor, env: &[(&str, &str)]
     assert!(fixture.finish().success());
     let report = read_report(&json);
     assert_eq!(report["events"]["lost"], 0);
-    let replayed = json.with_extension("replayed.json");
-    let replay = Command::new(tracer_bin())
-        .args(["replay", recording.to_str().unwrap(), "--json"])
-        .arg(&replayed)
-        .output()
-        .unwrap();
-    assert!(replay.status.success(), "{replay:?}");
-    assert_eq!(
-        std::fs::read(&json).unwrap(),
-        std::fs::read(&replayed).unwrap(),
-        "a replay rebuilds the inventory's maps byte for byte"
-    );
+    // A replay rebuilds the inventory's maps byte for byte.
+    assert_replays_the_same(&recording, &json, &[]);
     for map in report["maps"].as_array().unwrap() {
         assert_eq!(map["unexplained"], 0, "{map}");
     }

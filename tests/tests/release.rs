@@ -12,10 +12,9 @@
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 
-use std::process::Command;
-
 use integration_tests::{
-    build, map_at, report_path, trace_ground_truth, tracer_bin, Flavor, GroundTruthRun, Truth,
+    assert_replays_the_same, build, map_at, report_path, trace_ground_truth, Flavor,
+    GroundTruthRun, Truth,
 };
 
 /// Maps the fixture makes at each site.
@@ -91,18 +90,7 @@ fn dropped_maps_are_released(
     assert!(fixture_exit.success());
     assert_eq!(report["events"]["lost"], 0);
     // The releases are recorded inputs: a replay makes the same decisions.
-    let replayed = json.with_extension("replayed.json");
-    let replay = Command::new(tracer_bin())
-        .args(["replay", recording.to_str().unwrap(), "--json"])
-        .arg(&replayed)
-        .args(all_maps)
-        .output()
-        .unwrap();
-    assert!(replay.status.success(), "{replay:?}");
-    assert_eq!(
-        std::fs::read(&json).unwrap(),
-        std::fs::read(&replayed).unwrap()
-    );
+    assert_replays_the_same(&recording, &json, &all_maps);
     assert_eq!(
         report["release_detection"], method,
         "go{version} {flavor:?}"

@@ -2,6 +2,7 @@
 //! tracer as memory: listing a map costs a few stores instead of a system call, so that
 //! listing every map a busy program makes costs the tracer nearly nothing.
 
+use std::mem::offset_of;
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -27,14 +28,14 @@ pub struct Collection {
 // the BPF program, which only ever sees the memory, never this pointer.
 unsafe impl Send for Collection {}
 
-/// Offsets of a slot's words (see [`SettleSlot`]).
-const MAP: usize = 0;
-const SEED: usize = 8;
-const SEED_MASK: usize = 16;
-const READ_MAP: usize = 24;
-const COUNT: usize = 32;
-const WORD: usize = 40;
-const CYCLE: usize = 48;
+/// Offsets of a slot's fields.
+const MAP: usize = offset_of!(SettleSlot, map);
+const SEED: usize = offset_of!(SettleSlot, seed);
+const SEED_MASK: usize = offset_of!(SettleSlot, seed_mask);
+const READ_MAP: usize = offset_of!(SettleSlot, read_map);
+const COUNT: usize = offset_of!(SettleSlot, count);
+const WORD: usize = offset_of!(SettleSlot, word);
+const CYCLE: usize = offset_of!(SettleSlot, cycle);
 
 impl Collection {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Collection, ProbeError> {
@@ -81,32 +82,27 @@ impl Collection {
         })
     }
 
-    fn word(&self, slot: u32, offset: usize) -> &AtomicU64 {
-        assert!(slot < settle::SLOTS);
-        // SAFETY: in bounds (checked above), 8-byte aligned (page-aligned mapping, slots and
-        // words at multiples of 8), and shared with the BPF program only through atomics
-        // here.
+    /// The field at `offset` of `slot` in the mapping.
+    fn field(&self, slot: u32, offset: usize) -> *mut u8 {
+        assert!(slot < settle::SLOTS && offset < SettleSlot::SIZE);
+        // SAFETY: in bounds of the mapping, checked above.
         unsafe {
-            AtomicU64::from_ptr(
-                self.slots
-                    .as_ptr()
-                    .add(slot as usize * SettleSlot::SIZE + offset)
-                    .cast(),
-            )
+            self.slots
+                .as_ptr()
+                .add(slot as usize * SettleSlot::SIZE + offset)
         }
     }
 
+    fn word(&self, slot: u32, offset: usize) -> &AtomicU64 {
+        // SAFETY: 8-byte aligned (a page-aligned mapping, slots and words at multiples of
+        // 8), valid while `self` is, and shared with the BPF program only through atomics
+        // here.
+        unsafe { AtomicU64::from_ptr(self.field(slot, offset).cast()) }
+    }
+
     fn cycle(&self, slot: u32) -> &AtomicU32 {
-        assert!(slot < settle::SLOTS);
         // SAFETY: as in `word`, 4-byte aligned.
-        unsafe {
-            AtomicU32::from_ptr(
-                self.slots
-                    .as_ptr()
-                    .add(slot as usize * SettleSlot::SIZE + CYCLE)
-                    .cast(),
-            )
-        }
+        unsafe { AtomicU32::from_ptr(self.field(slot, CYCLE).cast()) }
     }
 
     /// Lists `listing.map` in `slot`. The address goes in last, after the slot is emptied:
