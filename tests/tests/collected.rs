@@ -1,11 +1,11 @@
-//! A released map's last write is settled from the header the collector's pause read
-//! (`tracer_common::settle`). The `collected` fixture makes 100 per-request heap maps a
-//! round, each ending on an insert or an overwrite, drops them, pauses 100 ms and collects:
-//! the next round's maps take the freed addresses, so no later operation of a released map
-//! shows what its last write did, and a read from userspace would come too late. Every
-//! released map settled must have ended as the fixture says its maps end, nearly all of
-//! them must be settled, and maps on a goroutine's stack (which the collector does not
-//! free) never are.
+//! A released map's last write is settled from its header as read right after a collection's
+//! mark termination (`tracer_common::settle`). The `collected` fixture makes 100 per-request
+//! heap maps a round, each ending on an insert or an overwrite, drops them, pauses 100 ms,
+//! collects and pauses 50 ms: the next round's maps take the freed addresses, so no later
+//! operation of a released map shows what its last write did, and the quiet-map read (a
+//! second after the last record) would come too late. Every released map settled must have
+//! ended as the fixture says its maps end, nearly all of them must be settled, and maps on a
+//! goroutine's stack (which the collector does not free) never are.
 //!
 //! These tests load BPF programs: they need root and fail (never skip) without it.
 

@@ -37,6 +37,9 @@ pub mod kind {
     /// table grows at once: a [`GROW`] of the same map before its next operation. Inside an
     /// assign; changes no count.
     pub const PRUNE: u8 = 8;
+    /// The target's collector reached mark termination (`runtime.gcMarkTermination`): its
+    /// `count` is the cycle number (see [`super::settle`]); its `map` is 0. Not about any map.
+    pub const COLLECTED: u8 = 9;
 }
 
 /// Which Go integer argument register holds a value, as an index in ABIInternal order
@@ -345,10 +348,6 @@ pub mod maps {
     pub const FOLD_RUNS: &str = "FOLD_RUNS";
     /// Array of one `u32`: see [`super::settle::CYCLES`].
     pub const GC_CYCLES: &str = "GC_CYCLES";
-    /// Array of [`super::settle::SLOTS`] [`super::settle::SettleSlot`]s.
-    pub const SETTLE_SLOTS: &str = "SETTLE_SLOTS";
-    /// Array of one `u32`: how many leading slots of `SETTLE_SLOTS` are in use.
-    pub const SETTLE_USED: &str = "SETTLE_USED";
 }
 
 /// Names of the BPF programs, one per probe kind.
@@ -370,8 +369,8 @@ pub mod programs {
     pub const HASH_GROW: &str = "map_hash_grow";
     /// Attached after the stack check of swiss `(*table).pruneTombstones`.
     pub const PRUNE: &str = "map_prune";
-    /// Attached after the stack check of `runtime.gcMarkTermination`: reads the headers of
-    /// the maps userspace put in `SETTLE_SLOTS` (see [`super::settle`]).
+    /// Attached after the stack check of `runtime.gcMarkTermination`: counts the cycle and
+    /// tells userspace (see [`super::settle`]).
     pub const COLLECTED: &str = "gc_collected";
     /// Does nothing: attached at every site instead of the real programs, it measures the
     /// cost of the uprobe itself (`gomaptrace --floor`, used by `cargo xtask bench`).
@@ -382,65 +381,21 @@ pub mod programs {
 ///
 /// An entry probe sees each write's count *before* the write, so a map's last write is
 /// proven only by a later look at its header. A per-request map is often dropped and its
-/// memory reused for a new map within milliseconds of its last write, too soon for any read
-/// from userspace. But Go frees a heap object only in the sweep after a mark phase found it
-/// unreachable, and mark termination runs with the world stopped. So a probe there
-/// (`runtime.gcMarkTermination`) reads the header of each map userspace listed in a slot,
-/// and keeps what it read when the seed is still the map's. If a new map then appears at
-/// that address before the next mark termination, the map was freed by a sweep that came
-/// before it, so it was already unreachable when its header was read: nothing wrote to it
-/// after that read, and the read is its final count. The creation record carries the cycle
-/// ([`super::CreateEvent::gc_cycle`]) to check this against the slot's. Maps on a
-/// goroutine's stack ([`super::FLAG_ON_STACK`]) are freed by returning, not by the
-/// collector, and never settled this way.
+/// memory reused for a new map long before any quiet-map read. But Go frees a heap object
+/// only in the sweep after a mark phase found it unreachable. A probe at the start of mark
+/// termination (`runtime.gcMarkTermination`, after marking is done) counts the cycle in
+/// [`CYCLES`] and sends a [`super::kind::COLLECTED`] record; on it, userspace reads the
+/// header of every map it listed, and keeps each read whose seed is still the map's, tagged
+/// with that cycle. If a new map then appears at that address before the next mark
+/// termination (the creation record carries the cycle, [`super::CreateEvent::gc_cycle`]),
+/// the old map was freed by a sweep no later than that cycle's, so it was already
+/// unreachable when its header was read: nothing wrote to it after, and the read is its
+/// final count. Maps on a goroutine's stack ([`super::FLAG_ON_STACK`]) are freed by
+/// returning, not by the collector, and are never settled this way.
 pub mod settle {
-    /// Slots: maps whose header each mark termination reads. Each slot costs the target
-    /// one header read (about 60 ns) in a pause of its collector.
-    pub const SLOTS: u32 = 1024;
-
     /// Index of the single `u32` in [`super::maps::GC_CYCLES`]: mark terminations seen by
     /// the probe since it was loaded.
     pub const CYCLES: u32 = 0;
-
-    /// One map whose header mark termination reads.
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct SettleSlot {
-        /// The header's address, set by userspace (0: an empty slot).
-        pub map: u64,
-        /// The map's seed bits of the header's second word (the word masked with
-        /// `seed_mask`), set by userspace: a header read with other bits there is another
-        /// object's.
-        pub seed: u64,
-        /// Which bits of the header's second word are the seed, set by userspace.
-        pub seed_mask: u64,
-        /// The address the probe read `count` and `word` at, for the slot's map then: a
-        /// slot given to another map since holds a result that is not the new map's.
-        pub read_map: u64,
-        /// The count the probe last read with the seed still the map's.
-        pub count: u64,
-        /// The second word read with it.
-        pub word: u64,
-        /// The cycle (see [`CYCLES`]) of that read; 0 when there was none.
-        pub cycle: u32,
-        /// Explicit padding.
-        pub _pad: u32,
-    }
-
-    impl SettleSlot {
-        /// The slot's size in the BPF array.
-        pub const SIZE: usize = core::mem::size_of::<SettleSlot>();
-
-        /// A slot listing `map`, with no read yet.
-        pub fn listing(map: u64, seed: u64, seed_mask: u64) -> SettleSlot {
-            SettleSlot {
-                map,
-                seed: seed & seed_mask,
-                seed_mask,
-                ..SettleSlot::default()
-            }
-        }
-    }
 }
 
 /// Which writes to a map carry the call stack of the code that writes (a "writer stack"), so
@@ -662,16 +617,6 @@ mod tests {
         let bytes: [u8; MapEvent::SIZE] = unsafe { core::mem::transmute(event) };
         assert_eq!(MapEvent::from_bytes(&bytes), Some(event));
         assert_eq!(MapEvent::from_bytes(&bytes[..MapEvent::SIZE - 1]), None);
-    }
-
-    #[test]
-    fn a_listing_keeps_only_the_seed_bits() {
-        let slot =
-            settle::SettleSlot::listing(0xc000_1000, 0x1234_5678_9abc_def0, 0xffff_ffff << 32);
-        assert_eq!(
-            (slot.map, slot.seed, slot.cycle),
-            (0xc000_1000, 0x1234_5678_0000_0000, 0)
-        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub enum EmitError {
     /// The ring buffer had no room; the loss is counted in `LOST`.
     RingFull,
+    /// A BPF map the program keeps its state in had no entry (never happens for arrays).
+    NoState,
 }
 
 /// What one probe hit saw of a map, before it becomes a record.
@@ -82,6 +84,30 @@ pub fn emit(observation: Observation) -> Result<(), EmitError> {
     };
     entry.write(event(&observation, 0));
     entry.submit(wakeup_policy());
+    Ok(())
+}
+
+/// Records an event about no map (`kind` with a `value`, in `count`), and wakes the reader
+/// at once: it marks a moment userspace acts on (see `tracer_common::kind::COLLECTED`).
+#[inline(always)]
+pub fn emit_marker(kind: u8, value: u64) -> Result<(), EmitError> {
+    let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
+        count_lost();
+        return Err(EmitError::RingFull);
+    };
+    entry.write(MapEvent {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        map: 0,
+        count: value,
+        header_word: 0,
+        map_type: 0,
+        key_hash: 0,
+        kind,
+        flags: 0,
+        folded: 0,
+    });
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     Ok(())
 }
 

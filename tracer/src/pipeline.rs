@@ -169,7 +169,7 @@ pub enum SessionInput {
         /// When its last record was, as the model knew it before the read.
         seen_ns: u64,
     },
-    /// What the collection probe last read for the map at an address, right before the
+    /// What the tracer last read at a collection for the map at an address, right before the
     /// record of the map that replaces it there (see [`crate::model::Model::collected`]).
     Collected(crate::model::Collected),
     /// The trace is over.

@@ -27,8 +27,8 @@ pub enum ProbeKind {
     HashGrow,
     /// After the stack check of swiss `(*table).pruneTombstones`: maybe a reorganisation.
     Prune,
-    /// After the stack check of `runtime.gcMarkTermination`: the collector's pause, when the
-    /// headers of listed maps are read (see `tracer_common::settle`).
+    /// After the stack check of `runtime.gcMarkTermination`: marking is done, and the tracer
+    /// reads the headers of the maps it listed (see `tracer_common::settle`).
     Collected,
 }
 

@@ -51,14 +51,6 @@ pub enum ProbeError {
         /// What the kernel said.
         source: Box<aya::programs::ProgramError>,
     },
-    /// Sharing a BPF map's memory with the tracer failed.
-    #[error("cannot map BPF map {name} into memory: {source}")]
-    Mmap {
-        /// The map.
-        name: &'static str,
-        /// What the system said.
-        source: std::io::Error,
-    },
     /// Reading a BPF map failed.
     #[error("cannot read BPF map {name}: {source}")]
     Map {
@@ -90,10 +82,8 @@ pub enum ProbeError {
     Grouped(#[from] GroupedError),
 }
 
-mod collection;
 mod grouped;
 
-pub use collection::Collection;
 pub use grouped::GroupedError;
 use grouped::{GroupedLinks, GroupedPrograms};
 
@@ -164,8 +154,6 @@ pub struct Outputs {
     pub lost: PerCpuArray<MapData, u64>,
     /// The writes the programs fold instead of sending.
     pub folds: Folds,
-    /// The maps whose headers the collector's pauses read.
-    pub collection: Collection,
 }
 
 /// The BPF side's folded writes (see `tracer_common::writers::FoldRun`): switched on for
@@ -351,7 +339,6 @@ impl Probes {
             events: take_map(&mut ebpf, maps::EVENTS)?,
             lost: take_map(&mut ebpf, maps::LOST)?,
             folds: Folds::take(&mut ebpf)?,
-            collection: Collection::take(&mut ebpf)?,
             diagnostics: if verbose {
                 Some(crate::diagnostics::Diagnostics::take(&mut ebpf)?)
             } else {

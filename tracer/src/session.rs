@@ -371,7 +371,6 @@ async fn follow_attached(
         lost,
         diagnostics,
         mut folds,
-        collection,
     } = outputs;
     // Exact mode folds the writes whose header proves what the write before them did;
     // sampled mode's windows send every write (they are short, and their polls read counts
@@ -448,7 +447,7 @@ async fn follow_attached(
         drops_at: Instant::now(),
         folds,
         quiet_reads: HashMap::new(),
-        listings: exact.then(|| Listings::new(collection)),
+        listings: exact.then(Listings::default),
     };
     feed.read_resident();
     let stop_reason = match options.sampled() {
@@ -673,7 +672,7 @@ struct Feed<'a> {
     folds: Option<Folds>,
     /// Headers of quiet maps read by the last catch-ups, waiting for a second read to agree.
     quiet_reads: HashMap<u64, QuietRead>,
-    /// The maps the collection probe reads (exact mode).
+    /// The maps whose headers are read at each collection (exact mode).
     listings: Option<Listings>,
 }
 
@@ -779,40 +778,32 @@ impl Feed<'_> {
     /// Feeds every waiting record, then reads the types that appeared, while the target is
     /// still there to read them from.
     fn drain(&mut self, events: &mut RingBuf<MapData>) {
-        self.refresh_listings();
         while let Some(record) = events.next() {
             self.record(&record);
         }
         self.after_drain();
     }
 
-    /// Reads how many collections the target finished, for the listings made from the
-    /// records that follow; a failed read leaves the last count.
-    fn refresh_listings(&mut self) {
-        if let Some(listings) = &mut self.listings {
-            let _ = listings.refresh();
-        }
-    }
-
-    /// Feeds one record, with what the collection probe read for the map it releases, and
-    /// lists its map for the probe. A slot that cannot be added only loses that map its
-    /// settling by a collection.
+    /// Feeds one record. In exact mode, also: at a collection's mark termination, reads the
+    /// listed maps' headers; before a creation, gives the model what was read for the map
+    /// it replaces; after any record, lists its map if a read could settle it.
     fn record(&mut self, record: &[u8]) {
         let Some(listings) = &mut self.listings else {
             self.pipeline.record(record);
             return;
         };
+        let target = &self.inspected.target;
+        listings.read_at_collection(record, |addrs| target.read_header_words(addrs));
         if let Some(read) = listings.before(record) {
             self.pipeline.note(SessionInput::Collected(read));
         }
         self.pipeline.record(record);
-        let _ = listings.after(record, self.pipeline.model());
+        listings.after(record, self.pipeline.model());
     }
 
     /// Feeds at most [`DRAIN_BATCH`] waiting records, as [`Feed::drain`] does; says whether
     /// the ring buffer is empty.
     fn drain_batch(&mut self, events: &mut RingBuf<MapData>) -> bool {
-        self.refresh_listings();
         let mut emptied = false;
         for _ in 0..DRAIN_BATCH {
             let Some(record) = events.next() else {

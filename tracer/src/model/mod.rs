@@ -131,15 +131,15 @@ pub struct Model {
     folds_credited: u64,
     /// Writes the BPF side folded, as it counted them when the probes were gone.
     folds_total: Option<u64>,
-    /// The header the collection probe last read for the map at an address, given just
+    /// The header the tracer last read at a collection for the map at an address, given just
     /// before the record of a map that replaces it (see [`Model::collected`]).
     collected: Option<Collected>,
     /// Released maps whose last operation a collection's read settled.
     settled_at_collection: u64,
 }
 
-/// A map's header as the collection probe read it in a pause of the target's collector
-/// (see `tracer_common::settle`).
+/// A map's header as the tracer read it right after a collection's mark termination (see
+/// `tracer_common::settle`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Collected {
     /// The map's address.
@@ -403,14 +403,14 @@ impl Model {
         result
     }
 
-    /// The header the collection probe last read for the map at `read.addr`, which the
+    /// The header the tracer last read at a collection for the map at `read.addr`, which the
     /// next record (a creation at that address) may prove final: see
     /// `tracer_common::settle`. Only that record uses it.
     pub fn collected(&mut self, read: Collected) {
         self.collected = Some(read);
     }
 
-    /// The seed bits and mask a collection probe checks a header read for the map at
+    /// The seed bits and mask a header read at a collection is checked against for the map at
     /// `addr` against, when a read could settle it: a map seen created outside any stack,
     /// with its seed known and an operation pending.
     pub fn collectable(&self, addr: u64) -> Option<(u64, u64)> {
@@ -434,6 +434,11 @@ impl Model {
         stack: Option<StackId>,
     ) -> Result<(), ModelError> {
         self.received += 1;
+        // A collection's mark termination: userspace acts on it (it reads the listed maps'
+        // headers, see `Model::collected`); no map changed.
+        if event.kind == kind::COLLECTED {
+            return Ok(());
+        }
         if event.ktime_ns < self.armed_ns {
             self.before_arming += 1;
             return Ok(());

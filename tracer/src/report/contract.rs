@@ -98,9 +98,9 @@ pub struct EventStats {
     /// the counts of the maps they belonged to, listed or released beyond the listed ones,
     /// are short by this many in total, and the next count of such a map is `unexplained`.
     pub folded_uncredited: u64,
-    /// Released maps whose last operation was settled by the header a pause of the target's
-    /// collector read (exact mode): the map was already unreachable then, so the read is its
-    /// final count (see `tracer_common::settle`).
+    /// Released maps whose last operation was settled by their header as read right after one
+    /// of the target's collections (exact mode): the map was already unreachable then, so the
+    /// read is its final count (see `tracer_common::settle`).
     pub settled_at_collection: u64,
 }
 

@@ -1,132 +1,311 @@
-//! Which maps the collection probe reads in each pause of the target's collector, and what
-//! it read for a map when another map takes its address (see `tracer_common::settle`).
+//! Which maps get their header read at each of the target's collections, and what was read
+//! for a map when another map takes its address (see `tracer_common::settle`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use tracer_common::{kind, settle, settle::SettleSlot, CreateEvent, MapEvent};
+use tracer_common::{kind, CreateEvent, MapEvent};
 
 use crate::model::{Collected, Model};
-use crate::probes::{Collection, ProbeError};
 
-/// How many slots from the next one in turn a new listing looks at for one whose map can no
-/// longer be settled: enough to skip the maps whose memory went to other objects, few enough
-/// that the slots still go round in about the order they were taken.
-const STALE_SCAN: u32 = 64;
+/// Maps listed at once, at most: the oldest listing goes first. Each costs the tracer a
+/// 16-byte read per collection and under 100 bytes here (its listing, and its place in the
+/// order, kept below twice this many).
+const MAX_LISTED: usize = 65_536;
 
-/// The slots handed out: each listed map's slot, and each slot's map. When every slot is
-/// taken, a new listing takes a slot whose map can no longer be settled (listed before the
-/// last collection, whose read did not find its seed: its memory holds something else now)
-/// among the next few in turn, else the next one, so that the maps listed last are read.
+/// One listed map: the seed bits its header must hold, and the last read that found them.
+#[derive(Clone, Copy, Debug)]
+struct Listing {
+    seed: u64,
+    seed_mask: u64,
+    /// The collection cycle and header words of the last read that found the map's seed.
+    read: Option<(u32, [u64; 2])>,
+    /// Tells this listing from an earlier one of the same address in `order`.
+    serial: u64,
+}
+
+/// The maps whose header is read at each collection, oldest listing first.
+#[derive(Default)]
 pub(super) struct Listings {
-    collection: Collection,
-    slot_of: HashMap<u64, u32>,
-    map_in: Vec<u64>,
-    /// Per slot: the collector cycles finished, as last read, when its map was listed.
-    listed_at: Vec<u32>,
-    free: Vec<u32>,
-    hand: u32,
-    /// The collector cycles finished, as last read.
-    cycles: u32,
+    listed: HashMap<u64, Listing>,
+    order: VecDeque<(u64, u64)>,
+    serial: u64,
 }
 
 impl Listings {
-    pub(super) fn new(collection: Collection) -> Listings {
-        Listings {
-            collection,
-            slot_of: HashMap::new(),
-            map_in: Vec::new(),
-            listed_at: Vec::new(),
-            free: Vec::new(),
-            hand: 0,
-            cycles: 0,
+    /// At a collection's record, reads the header of every listed map with `read_headers`
+    /// (the target's memory) and keeps, tagged with the cycle, each read that finds the map's
+    /// seed. A map whose header holds another seed is unlisted: its memory is another
+    /// object's (or it was reseeded, and its next record lists it again).
+    pub(super) fn read_at_collection(
+        &mut self,
+        record: &[u8],
+        read_headers: impl FnOnce(&[u64]) -> Vec<Option<[u64; 2]>>,
+    ) {
+        let Some(event) = MapEvent::from_bytes(record) else {
+            return;
+        };
+        if event.kind != kind::COLLECTED || self.listed.is_empty() {
+            return;
+        }
+        let Ok(cycle) = u32::try_from(event.count) else {
+            return;
+        };
+        let addrs: Vec<u64> = self.listed.keys().copied().collect();
+        for (addr, words) in addrs.iter().zip(read_headers(&addrs)) {
+            let Some(listing) = self.listed.get_mut(addr) else {
+                continue;
+            };
+            match words {
+                Some(words) if words[1] & listing.seed_mask == listing.seed => {
+                    listing.read = Some((cycle, words));
+                }
+                Some(_) => {
+                    self.listed.remove(addr);
+                }
+                None => {}
+            }
         }
     }
 
-    /// Reads how many collections the target has finished, before a batch of records.
-    pub(super) fn refresh(&mut self) -> Result<(), ProbeError> {
-        self.cycles = self.collection.cycles()?;
-        Ok(())
-    }
-
     /// Before a record goes to the model: when it is a creation at a listed address, the
-    /// probe's last read for the map listed there, which the creation's cycle may prove
-    /// final. The slot is free again.
+    /// last read of the map listed there, which the creation's cycle may prove final. The
+    /// map is unlisted.
     pub(super) fn before(&mut self, record: &[u8]) -> Option<Collected> {
-        let addr = creation_at(record)?;
-        let slot = self.slot_of.remove(&addr)?;
-        self.map_in[slot as usize] = 0;
-        self.free.push(slot);
-        let read = self.collection.read(slot);
-        (read.cycle != 0 && read.read_map == addr).then_some(Collected {
-            addr,
-            words: [read.count, read.word],
-            cycle: read.cycle,
+        if record.len() != CreateEvent::SIZE {
+            return None;
+        }
+        let event = MapEvent::from_bytes(record)?;
+        if !matches!(event.kind, kind::CREATE | kind::CLONE) {
+            return None;
+        }
+        let (cycle, words) = self.listed.remove(&event.map)?.read?;
+        Some(Collected {
+            addr: event.map,
+            words,
+            cycle,
         })
     }
 
     /// After a record went to the model: lists its map if a read could settle it and it is
-    /// not listed yet. Fails only when a slot cannot be added to the ones the probe reads.
-    pub(super) fn after(&mut self, record: &[u8], model: &Model) -> Result<(), ProbeError> {
-        let Some(addr) = record_map(record) else {
-            return Ok(());
+    /// not listed yet.
+    pub(super) fn after(&mut self, record: &[u8], model: &Model) {
+        let Some(event) = MapEvent::from_bytes(record) else {
+            return;
         };
-        if self.slot_of.contains_key(&addr) {
-            return Ok(());
+        if self.listed.contains_key(&event.map) {
+            return;
         }
-        let Some((seed, seed_mask)) = model.collectable(addr) else {
-            return Ok(());
+        let Some((seed, seed_mask)) = model.collectable(event.map) else {
+            return;
         };
-        let slot = self.take_slot()?;
-        self.collection
-            .list(slot, &SettleSlot::listing(addr, seed, seed_mask));
-        self.slot_of.insert(addr, slot);
-        self.map_in[slot as usize] = addr;
-        self.listed_at[slot as usize] = self.cycles;
-        Ok(())
-    }
-
-    /// A free slot, a new one, one whose map can no longer be settled among the next
-    /// [`STALE_SCAN`], or the next one in turn.
-    fn take_slot(&mut self) -> Result<u32, ProbeError> {
-        if let Some(slot) = self.free.pop() {
-            return Ok(slot);
+        while self.listed.len() >= MAX_LISTED {
+            let Some((addr, serial)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .listed
+                .get(&addr)
+                .is_some_and(|listing| listing.serial == serial)
+            {
+                self.listed.remove(&addr);
+            }
         }
-        let used = self.map_in.len() as u32;
-        if used < settle::SLOTS {
-            self.map_in.push(0);
-            self.listed_at.push(0);
-            self.collection.set_used(used + 1)?;
-            return Ok(used);
+        self.serial += 1;
+        self.listed.insert(
+            event.map,
+            Listing {
+                seed,
+                seed_mask,
+                read: None,
+                serial: self.serial,
+            },
+        );
+        self.order.push_back((event.map, self.serial));
+        // Listings end at creations and reads too: drop what they left in `order` before it
+        // outgrows the listings.
+        if self.order.len() > 2 * MAX_LISTED {
+            let listed = &self.listed;
+            self.order.retain(|(addr, serial)| {
+                listed
+                    .get(addr)
+                    .is_some_and(|listing| listing.serial == *serial)
+            });
         }
-        let slot = (0..STALE_SCAN)
-            .map(|step| (self.hand + step) % settle::SLOTS)
-            .find(|&slot| self.unsettleable(slot))
-            .unwrap_or(self.hand);
-        self.hand = (slot + 1) % settle::SLOTS;
-        let evicted = std::mem::take(&mut self.map_in[slot as usize]);
-        self.slot_of.remove(&evicted);
-        Ok(slot)
-    }
-
-    /// Whether the map in `slot` was listed before the last collection, whose read did not
-    /// find the map's seed there: its memory is another object's (or it was reseeded), and
-    /// no later read can settle it.
-    fn unsettleable(&self, slot: u32) -> bool {
-        self.listed_at[slot as usize] < self.cycles
-            && self.collection.last_read_cycle(slot) < self.cycles
     }
 }
 
-/// The address of the map a ring-buffer record is about.
-fn record_map(record: &[u8]) -> Option<u64> {
-    MapEvent::from_bytes(record).map(|event| event.map)
-}
+#[cfg(test)]
+mod tests {
+    use tracer_common::STACK_DEPTH;
 
-/// The address of a map created (or cloned) by this record.
-fn creation_at(record: &[u8]) -> Option<u64> {
-    if record.len() != CreateEvent::SIZE {
-        return None;
+    use super::*;
+    use crate::model::Limits;
+    use crate::plan::MapImplementation;
+
+    const MAP: u64 = 0x00c0_0001_0000;
+    const SEED: u64 = 0x5eed;
+
+    fn event(kind: u8, map: u64, count: u64, seed: u64, at: u64) -> MapEvent {
+        MapEvent {
+            ktime_ns: at,
+            map,
+            count,
+            header_word: seed,
+            map_type: 0,
+            key_hash: 0,
+            kind,
+            flags: 0,
+            folded: 0,
+        }
     }
-    let event = MapEvent::from_bytes(record)?;
-    matches!(event.kind, kind::CREATE | kind::CLONE).then_some(event.map)
+
+    fn bytes(event: MapEvent) -> Vec<u8> {
+        // SAFETY: `MapEvent` is plain data of exactly this size.
+        let bytes: [u8; MapEvent::SIZE] = unsafe { std::mem::transmute(event) };
+        bytes.to_vec()
+    }
+
+    fn created(map: u64, seed: u64, at: u64, gc_cycle: u32) -> Vec<u8> {
+        let mut stack = [0u64; STACK_DEPTH];
+        stack[0] = 0x1000;
+        let create = CreateEvent {
+            event: event(kind::CREATE, map, 0, seed, at),
+            caller: 0x2000,
+            stack_len: 1,
+            gc_cycle,
+            stack,
+        };
+        // SAFETY: `CreateEvent` is plain data of exactly this size.
+        let bytes: [u8; CreateEvent::SIZE] = unsafe { std::mem::transmute(create) };
+        bytes.to_vec()
+    }
+
+    /// Feeds `record` as the session does: reads at a collection with `memory`, the
+    /// collection's read before a creation, the record, then the listing.
+    fn feed(
+        listings: &mut Listings,
+        model: &mut Model,
+        record: &[u8],
+        memory: &HashMap<u64, [u64; 2]>,
+    ) {
+        listings.read_at_collection(record, |addrs| {
+            addrs.iter().map(|addr| memory.get(addr).copied()).collect()
+        });
+        if let Some(read) = listings.before(record) {
+            model.collected(read);
+        }
+        model.observe_record(record);
+        listings.after(record, model);
+    }
+
+    #[test]
+    fn a_map_read_at_the_last_collection_is_settled_when_its_address_is_reused() {
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        let mut listings = Listings::default();
+        let nothing = HashMap::new();
+        feed(
+            &mut listings,
+            &mut model,
+            &created(MAP, SEED, 1, 0),
+            &nothing,
+        );
+        feed(
+            &mut listings,
+            &mut model,
+            &bytes(event(kind::ASSIGN, MAP, 0, SEED, 2)),
+            &nothing,
+        );
+        feed(
+            &mut listings,
+            &mut model,
+            &bytes(event(kind::ASSIGN, MAP, 1, SEED, 3)),
+            &nothing,
+        );
+        assert!(
+            listings.listed.contains_key(&MAP),
+            "a created map is listed"
+        );
+        // Collection 1 finds the map's two entries; the map's memory then holds a new map.
+        let memory = HashMap::from([(MAP, [2, SEED])]);
+        feed(
+            &mut listings,
+            &mut model,
+            &bytes(event(kind::COLLECTED, 0, 1, 0, 4)),
+            &memory,
+        );
+        feed(
+            &mut listings,
+            &mut model,
+            &created(MAP, 0xbeef, 5, 1),
+            &nothing,
+        );
+        assert_eq!(model.malformed(), 0, "a collection's record is no map's");
+        assert_eq!(model.settled_at_collection(), 1);
+        let gone = model
+            .maps()
+            .into_iter()
+            .find(|map| map.is_released())
+            .unwrap();
+        assert_eq!((gone.live, gone.inserts, gone.unsettled), (2, 2, 0));
+    }
+
+    #[test]
+    fn a_header_holding_another_seed_unlists_its_map() {
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        let mut listings = Listings::default();
+        let nothing = HashMap::new();
+        feed(
+            &mut listings,
+            &mut model,
+            &created(MAP, SEED, 1, 0),
+            &nothing,
+        );
+        feed(
+            &mut listings,
+            &mut model,
+            &bytes(event(kind::ASSIGN, MAP, 0, SEED, 2)),
+            &nothing,
+        );
+        let other = HashMap::from([(MAP, [7, 0xf00d])]);
+        feed(
+            &mut listings,
+            &mut model,
+            &bytes(event(kind::COLLECTED, 0, 1, 0, 3)),
+            &other,
+        );
+        assert!(listings.listed.is_empty());
+        feed(
+            &mut listings,
+            &mut model,
+            &created(MAP, 0xbeef, 4, 1),
+            &nothing,
+        );
+        assert_eq!(model.settled_at_collection(), 0);
+    }
+
+    #[test]
+    fn listings_stay_bounded_and_the_oldest_go_first() {
+        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
+        let mut listings = Listings::default();
+        let nothing = HashMap::new();
+        let maps = MAX_LISTED as u64 + 10;
+        for n in 0..maps {
+            let map = MAP + n * 0x40;
+            feed(
+                &mut listings,
+                &mut model,
+                &created(map, SEED, 2 * n + 1, 0),
+                &nothing,
+            );
+            let written = bytes(event(kind::ASSIGN, map, 0, SEED, 2 * n + 2));
+            feed(&mut listings, &mut model, &written, &nothing);
+        }
+        assert_eq!(listings.listed.len(), MAX_LISTED);
+        assert!(
+            !listings.listed.contains_key(&MAP),
+            "the first listed went first"
+        );
+        assert!(listings.listed.contains_key(&(MAP + (maps - 1) * 0x40)));
+        assert!(listings.order.len() <= 2 * MAX_LISTED);
+    }
 }
