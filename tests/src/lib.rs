@@ -372,6 +372,26 @@ pub fn map_at<'a>(report: &'a serde_json::Value, addr: &str) -> &'a serde_json::
         .unwrap_or_else(|| panic!("no map at {addr} in the report"))
 }
 
+/// Traces the fixture `binary` as [`trace_ground_truth`] does, listing every map and
+/// recording the trace, for test `test`; checks that the fixture exited cleanly, that no
+/// event was lost, and that a replay of the recording writes the same report.
+///
+/// # Panics
+/// When any of that fails.
+pub fn trace_recorded(binary: &Path, test: &str) -> GroundTruthRun {
+    let json = report_path(test);
+    let recording = json.with_extension("gmt");
+    let all_maps = ["--max-maps", "1000000"];
+    let mut args = vec!["--record", recording.to_str().expect("utf-8 path")];
+    args.extend(all_maps);
+    let run = trace_ground_truth(binary, &json, &args);
+    assert!(run.fixture_exit.success(), "{:?}", run.fixture_exit);
+    assert_eq!(run.report["events"]["lost"], 0);
+    // What the trace decided from recorded inputs, a replay decides the same way.
+    assert_replays_the_same(&recording, &json, &all_maps);
+    run
+}
+
 /// Replays `recording` (with `extra_args`) into a JSON report next to `json` and checks that
 /// it is `json` byte for byte: what the trace decided from its recorded inputs, a replay
 /// decides the same way.

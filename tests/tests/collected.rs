@@ -11,9 +11,7 @@
 
 use std::collections::HashMap;
 
-use integration_tests::{
-    assert_replays_the_same, build, report_path, trace_ground_truth, Flavor, GroundTruthRun,
-};
+use integration_tests::{build, trace_recorded, Flavor, GroundTruthRun};
 
 /// The fixture's rounds and maps per round at each site.
 const ROUNDS: u64 = 10;
@@ -21,21 +19,7 @@ const REQUESTS: u64 = 100;
 
 fn released_maps_are_settled_at_collections(version: &str, flavor: Flavor, test: &str) {
     let binary = build("collected", version, flavor, &[]);
-    let json = report_path(test);
-    let recording = json.with_extension("gmt");
-    let all_maps = ["--max-maps", "1000000"];
-    let mut args = vec!["--record", recording.to_str().unwrap()];
-    args.extend(all_maps);
-    let GroundTruthRun {
-        truths,
-        report,
-        fixture_exit,
-        ..
-    } = trace_ground_truth(&binary, &json, &args);
-    assert!(fixture_exit.success());
-    assert_eq!(report["events"]["lost"], 0);
-    // The reads are recorded inputs: a replay settles the same maps.
-    assert_replays_the_same(&recording, &json, &all_maps);
+    let GroundTruthRun { truths, report, .. } = trace_recorded(&binary, test);
 
     let line = |name: &str| {
         truths

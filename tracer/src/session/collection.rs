@@ -180,126 +180,87 @@ mod tests {
         bytes.to_vec()
     }
 
-    /// Feeds `record` as the session does: reads at a collection with `memory`, the
-    /// collection's read before a creation, the record, then the listing.
-    fn feed(
-        listings: &mut Listings,
-        model: &mut Model,
-        record: &[u8],
-        memory: &HashMap<u64, [u64; 2]>,
-    ) {
-        listings.read_at_collection(record, |addrs| {
-            addrs.iter().map(|addr| memory.get(addr).copied()).collect()
-        });
-        if let Some(read) = listings.before(record) {
-            model.collected(read);
+    /// A model and its listings, fed records as the session feeds them.
+    struct Traced {
+        listings: Listings,
+        model: Model,
+    }
+
+    impl Traced {
+        fn new() -> Traced {
+            Traced {
+                listings: Listings::default(),
+                model: Model::new(MapImplementation::Swiss, Limits::default()),
+            }
         }
-        model.observe_record(record);
-        listings.after(record, model);
+
+        /// Feeds `record`: reads at a collection from `memory`, the collection's read before
+        /// a creation, the record, then the listing.
+        fn feed(&mut self, record: &[u8], memory: &[(u64, [u64; 2])]) {
+            let memory: HashMap<u64, [u64; 2]> = memory.iter().copied().collect();
+            self.listings.read_at_collection(record, |addrs| {
+                addrs.iter().map(|addr| memory.get(addr).copied()).collect()
+            });
+            if let Some(read) = self.listings.before(record) {
+                self.model.collected(read);
+            }
+            self.model.observe_record(record);
+            self.listings.after(record, &self.model);
+        }
+
+        /// Makes `map` with `SEED` and inserts `inserts` keys, from time `at` on.
+        fn fill(&mut self, map: u64, inserts: u64, at: u64) {
+            self.feed(&created(map, SEED, at, 0), &[]);
+            for count in 0..inserts {
+                let write = event(kind::ASSIGN, map, count, SEED, at + 1 + count);
+                self.feed(&bytes(write), &[]);
+            }
+        }
     }
 
     #[test]
     fn a_map_read_at_the_last_collection_is_settled_when_its_address_is_reused() {
-        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
-        let mut listings = Listings::default();
-        let nothing = HashMap::new();
-        feed(
-            &mut listings,
-            &mut model,
-            &created(MAP, SEED, 1, 0),
-            &nothing,
-        );
-        feed(
-            &mut listings,
-            &mut model,
-            &bytes(event(kind::ASSIGN, MAP, 0, SEED, 2)),
-            &nothing,
-        );
-        feed(
-            &mut listings,
-            &mut model,
-            &bytes(event(kind::ASSIGN, MAP, 1, SEED, 3)),
-            &nothing,
-        );
+        let mut traced = Traced::new();
+        traced.fill(MAP, 2, 1);
         assert!(
-            listings.listed.contains_key(&MAP),
+            traced.listings.listed.contains_key(&MAP),
             "a created map is listed"
         );
         // Collection 1 finds the map's two entries; the map's memory then holds a new map.
-        let memory = HashMap::from([(MAP, [2, SEED])]);
-        feed(
-            &mut listings,
-            &mut model,
+        traced.feed(
             &bytes(event(kind::COLLECTED, 0, 1, 0, 4)),
-            &memory,
+            &[(MAP, [2, SEED])],
         );
-        feed(
-            &mut listings,
-            &mut model,
-            &created(MAP, 0xbeef, 5, 1),
-            &nothing,
-        );
+        traced.feed(&created(MAP, 0xbeef, 5, 1), &[]);
+        let model = &traced.model;
         assert_eq!(model.malformed(), 0, "a collection's record is no map's");
         assert_eq!(model.settled_at_collection(), 1);
-        let gone = model
-            .maps()
-            .into_iter()
-            .find(|map| map.is_released())
-            .unwrap();
+        let gone = model.maps().into_iter().find(|map| map.is_released());
+        let gone = gone.expect("the first map is released");
         assert_eq!((gone.live, gone.inserts, gone.unsettled), (2, 2, 0));
     }
 
     #[test]
     fn a_header_holding_another_seed_unlists_its_map() {
-        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
-        let mut listings = Listings::default();
-        let nothing = HashMap::new();
-        feed(
-            &mut listings,
-            &mut model,
-            &created(MAP, SEED, 1, 0),
-            &nothing,
-        );
-        feed(
-            &mut listings,
-            &mut model,
-            &bytes(event(kind::ASSIGN, MAP, 0, SEED, 2)),
-            &nothing,
-        );
-        let other = HashMap::from([(MAP, [7, 0xf00d])]);
-        feed(
-            &mut listings,
-            &mut model,
+        let mut traced = Traced::new();
+        traced.fill(MAP, 1, 1);
+        traced.feed(
             &bytes(event(kind::COLLECTED, 0, 1, 0, 3)),
-            &other,
+            &[(MAP, [7, 0xf00d])],
         );
-        assert!(listings.listed.is_empty());
-        feed(
-            &mut listings,
-            &mut model,
-            &created(MAP, 0xbeef, 4, 1),
-            &nothing,
-        );
-        assert_eq!(model.settled_at_collection(), 0);
+        assert!(traced.listings.listed.is_empty());
+        traced.feed(&created(MAP, 0xbeef, 4, 1), &[]);
+        assert_eq!(traced.model.settled_at_collection(), 0);
     }
 
     #[test]
     fn listings_stay_bounded_and_the_oldest_go_first() {
-        let mut model = Model::new(MapImplementation::Swiss, Limits::default());
-        let mut listings = Listings::default();
-        let nothing = HashMap::new();
+        let mut traced = Traced::new();
         let maps = MAX_LISTED as u64 + 10;
         for n in 0..maps {
-            let map = MAP + n * 0x40;
-            feed(
-                &mut listings,
-                &mut model,
-                &created(map, SEED, 2 * n + 1, 0),
-                &nothing,
-            );
-            let written = bytes(event(kind::ASSIGN, map, 0, SEED, 2 * n + 2));
-            feed(&mut listings, &mut model, &written, &nothing);
+            traced.fill(MAP + n * 0x40, 1, 2 * n + 1);
         }
+        let listings = &traced.listings;
         assert_eq!(listings.listed.len(), MAX_LISTED);
         assert!(
             !listings.listed.contains_key(&MAP),
