@@ -2,15 +2,23 @@
 //! for a map when another map takes its address (see `tracer_common::settle`).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use tracer_common::{kind, CreateEvent, MapEvent};
 
 use crate::model::{Collected, Model};
 
 /// Maps listed at once, at most: the oldest listing goes first. Each costs the tracer a
-/// 16-byte read per collection and under 100 bytes here (its listing, and its place in the
-/// order, kept below twice this many).
-const MAX_LISTED: usize = 65_536;
+/// 16-byte read per collection (16 `process_vm_readv` calls for a full list, a few
+/// milliseconds) and under 100 bytes here (its listing, and its place in the order, kept
+/// below twice this many).
+const MAX_LISTED: usize = 16_384;
+
+/// The tracer spends at most one part in this many of its time reading listed headers: after
+/// a read that took `t`, collections in the next `t × (READ_SHARE − 1)` are not read, so that
+/// a program that collects more often than the tracer can read does not starve the event
+/// loop. A map reused after a collection that was not read stays `unsettled`.
+const READ_SHARE: u32 = 10;
 
 /// One listed map: the seed bits its header must hold, and the last read that found them.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +37,8 @@ pub(super) struct Listings {
     listed: HashMap<u64, Listing>,
     order: VecDeque<(u64, u64)>,
     serial: u64,
+    /// No collection is read before then (see [`READ_SHARE`]).
+    next_read: Option<Instant>,
 }
 
 impl Listings {
@@ -50,6 +60,10 @@ impl Listings {
         let Ok(cycle) = u32::try_from(event.count) else {
             return;
         };
+        let started = Instant::now();
+        if self.next_read.is_some_and(|next| started < next) {
+            return;
+        }
         let addrs: Vec<u64> = self.listed.keys().copied().collect();
         for (addr, words) in addrs.iter().zip(read_headers(&addrs)) {
             let Some(listing) = self.listed.get_mut(addr) else {
@@ -65,6 +79,8 @@ impl Listings {
                 None => {}
             }
         }
+        let took = started.elapsed();
+        self.next_read = Some(started + took + took * (READ_SHARE - 1));
     }
 
     /// Before a record goes to the model: when it is a creation at a listed address, the
