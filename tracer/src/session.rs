@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::writers::FoldRun;
+use tracer_common::{writers::FoldRun, MapEvent};
 
 use crate::abi::{self, ForeignArch};
 use crate::inspect::{self, GoBinary, InspectError, ReadMemory};
@@ -788,17 +788,17 @@ impl Feed<'_> {
     /// listed maps' headers; before a creation, gives the model what was read for the map
     /// it replaces; after any record, lists its map if a read could settle it.
     fn record(&mut self, record: &[u8]) {
-        let Some(listings) = &mut self.listings else {
+        let (Some(listings), Some(event)) = (&mut self.listings, MapEvent::from_bytes(record))
+        else {
             self.pipeline.record(record);
             return;
         };
         let target = &self.inspected.target;
-        listings.read_at_collection(record, |addrs| target.read_header_words(addrs));
-        if let Some(read) = listings.before(record) {
+        if let Some(read) = listings.before(&event, |addrs| target.read_header_words(addrs)) {
             self.pipeline.note(SessionInput::Collected(read));
         }
         self.pipeline.record(record);
-        listings.after(record, self.pipeline.model());
+        listings.after(&event, self.pipeline.model());
     }
 
     /// Feeds at most [`DRAIN_BATCH`] waiting records, as [`Feed::drain`] does; says whether

@@ -1,62 +1,86 @@
 //! Which maps get their header read at each of the target's collections, and what was read
 //! for a map when another map takes its address (see `tracer_common::settle`).
 
-use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use tracer_common::{kind, CreateEvent, MapEvent};
+use tracer_common::{kind, MapEvent};
 
 use crate::model::{Collected, Model};
 
-/// Maps listed at once, at most: the oldest listing goes first. Each costs the tracer a
-/// 16-byte read per collection (16 `process_vm_readv` calls for a full list, a few
-/// milliseconds) and under 100 bytes here (its listing, and its place in the order, kept
-/// below twice this many).
-const MAX_LISTED: usize = 16_384;
+/// Slots of the listing table (a power of two). A map is listed in the slot its address
+/// picks, in place of the map listed there before: the table is a cache of the maps made
+/// last, costing one hash and compare per record and no allocation. Each listed map costs
+/// the tracer a 16-byte read per collection (8 `process_vm_readv` calls for a full table,
+/// about a millisecond).
+const SLOTS: usize = 8_192;
 
 /// The tracer spends at most one part in this many of its time reading listed headers: after
 /// a read that took `t`, collections in the next `t × (READ_SHARE − 1)` are not read, so that
 /// a program that collects more often than the tracer can read does not starve the event
 /// loop. A map reused after a collection that was not read stays `unsettled`.
-const READ_SHARE: u32 = 10;
+const READ_SHARE: u32 = 50;
 
-/// One listed map: the seed bits its header must hold, and the last read that found them.
-#[derive(Clone, Copy, Debug)]
+/// One listed map: its address (0: an empty slot), the seed bits its header must hold, and
+/// the last read that found them.
+#[derive(Clone, Copy, Debug, Default)]
 struct Listing {
+    map: u64,
     seed: u64,
     seed_mask: u64,
     /// The collection cycle and header words of the last read that found the map's seed.
     read: Option<(u32, [u64; 2])>,
-    /// Tells this listing from an earlier one of the same address in `order`.
-    serial: u64,
 }
 
-/// The maps whose header is read at each collection, oldest listing first.
-#[derive(Default)]
+/// The maps whose header is read at each collection.
 pub(super) struct Listings {
-    listed: HashMap<u64, Listing>,
-    order: VecDeque<(u64, u64)>,
-    serial: u64,
+    slots: Box<[Listing]>,
     /// No collection is read before then (see [`READ_SHARE`]).
     next_read: Option<Instant>,
 }
 
+impl Default for Listings {
+    fn default() -> Listings {
+        Listings {
+            slots: vec![Listing::default(); SLOTS].into_boxed_slice(),
+            next_read: None,
+        }
+    }
+}
+
 impl Listings {
-    /// At a collection's record, reads the header of every listed map with `read_headers`
-    /// (the target's memory) and keeps, tagged with the cycle, each read that finds the map's
-    /// seed. A map whose header holds another seed is unlisted: its memory is another
-    /// object's (or it was reseeded, and its next record lists it again).
-    pub(super) fn read_at_collection(
+    /// Before the model sees `event`: at a collection, reads the listed headers with
+    /// `read_headers` (the target's memory); at a creation (or clone) at a listed address,
+    /// the last read of the map listed there, which the creation's cycle may prove final
+    /// (that map is unlisted).
+    pub(super) fn before(
         &mut self,
-        record: &[u8],
+        event: &MapEvent,
+        read_headers: impl FnOnce(&[u64]) -> Vec<Option<[u64; 2]>>,
+    ) -> Option<Collected> {
+        match event.kind {
+            kind::COLLECTED => {
+                self.read_at_collection(event, read_headers);
+                None
+            }
+            kind::CREATE | kind::CLONE => self.take_read(event.map),
+            _ => None,
+        }
+    }
+
+    fn slot(map: u64) -> usize {
+        // Headers are at least 16-byte aligned; a multiplicative hash spreads the rest.
+        ((map >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
+    }
+
+    /// At a collection, reads the header of every listed map and keeps, tagged with the
+    /// cycle, each read that finds the map's seed. A map whose header holds another seed is
+    /// unlisted: its memory is another object's (or it was reseeded, and its next record
+    /// lists it again).
+    fn read_at_collection(
+        &mut self,
+        event: &MapEvent,
         read_headers: impl FnOnce(&[u64]) -> Vec<Option<[u64; 2]>>,
     ) {
-        let Some(event) = MapEvent::from_bytes(record) else {
-            return;
-        };
-        if event.kind != kind::COLLECTED || self.listed.is_empty() {
-            return;
-        }
         let Ok(cycle) = u32::try_from(event.count) else {
             return;
         };
@@ -64,18 +88,20 @@ impl Listings {
         if self.next_read.is_some_and(|next| started < next) {
             return;
         }
-        let addrs: Vec<u64> = self.listed.keys().copied().collect();
-        for (addr, words) in addrs.iter().zip(read_headers(&addrs)) {
-            let Some(listing) = self.listed.get_mut(addr) else {
-                continue;
-            };
+        let listed: Vec<usize> = (0..SLOTS)
+            .filter(|&slot| self.slots[slot].map != 0)
+            .collect();
+        if listed.is_empty() {
+            return;
+        }
+        let addrs: Vec<u64> = listed.iter().map(|&slot| self.slots[slot].map).collect();
+        for (&slot, words) in listed.iter().zip(read_headers(&addrs)) {
+            let listing = &mut self.slots[slot];
             match words {
                 Some(words) if words[1] & listing.seed_mask == listing.seed => {
                     listing.read = Some((cycle, words));
                 }
-                Some(_) => {
-                    self.listed.remove(addr);
-                }
+                Some(_) => *listing = Listing::default(),
                 None => {}
             }
         }
@@ -83,76 +109,43 @@ impl Listings {
         self.next_read = Some(started + took + took * (READ_SHARE - 1));
     }
 
-    /// Before a record goes to the model: when it is a creation at a listed address, the
-    /// last read of the map listed there, which the creation's cycle may prove final. The
-    /// map is unlisted.
-    pub(super) fn before(&mut self, record: &[u8]) -> Option<Collected> {
-        if record.len() != CreateEvent::SIZE {
+    /// Unlists the map at `map`, with its last read.
+    fn take_read(&mut self, map: u64) -> Option<Collected> {
+        let listing = &mut self.slots[Self::slot(map)];
+        if listing.map != map {
             return None;
         }
-        let event = MapEvent::from_bytes(record)?;
-        if !matches!(event.kind, kind::CREATE | kind::CLONE) {
-            return None;
-        }
-        let (cycle, words) = self.listed.remove(&event.map)?.read?;
+        let (cycle, words) = std::mem::take(listing).read?;
         Some(Collected {
-            addr: event.map,
+            addr: map,
             words,
             cycle,
         })
     }
 
-    /// After a record went to the model: lists its map if a read could settle it and it is
-    /// not listed yet.
-    pub(super) fn after(&mut self, record: &[u8], model: &Model) {
-        let Some(event) = MapEvent::from_bytes(record) else {
-            return;
-        };
-        if self.listed.contains_key(&event.map) {
+    /// After the model saw `event`: lists its map if it is not listed yet and a read could
+    /// settle it.
+    pub(super) fn after(&mut self, event: &MapEvent, model: &Model) {
+        let slot = Self::slot(event.map);
+        if event.map == 0 || self.slots[slot].map == event.map {
             return;
         }
-        let Some((seed, seed_mask)) = model.collectable(event.map) else {
-            return;
-        };
-        while self.listed.len() >= MAX_LISTED {
-            let Some((addr, serial)) = self.order.pop_front() else {
-                break;
-            };
-            if self
-                .listed
-                .get(&addr)
-                .is_some_and(|listing| listing.serial == serial)
-            {
-                self.listed.remove(&addr);
-            }
-        }
-        self.serial += 1;
-        self.listed.insert(
-            event.map,
-            Listing {
+        if let Some((seed, seed_mask)) = model.collectable(event.map) {
+            self.slots[slot] = Listing {
+                map: event.map,
                 seed,
                 seed_mask,
                 read: None,
-                serial: self.serial,
-            },
-        );
-        self.order.push_back((event.map, self.serial));
-        // Listings end at creations and reads too: drop what they left in `order` before it
-        // outgrows the listings.
-        if self.order.len() > 2 * MAX_LISTED {
-            let listed = &self.listed;
-            self.order.retain(|(addr, serial)| {
-                listed
-                    .get(addr)
-                    .is_some_and(|listing| listing.serial == *serial)
-            });
+            };
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::STACK_DEPTH;
+    use std::collections::HashMap;
+
+    use tracer_common::{CreateEvent, STACK_DEPTH};
 
     use super::*;
     use crate::model::Limits;
@@ -214,14 +207,19 @@ mod tests {
         /// a creation, the record, then the listing.
         fn feed(&mut self, record: &[u8], memory: &[(u64, [u64; 2])]) {
             let memory: HashMap<u64, [u64; 2]> = memory.iter().copied().collect();
-            self.listings.read_at_collection(record, |addrs| {
+            let event = MapEvent::from_bytes(record).expect("a whole record");
+            let read = self.listings.before(&event, |addrs| {
                 addrs.iter().map(|addr| memory.get(addr).copied()).collect()
             });
-            if let Some(read) = self.listings.before(record) {
+            if let Some(read) = read {
                 self.model.collected(read);
             }
             self.model.observe_record(record);
-            self.listings.after(record, &self.model);
+            self.listings.after(&event, &self.model);
+        }
+
+        fn listed(&self, map: u64) -> bool {
+            self.listings.slots[Listings::slot(map)].map == map
         }
 
         /// Makes `map` with `SEED` and inserts `inserts` keys, from time `at` on.
@@ -238,10 +236,7 @@ mod tests {
     fn a_map_read_at_the_last_collection_is_settled_when_its_address_is_reused() {
         let mut traced = Traced::new();
         traced.fill(MAP, 2, 1);
-        assert!(
-            traced.listings.listed.contains_key(&MAP),
-            "a created map is listed"
-        );
+        assert!(traced.listed(MAP), "a created map is listed");
         // Collection 1 finds the map's two entries; the map's memory then holds a new map.
         traced.feed(
             &bytes(event(kind::COLLECTED, 0, 1, 0, 4)),
@@ -264,25 +259,28 @@ mod tests {
             &bytes(event(kind::COLLECTED, 0, 1, 0, 3)),
             &[(MAP, [7, 0xf00d])],
         );
-        assert!(traced.listings.listed.is_empty());
+        assert!(!traced.listed(MAP));
         traced.feed(&created(MAP, 0xbeef, 4, 1), &[]);
         assert_eq!(traced.model.settled_at_collection(), 0);
     }
 
     #[test]
-    fn listings_stay_bounded_and_the_oldest_go_first() {
+    fn a_map_takes_the_slot_of_the_one_listed_there_before() {
         let mut traced = Traced::new();
-        let maps = MAX_LISTED as u64 + 10;
-        for n in 0..maps {
-            traced.fill(MAP + n * 0x40, 1, 2 * n + 1);
-        }
-        let listings = &traced.listings;
-        assert_eq!(listings.listed.len(), MAX_LISTED);
-        assert!(
-            !listings.listed.contains_key(&MAP),
-            "the first listed went first"
+        let slot = Listings::slot(MAP);
+        let rival = (1..)
+            .map(|n| MAP + n * 0x40)
+            .find(|&map| Listings::slot(map) == slot)
+            .unwrap();
+        traced.fill(MAP, 1, 1);
+        traced.fill(rival, 1, 3);
+        assert!(traced.listed(rival) && !traced.listed(MAP));
+        // The map no longer listed is not read, so its release proves nothing.
+        traced.feed(
+            &bytes(event(kind::COLLECTED, 0, 1, 0, 5)),
+            &[(MAP, [1, SEED])],
         );
-        assert!(listings.listed.contains_key(&(MAP + (maps - 1) * 0x40)));
-        assert!(listings.order.len() <= 2 * MAX_LISTED);
+        traced.feed(&created(MAP, 0xbeef, 6, 1), &[]);
+        assert_eq!(traced.model.settled_at_collection(), 0);
     }
 }
