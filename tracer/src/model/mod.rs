@@ -411,14 +411,11 @@ impl Model {
     }
 
     /// The seed bits and mask a header read at a collection is checked against for the map at
-    /// `addr` against, when a read could settle it: a map seen created outside any stack,
-    /// with its seed known and an operation pending.
+    /// `addr`, when a read could settle it: a map freed only by the collector, with an
+    /// operation pending.
     pub fn collectable(&self, addr: u64) -> Option<(u64, u64)> {
         let record = self.maps.get(&addr)?;
-        let collectable = record.seen == Seen::Creation
-            && !record.on_stack
-            && !record.seed_pending
-            && record.is_pending();
+        let collectable = record.freed_by_the_collector() && record.is_pending();
         let shift = self.implementation.seed_shift();
         collectable.then(|| (u64::from(record.seed()) << shift, 0xffff_ffff << shift))
     }
@@ -801,8 +798,8 @@ impl Model {
     /// long as it is the map's own and a possible outcome of that operation.
     fn settle_collected(&mut self, gone: &mut MapRecord, words: [u64; 2]) {
         let header = self.header_from_words(words);
-        let provable = gone.seen == Seen::Creation && !gone.on_stack && !gone.seed_pending;
-        if provable && gone.is_pending() && gone.owns(header) && gone.could_follow(header) {
+        let provable = gone.freed_by_the_collector() && gone.is_pending();
+        if provable && gone.owns(header) && gone.could_follow(header) {
             let change = gone.resolve(header);
             self.follow_key(gone.addr, change);
             self.settled_at_collection += 1;

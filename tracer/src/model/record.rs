@@ -386,6 +386,13 @@ impl MapRecord {
         }
     }
 
+    /// Whether only the collector frees it, with its seed known, so that a read at a
+    /// collection can prove its final count: seen created (its origin known), and outside its
+    /// creator's stack frame.
+    pub(super) fn freed_by_the_collector(&self) -> bool {
+        self.seen == Seen::Creation && !self.on_stack && !self.seed_pending
+    }
+
     /// Whether `header` is a possible outcome of the pending operation: an assign adds one
     /// entry or none, a delete removes one or none, a clear leaves none.
     pub(super) fn could_follow(&self, header: MapHeader) -> bool {
