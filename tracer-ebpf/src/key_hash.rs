@@ -1,11 +1,15 @@
 //! Salted hashes of keys, so that userspace can follow a sample of entries from insert to
 //! delete without ever seeing a key.
 //!
-//! The hash covers the key's bytes (for strings, their contents, up to
-//! [`KEY_HASH_PREFIX`] bytes, plus the length), so the same key hashes the same whether the
-//! runtime got it by value (`_fast64`), as a string (`_faststr`) or by address (generic
-//! functions, swiss `(*Map).Delete`). The salt is drawn per trace by userspace and never
+//! The hash covers the key's first [`KEY_HASH_PREFIX`] bytes (for strings, of their contents)
+//! and its length, so the same key hashes the same whether the runtime got it by value
+//! (`_fast64`), as a string (`_faststr`) or by address (generic functions, swiss
+//! `(*Map).Delete`). It takes the bytes eight at a time: every traced write hashes its key
+//! (the hash decides whether the key is sampled), so a byte-at-a-time hash cost string and
+//! struct keys a multiply per byte on the target's hot path. The salt is drawn per trace by userspace and never
 //! recorded: a hash of a small integer key cannot be reversed by trying every integer.
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
@@ -29,11 +33,16 @@ static KEY_SAMPLE_MASK: u32 = u32::MAX;
 /// field after the common `abi.Type`.
 const MAP_TYPE_KEY_OFFSET: u64 = go_type::HEADER_BYTES as u64;
 
-// The read size bound in `hash_memory` is a mask: it needs a power of two.
-const _: () = assert!(KEY_HASH_PREFIX.is_power_of_two());
+// The read size bound in `hash_memory` is a mask: it needs a power of two, of whole words.
+const _: () = assert!(KEY_HASH_PREFIX.is_power_of_two() && KEY_HASH_PREFIX >= 8);
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// The words of a key that go into its hash.
+const PREFIX_WORDS: usize = KEY_HASH_PREFIX / 8;
+
+/// The hash's starting state before the salt, and the odd multiplier of each step (the
+/// 64-bit golden ratio, as in Fibonacci hashing).
+const SEED: u64 = 0x243f_6a88_85a3_08d3;
+const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The key's salted hash when it falls in the sample, `None` when it does not, when
 /// sampling is off, or when the key cannot be read.
@@ -50,8 +59,8 @@ pub fn sampled_key_hash(access: u8, arguments: &Arguments, map_type: u64) -> Opt
         return None;
     }
     let hash = match access {
-        key::VALUE32 => hash_bytes(salt, &(arguments.get(2) as u32).to_le_bytes(), 4),
-        key::VALUE64 => hash_bytes(salt, &arguments.get(2).to_le_bytes(), 8),
+        key::VALUE32 => hash_words(salt, &[u64::from(arguments.get(2) as u32)], 4),
+        key::VALUE64 => hash_words(salt, &[arguments.get(2)], 8),
         key::STRING => hash_string(salt, arguments.get(2), arguments.get(3))?,
         key::POINTER => hash_by_address(salt, arguments.get(2), map_type)?,
         _ => return None,
@@ -127,59 +136,76 @@ fn key_type(map_type: u64) -> Option<KeyType> {
     Some(facts)
 }
 
+/// A string's contents, by their first [`KEY_HASH_PREFIX`] bytes and their length.
 #[inline(always)]
 fn hash_string(salt: u64, data: u64, len: u64) -> Option<u32> {
-    let prefix = hash_memory(salt, data, len)?;
-    Some(finish(mix(prefix as u64, len)))
+    hash_memory(salt, data, len)
 }
 
-/// Hashes the first [`KEY_HASH_PREFIX`] bytes at `address`.
+/// Hashes the `len` bytes at `address` by their first [`KEY_HASH_PREFIX`] bytes and `len`.
 #[inline(always)]
 fn hash_memory(salt: u64, address: u64, len: u64) -> Option<u32> {
-    let mut buffer = [0u8; KEY_HASH_PREFIX];
-    let len = if len > KEY_HASH_PREFIX as u64 {
+    // Zeroed, so that the words past `len` hash as zeros, as a key given by value is padded;
+    // a word at a time, with volatile stores: LLVM makes a zeroed array a call to the BPF
+    // side's `memset`, a loop that stores one byte per turn and cost more than the read.
+    let mut buffer = MaybeUninit::<[u64; PREFIX_WORDS]>::uninit();
+    let words = buffer.as_mut_ptr().cast::<u64>();
+    for index in 0..PREFIX_WORDS {
+        // SAFETY: `index` is inside the buffer.
+        unsafe { words.add(index).write_volatile(0) };
+    }
+    let read = if len > KEY_HASH_PREFIX as u64 {
         KEY_HASH_PREFIX as u32
     } else {
         len as u32
     };
-    if len > 0 {
-        // `len` is 1..=KEY_HASH_PREFIX here, and for such a `len` this is `len` itself. The
-        // mask and the `+ 1` make that bound hold by arithmetic alone, so the verifier sees a
-        // size that fits the buffer whatever LLVM makes of the clamp above.
-        let size = ((len - 1) & (KEY_HASH_PREFIX as u32 - 1)) + 1;
+    if read > 0 {
+        // `read` is 1..=KEY_HASH_PREFIX here, and for such a `read` this is `read` itself.
+        // The mask and the `+ 1` make that bound hold by arithmetic alone, so the verifier
+        // sees a size that fits the buffer whatever LLVM makes of the clamp above.
+        let size = ((read - 1) & (KEY_HASH_PREFIX as u32 - 1)) + 1;
         // SAFETY: `size` is 1..=KEY_HASH_PREFIX, the buffer's size; a faulting read returns
         // an error.
-        let failed =
-            unsafe { read_user_raw(buffer.as_mut_ptr().cast(), size, address as *const _) };
+        let failed = unsafe { read_user_raw(words.cast(), size, address as *const _) };
         if failed != 0 {
             return None;
         }
     }
-    Some(hash_bytes(salt, &buffer, len as usize))
+    // SAFETY: every word was zeroed above.
+    Some(hash_words(salt, unsafe { buffer.assume_init_ref() }, len))
 }
 
-/// FNV-1a over `bytes[..len]` (bounded by the buffer, which the verifier needs), seeded with
-/// the salt, folded to 32 bits; never 0, which means "no hash" on the wire.
+/// Hashes a key of `len` bytes whose first bytes are `words` (little-endian, zero past the
+/// key's end), seeded with the salt, folded to 32 bits; never 0, which means "no hash" on
+/// the wire. Each step is a bijection of the state, so two keys of one length that differ in
+/// a single word never collide before the final fold; the finaliser spreads every bit into
+/// the low ones the sample mask tests.
 #[inline(always)]
-fn hash_bytes<const N: usize>(salt: u64, bytes: &[u8; N], len: usize) -> u32 {
-    let mut state = FNV_OFFSET ^ salt;
-    for (index, byte) in bytes.iter().enumerate() {
-        if index >= len {
+fn hash_words<const N: usize>(salt: u64, words: &[u64; N], len: u64) -> u32 {
+    let mut state = SEED ^ salt;
+    for (index, word) in words.iter().enumerate() {
+        if index as u64 * 8 >= len {
             break;
         }
-        state = (state ^ *byte as u64).wrapping_mul(FNV_PRIME);
+        state = step(state, *word);
     }
-    finish(state)
+    finish(step(state, len))
 }
 
 #[inline(always)]
-fn mix(state: u64, value: u64) -> u64 {
-    (state ^ value).wrapping_mul(FNV_PRIME)
+fn step(state: u64, word: u64) -> u64 {
+    (state ^ word).wrapping_mul(STEP)
 }
 
+/// MurmurHash3's 64-bit finaliser, folded to 32 bits.
 #[inline(always)]
 fn finish(state: u64) -> u32 {
-    let folded = (state ^ (state >> 32)) as u32;
+    let mut mixed = state ^ (state >> 33);
+    mixed = mixed.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    mixed ^= mixed >> 33;
+    mixed = mixed.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    mixed ^= mixed >> 33;
+    let folded = (mixed ^ (mixed >> 32)) as u32;
     if folded == 0 {
         1
     } else {

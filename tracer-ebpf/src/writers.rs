@@ -258,10 +258,13 @@ pub fn mark_created(map: u64) -> CarriedRun {
     match WRITERS.get_ptr_mut(map) {
         // SAFETY: as in `observe_write`; the map before at this address is gone.
         Some(state) => unsafe {
-            *state = WriterState {
-                writes: writers::FIRST_WRITES,
-                ..WriterState::default()
-            }
+            // No run open and no record to fold into (`kind` 0 never repeats), so the other
+            // fields are never read before the map's next record rewrites them. Three stores:
+            // a whole fresh `WriterState` became a call to the BPF side's byte-at-a-time
+            // `memset`.
+            (*state).writes = writers::FIRST_WRITES;
+            (*state).folded = 0;
+            (*state).kind = 0;
         },
         None => {
             if let Some(slot) = YOUNG_MAPS.get_ptr_mut(young_slot(map)) {
