@@ -9,7 +9,9 @@ use tracer_common::kind;
 
 use crate::{
     emit::{emit_create, read_header, EmitError, Observation},
-    go_abi, writers,
+    go_abi,
+    stack_copy::StackCopy,
+    writers,
 };
 
 #[uprobe]
@@ -30,5 +32,6 @@ fn try_map_clone_ret(ctx: &ProbeContext) -> Result<(), EmitError> {
         header: read_header(ctx, map),
         carried,
     };
-    emit_create(ctx, observation, caller, 0)
+    let copy = StackCopy::read(go_abi::stack_pointer(ctx));
+    emit_create(ctx, observation, caller, 0, copy.as_ref())
 }

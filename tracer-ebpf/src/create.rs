@@ -14,7 +14,9 @@ use tracer_common::{cookie, kind, FLAG_SEED_PENDING};
 use crate::{
     diagnostics,
     emit::{emit_create, read_header, EmitError, Observation},
-    go_abi, writers,
+    go_abi,
+    stack_copy::StackCopy,
+    writers,
 };
 
 #[uprobe]
@@ -25,10 +27,16 @@ pub fn map_create(ctx: ProbeContext) -> u32 {
 
 fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
     let cookie = go_abi::cookie(ctx);
+    let stack_pointer = go_abi::stack_pointer(ctx);
+    let copy = StackCopy::read(stack_pointer);
     let (map, caller, flags) = if cookie & cookie::HEADER_IN_SLOT != 0 {
-        let slot = go_abi::stack_pointer(ctx) + (cookie & 0xffff_ffff);
-        // SAFETY: a faulting user read returns an error.
-        let map = match unsafe { bpf_probe_read_user(slot as *const u64) } {
+        let slot = stack_pointer + (cookie & 0xffff_ffff);
+        let map = match copy.as_ref().and_then(|copy| copy.word(slot)) {
+            Some(map) => Ok(map),
+            // SAFETY: a faulting user read returns an error.
+            None => unsafe { bpf_probe_read_user(slot as *const u64) },
+        };
+        let map = match map {
             Ok(map) => map,
             Err(errno) => {
                 diagnostics::created_header_unreadable(ctx, slot, errno.into());
@@ -48,5 +56,5 @@ fn try_map_create(ctx: &ProbeContext) -> Result<(), EmitError> {
         header: read_header(ctx, map),
         carried,
     };
-    emit_create(ctx, observation, caller, flags)
+    emit_create(ctx, observation, caller, flags, copy.as_ref())
 }

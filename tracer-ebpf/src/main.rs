@@ -23,6 +23,7 @@ mod grow;
 mod hash_grow;
 mod key_hash;
 mod prune;
+mod stack_copy;
 mod writers;
 
 #[cfg(not(test))]

@@ -32,6 +32,7 @@ use crate::{
     emit::{emit, emit_create, CarriedRun, EmitError, Observation},
     entry::read_entry,
     go_abi,
+    stack_copy::StackCopy,
 };
 
 /// Map address → its write state. LRU, so that it stays bounded whatever the target does: a
@@ -228,7 +229,8 @@ fn send(ctx: &ProbeContext, observation: Observation, with_stack: bool) -> Resul
     // frame-pointer walk starts at the caller's caller: the direct caller is the return
     // address at `[SP]` (amd64) or in the link register (arm64).
     let caller = go_abi::return_address(ctx);
-    emit_create(ctx, observation, caller, 0)
+    let copy = StackCopy::read(go_abi::stack_pointer(ctx));
+    emit_create(ctx, observation, caller, 0, copy.as_ref())
 }
 
 /// The current fold epoch, 0 while writes must not be folded (see
