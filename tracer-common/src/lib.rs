@@ -318,8 +318,8 @@ pub mod globals {
     pub const KEY_SAMPLE_MASK: &str = "KEY_SAMPLE_MASK";
 }
 
-/// Bytes of a key that go into its hash; longer keys are hashed by this prefix and their
-/// length.
+/// Bytes of a key that go into its hash; a longer key is hashed by half this many from each
+/// of its ends, and its length.
 pub const KEY_HASH_PREFIX: usize = 64;
 
 /// Index of the single slot in the per-CPU `LOST` array that counts events the BPF side

@@ -1,13 +1,14 @@
 //! Salted hashes of keys, so that userspace can follow a sample of entries from insert to
 //! delete without ever seeing a key.
 //!
-//! The hash covers the key's first [`KEY_HASH_PREFIX`] bytes (for strings, of their contents)
-//! and its length, so the same key hashes the same whether the runtime got it by value
-//! (`_fast64`), as a string (`_faststr`) or by address (generic functions, swiss
-//! `(*Map).Delete`). It takes the bytes eight at a time: every traced write hashes its key
-//! (the hash decides whether the key is sampled), so a byte-at-a-time hash cost string and
-//! struct keys a multiply per byte on the target's hot path. The salt is drawn per trace by userspace and never
-//! recorded: a hash of a small integer key cannot be reversed by trying every integer.
+//! The hash covers the key's length and its bytes (for strings, their contents): all of them
+//! up to [`KEY_HASH_PREFIX`] bytes, else that many from its two ends. So the same key hashes
+//! the same whether the runtime got it by value (`_fast64`), as a string (`_faststr`) or by
+//! address (generic functions, swiss `(*Map).Delete`). It takes the bytes eight at a time:
+//! every traced write hashes its key (the hash decides whether the key is sampled), so a
+//! byte-at-a-time hash cost string and struct keys a multiply per byte on the target's hot
+//! path. The salt is drawn per trace by userspace and never recorded: a hash of a small
+//! integer key cannot be reversed by trying every integer.
 
 use core::mem::MaybeUninit;
 
@@ -136,13 +137,20 @@ fn key_type(map_type: u64) -> Option<KeyType> {
     Some(facts)
 }
 
-/// A string's contents, by their first [`KEY_HASH_PREFIX`] bytes and their length.
+/// A string's contents, as [`hash_memory`] takes them.
 #[inline(always)]
 fn hash_string(salt: u64, data: u64, len: u64) -> Option<u32> {
     hash_memory(salt, data, len)
 }
 
-/// Hashes the `len` bytes at `address` by their first [`KEY_HASH_PREFIX`] bytes and `len`.
+/// Bytes taken from each end of a key longer than [`KEY_HASH_PREFIX`].
+const HALF: usize = KEY_HASH_PREFIX / 2;
+
+/// Hashes the `len` bytes at `address` by their length and at most [`KEY_HASH_PREFIX`] of
+/// them: all of a key that short, else its first and last [`HALF`] bytes. Long keys (paths,
+/// URLs, composite ids) often share a prefix longer than that and differ only at their end,
+/// or the other way round; hashing one end alone gave all of a map's keys one hash, so the
+/// sample followed every key of the map or none, as one key.
 #[inline(always)]
 fn hash_memory(salt: u64, address: u64, len: u64) -> Option<u32> {
     // Zeroed, so that the words past `len` hash as zeros, as a key given by value is padded;
@@ -154,22 +162,29 @@ fn hash_memory(salt: u64, address: u64, len: u64) -> Option<u32> {
         // SAFETY: `index` is inside the buffer.
         unsafe { words.add(index).write_volatile(0) };
     }
-    let read = if len > KEY_HASH_PREFIX as u64 {
-        KEY_HASH_PREFIX as u32
-    } else {
-        len as u32
-    };
-    if read > 0 {
-        // `read` is 1..=KEY_HASH_PREFIX here, and for such a `read` this is `read` itself.
-        // The mask and the `+ 1` make that bound hold by arithmetic alone, so the verifier
-        // sees a size that fits the buffer whatever LLVM makes of the clamp above.
-        let size = ((read - 1) & (KEY_HASH_PREFIX as u32 - 1)) + 1;
+    let failed = if len > KEY_HASH_PREFIX as u64 {
+        // SAFETY: each read fills one half of the buffer; a faulting read returns an error.
+        unsafe {
+            read_user_raw(words.cast(), HALF as u32, address as *const _) != 0
+                || read_user_raw(
+                    words.add(HALF / 8).cast(),
+                    HALF as u32,
+                    (address + len - HALF as u64) as *const _,
+                ) != 0
+        }
+    } else if len > 0 {
+        // `len` is 1..=KEY_HASH_PREFIX here, and for such a `len` this is `len` itself. The
+        // mask and the `+ 1` make that bound hold by arithmetic alone, so the verifier sees a
+        // size that fits the buffer whatever LLVM makes of the comparison above.
+        let size = ((len as u32 - 1) & (KEY_HASH_PREFIX as u32 - 1)) + 1;
         // SAFETY: `size` is 1..=KEY_HASH_PREFIX, the buffer's size; a faulting read returns
         // an error.
-        let failed = unsafe { read_user_raw(words.cast(), size, address as *const _) };
-        if failed != 0 {
-            return None;
-        }
+        unsafe { read_user_raw(words.cast(), size, address as *const _) != 0 }
+    } else {
+        false
+    };
+    if failed {
+        return None;
     }
     // SAFETY: every word was zeroed above.
     Some(hash_words(salt, unsafe { buffer.assume_init_ref() }, len))
