@@ -34,8 +34,9 @@ static KEY_SAMPLE_MASK: u32 = u32::MAX;
 /// field after the common `abi.Type`.
 const MAP_TYPE_KEY_OFFSET: u64 = go_type::HEADER_BYTES as u64;
 
-// The read size bound in `hash_memory` is a mask: it needs a power of two, of whole words.
-const _: () = assert!(KEY_HASH_PREFIX.is_power_of_two() && KEY_HASH_PREFIX >= 8);
+// The read size bound in `hash_memory` is a mask: it needs a power of two, whose halves (the
+// two ends of a long key) are whole words.
+const _: () = assert!(KEY_HASH_PREFIX.is_power_of_two() && KEY_HASH_PREFIX >= 16);
 
 /// The words of a key that go into its hash.
 const PREFIX_WORDS: usize = KEY_HASH_PREFIX / 8;
