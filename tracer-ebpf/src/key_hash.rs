@@ -63,7 +63,8 @@ pub fn sampled_key_hash(access: u8, arguments: &Arguments, map_type: u64) -> Opt
     let hash = match access {
         key::VALUE32 => hash_words(salt, &[u64::from(arguments.get(2) as u32)], 4),
         key::VALUE64 => hash_words(salt, &[arguments.get(2)], 8),
-        key::STRING => hash_string(salt, arguments.get(2), arguments.get(3))?,
+        // A string is hashed by its contents (data pointer, length).
+        key::STRING => hash_memory(salt, arguments.get(2), arguments.get(3))?,
         key::POINTER => hash_by_address(salt, arguments.get(2), map_type)?,
         _ => return None,
     };
@@ -98,9 +99,10 @@ static KEY_TYPES: PerCpuArray<KeyType> = PerCpuArray::with_max_entries(KEY_TYPE_
 fn hash_by_address(salt: u64, key: u64, map_type: u64) -> Option<u32> {
     let facts = key_type(map_type)?;
     if facts.string != 0 {
+        // The key is a string header (data pointer, length): hash its contents.
         // SAFETY: a faulting user read returns an error.
         let header: [u64; 2] = unsafe { bpf_probe_read_user(key as *const [u64; 2]) }.ok()?;
-        return hash_string(salt, header[0], header[1]);
+        return hash_memory(salt, header[0], header[1]);
     }
     hash_memory(salt, key, facts.size)
 }
@@ -136,12 +138,6 @@ fn key_type(map_type: u64) -> Option<KeyType> {
     // SAFETY: as above.
     unsafe { *cached = facts };
     Some(facts)
-}
-
-/// A string's contents, as [`hash_memory`] takes them.
-#[inline(always)]
-fn hash_string(salt: u64, data: u64, len: u64) -> Option<u32> {
-    hash_memory(salt, data, len)
 }
 
 /// Bytes taken from each end of a key longer than [`KEY_HASH_PREFIX`].
